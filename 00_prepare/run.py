@@ -1,0 +1,39 @@
+"""Stage 00_prepare: validate inputs, match essays to the external corpus, recover prompts, make folds.
+
+Run from the repository root: python 00_prepare/run.py [dotted.key=value ...]
+Writes output/prepare/: folds.parquet, external.parquet, test_prompts.parquet, metrics.json, plots/.
+"""
+
+import logging
+
+from common.config import Params
+from common.data import load_competition_data
+from common.io import staged_dir, write_json, write_parquet
+from common.prepare import prepare
+from common.reports import plot_score_distribution
+from common.stage import exit_with
+
+log = logging.getLogger("aes.prepare")
+
+
+def main(params: Params) -> None:
+    p = params.prepare
+    data = load_competition_data(
+        params.input_dir, p.train_file, p.test_file, p.sample_submission_file, p.external_file
+    )
+    result = prepare(data, p, seed=params.seed)
+    out = params.output_dir / "prepare"
+    with staged_dir(out) as tmp:
+        write_parquet(tmp / "folds.parquet", result.folds)
+        write_parquet(tmp / "external.parquet", result.external)
+        write_parquet(tmp / "test_prompts.parquet", result.test_prompts)
+        write_json(tmp / "metrics.json", result.metrics)
+        plot_score_distribution(result.folds, "fold", tmp / "plots" / "score_by_fold.png", "Score share per fold")
+        plot_score_distribution(
+            result.folds, "prompt_name", tmp / "plots" / "score_by_prompt.png", "Score share per prompt cluster"
+        )
+    log.info("wrote %s (%d train essays in %d folds)", out, len(result.folds), p.n_folds)
+
+
+if __name__ == "__main__":
+    exit_with(main, __doc__)

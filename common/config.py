@@ -1,0 +1,346 @@
+"""Typed pipeline parameters: `params.yaml` plus `dotted.key=value` command-line overrides.
+
+Every setting of every stage is a typed dataclass field with a help string. `load_params` reads the
+YAML file, applies overrides, and checks every key and value against the dataclasses, so a typo or a
+value of the wrong type fails at start-up with a message that names the key and the allowed keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A key or value in params.yaml or in a command-line override is not valid."""
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class PathsParams:
+    input: str = _help("Folder holding the competition CSVs (train, test, sample_submission, corpus).", "input")
+    output: str = _help("Folder every stage writes its artifacts under.", "output")
+
+
+@dataclass
+class PrepareParams:
+    train_file: str = _help("Train CSV inside paths.input: essay_id, full_text, score.", "train.csv")
+    test_file: str = _help("Test CSV inside paths.input: essay_id, full_text.", "test.csv")
+    sample_submission_file: str = _help(
+        "Sample submission CSV inside paths.input: essay_id, score.", "sample_submission.csv"
+    )
+    external_file: str = _help(
+        "External PERSUADE-style corpus CSV inside paths.input; empty string when there is none.",
+        "persuade_2.0_human_scores_demo_id_github.csv",
+    )
+    n_folds: int = _help("Number of cross-validation folds.", 4)
+    group_by: Literal["duplicates", "prompt"] = _help(
+        "'duplicates': folds keep duplicate groups together and balance score, prompt and origin; "
+        "'prompt': each fold holds out whole prompt clusters.",
+        "duplicates",
+    )
+    near_duplicate_threshold: float = _help(
+        "Cosine similarity (word TF-IDF) at or above which two essays count as near-duplicates.", 0.9
+    )
+    n_clusters: int = _help("Number of prompt clusters; 0 chooses it from the data.", 0)
+    max_clusters: int = _help("Largest number of clusters tried when n_clusters is 0.", 20)
+
+
+@dataclass
+class PseudoParams:
+    mlm_probability: float = _help("Share of tokens masked in MLM domain adaptation.", 0.15)
+    mlm_epochs: float = _help("Epochs of MLM domain adaptation over train + test + external essays.", 1.0)
+
+
+@dataclass
+class ModelParams:
+    name: str = _help("Unique model name; artifacts go to output/train/<name>/.")
+    backbone: str = _help("Backbone name or folder; empty uses the top-level backbone.", "")
+    head: Literal["regression", "classification", "ordinal"] = _help("Prediction head.", "regression")
+    pooling: str = _help("Pooling of the token states (cls, mean, max, ...).", "mean")
+    max_length: int = _help("Tokens kept per essay.", 512)
+
+
+@dataclass
+class TrainParams:
+    models: list[ModelParams] = _help(
+        "Named model configs trained fold by fold.", factory=lambda: [ModelParams(name="tiny-regression")]
+    )
+
+
+@dataclass
+class ThresholdsParams:
+    models: list[str] = _help("Models to report on; empty means every model under output/train.", factory=list)
+
+
+@dataclass
+class EnsembleParams:
+    models: list[str] = _help("Models to ensemble; empty means every model under output/train.", factory=list)
+    select_on: Literal["all", "other"] = _help(
+        "Rows whose QWK drives model selection: all rows or other-origin rows only.", "all"
+    )
+    text_features: bool = _help("Give the LightGBM stacker text features beside model predictions.", True)
+
+
+@dataclass
+class InferParams:
+    batch_tokens: int = _help("Token budget per inference batch (essays sorted by length).", 16384)
+
+
+@dataclass
+class Params:
+    seed: int = _help("Seed of every random choice in the pipeline.", 42)
+    backbone: str = _help(
+        "Default backbone: a Hugging Face name (microsoft/deberta-v3-large) or a local model folder.",
+        "input/tiny-deberta-v2",
+    )
+    paths: PathsParams = _help("Where stages read and write.", factory=PathsParams)
+    prepare: PrepareParams = _help("Stage 00_prepare.", factory=PrepareParams)
+    pseudo: PseudoParams = _help("Stage 01_pseudo_label.", factory=PseudoParams)
+    train: TrainParams = _help("Stage 02_train.", factory=TrainParams)
+    thresholds: ThresholdsParams = _help("Stage 03_oof_thresholds.", factory=ThresholdsParams)
+    ensemble: EnsembleParams = _help("Stage 04_ensemble.", factory=EnsembleParams)
+    infer: InferParams = _help("Stage 05_infer.", factory=InferParams)
+
+    @property
+    def input_dir(self) -> Path:
+        return Path(self.paths.input)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.paths.output)
+
+
+# --------------------------------------------------------------------------------------------------
+# Building dataclasses from plain data, with type checks
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return f"dict[{_type_name(k)}, {_type_name(v)}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp` and return it converted (int -> float, str -> float)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ParamsError(f"'{key}' must be a mapping of {_type_name(tp)} fields, got {value!r}")
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ParamsError(f"'{key}' must be one of {_type_name(tp)}, got {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ParamsError as exc:
+                errors.append(str(exc))
+        raise ParamsError(f"'{key}' must be {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ParamsError(f"'{key}' must be a list ({_type_name(tp)}), got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{key}.{i}") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"'{key}' must be a mapping ({_type_name(tp)}), got {value!r}")
+        _, v_tp = typing.get_args(tp)
+        return {str(k): _convert(v, v_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"'{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"'{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise ParamsError(f"'{key}' must be a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ParamsError(f"'{key}' must be a number, got {value!r}")
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"'{key}' must be a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise ParamsError(f"'{key}': unsupported parameter type {tp!r}")  # pragma: no cover - schema bug
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        where = f"under '{prefix}'" if prefix else "at the top level"
+        raise ParamsError(
+            f"unknown key '{_join(prefix, unknown[0])}'; allowed keys {where}: {', '.join(sorted(fields))}"
+        )
+    required = [
+        name for name, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise ParamsError(f"missing required key '{_join(prefix, missing[0])}'")
+    kwargs = {name: _convert(value, hints[name], _join(prefix, name)) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def to_dict(params: Any) -> Any:
+    """Plain-data view of a params object (for saving the resolved config next to an artifact)."""
+    return dataclasses.asdict(params)
+
+
+# --------------------------------------------------------------------------------------------------
+# Overrides
+
+
+def _schema_type(cls: type, path: list[str]) -> Any:
+    """Annotation of the dotted `path` inside dataclass `cls`, or ParamsError naming the allowed keys."""
+    tp: Any = cls
+    walked: list[str] = []
+    for part in path:
+        origin = typing.get_origin(tp)
+        if dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp)
+            if part not in hints:
+                where = f"under '{'.'.join(walked)}'" if walked else "at the top level"
+                raise ParamsError(
+                    f"unknown key '{'.'.join([*walked, part])}'; allowed keys {where}: "
+                    f"{', '.join(sorted(hints))}"
+                )
+            tp = hints[part]
+        elif origin is list:
+            if not part.isdigit():
+                raise ParamsError(f"'{'.'.join(walked)}' is a list: index it with a number, got '{part}'")
+            tp = typing.get_args(tp)[0]
+        elif origin is dict:
+            tp = typing.get_args(tp)[1]
+        else:
+            raise ParamsError(f"'{'.'.join(walked)}' is a single value and has no key '{part}'")
+        walked.append(part)
+    return tp
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one `dotted.key=value` override to raw params data in place (value parsed as YAML)."""
+    if "=" not in override:
+        raise ParamsError(f"override '{override}' must look like dotted.key=value (e.g. prepare.n_folds=5)")
+    key, raw = override.split("=", 1)
+    key = key.strip()
+    path = key.split(".")
+    _schema_type(Params, path)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    node: Any = data
+    for i, part in enumerate(path[:-1]):
+        if isinstance(node, list):
+            idx = int(part)
+            if idx >= len(node):
+                raise ParamsError(f"'{key}': index {idx} is past the end of '{'.'.join(path[:i])}'")
+            node = node[idx]
+        else:
+            node = node.setdefault(part, {})
+    last = path[-1]
+    if isinstance(node, list):
+        idx = int(last)
+        if idx >= len(node):
+            raise ParamsError(f"'{key}': index {idx} is past the end of the list")
+        node[idx] = value
+    else:
+        node[last] = value
+
+
+def load_params(path: str | Path | None = "params.yaml", overrides: typing.Sequence[str] = ()) -> Params:
+    """Read params (YAML file, or defaults when `path` is None), apply overrides, validate, return Params."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ParamsError(f"params file {path} not found; run from the repository root or pass --params")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ParamsError(f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
+        data = loaded or {}
+    for override in overrides:
+        apply_override(data, override)
+    try:
+        return _build(Params, data)
+    except ParamsError as exc:
+        source = f" (in {path} or the command-line overrides)" if path is not None else ""
+        raise ParamsError(f"{exc}{source}") from None
+
+
+def describe(cls: type = Params, prefix: str = "") -> list[str]:
+    """One line per leaf parameter: dotted key, type, default and help."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = _join(prefix, f.name)
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines.extend(describe(tp, key))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "required"
+        lines.append(f"  {key} ({_type_name(tp)}, default {default!r}): {f.metadata.get('help', '')}")
+    return lines
+
+
+def parse_cli(argv: typing.Sequence[str] | None = None, description: str = "") -> Params:
+    """Parse a stage's command line: `[--params FILE] [dotted.key=value ...]`."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="parameters (override with dotted.key=value):\n" + "\n".join(describe()),
+    )
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides applied on top of the file")
+    args = parser.parse_args(argv)
+    return load_params(args.params, args.overrides)

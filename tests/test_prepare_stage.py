@@ -1,0 +1,164 @@
+"""Stage 00_prepare end to end on demo data: the real CLI, its outputs, bad input, crash safety."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from common.demo import DEMO_FILES, make_demo_frames
+from common.stage import run_stage
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run_cli(stage: str, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, f"{stage}/run.py", *overrides], cwd=REPO, env=env, capture_output=True, text=True
+    )
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A freshly generated demo (other seed than the bundled one) and the truth behind it."""
+    folder = tmp_path_factory.mktemp("input")
+    frames = make_demo_frames(seed=11, n_train=200, n_test=30, n_corpus_only=160)
+    for key, name in DEMO_FILES.items():
+        frames[key].to_csv(folder / name, index=False)
+    return folder, frames["truth"]
+
+
+@pytest.fixture(scope="module")
+def prepared(demo, tmp_path_factory):
+    folder, _ = demo
+    out = tmp_path_factory.mktemp("output")
+    result = run_cli("00_prepare", f"paths.input={folder}", f"paths.output={out}")
+    assert result.returncode == 0, result.stderr
+    return out / "prepare"
+
+
+def test_outputs_follow_the_contract(prepared):
+    folds = pd.read_parquet(prepared / "folds.parquet")
+    assert list(folds.columns)[:6] == ["essay_id", "score", "fold", "prompt_cluster", "prompt_name", "origin"]
+    assert folds["essay_id"].is_unique and len(folds) == 200
+    assert set(folds["fold"]) == {0, 1, 2, 3}
+    assert set(folds["origin"]) == {"persuade", "other"}
+    external = pd.read_parquet(prepared / "external.parquet")
+    assert {"essay_id", "full_text", "prompt_name"} <= set(external.columns)
+    test_prompts = pd.read_parquet(prepared / "test_prompts.parquet")
+    assert len(test_prompts) == 30
+    metrics = json.loads((prepared / "metrics.json").read_text())
+    assert metrics["n_train"] == 200 and metrics["folds"]["duplicate_groups_split"] == 0
+    for plot in ("score_by_fold.png", "score_by_prompt.png"):
+        assert (prepared / "plots" / plot).read_bytes()[:4] == b"\x89PNG"
+    assert not [p for p in prepared.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_origin_prompts_and_duplicates_match_the_truth(prepared, demo):
+    _, truth = demo
+    folds = pd.read_parquet(prepared / "folds.parquet").merge(truth, on="essay_id", suffixes=("", "_true"))
+    assert (folds["origin"] == folds["origin_true"]).mean() == 1.0
+    assert (folds["prompt_name"] == folds["prompt_name_true"]).mean() >= 0.98
+    test_prompts = pd.read_parquet(prepared / "test_prompts.parquet").merge(truth, on="essay_id")
+    assert adjusted_rand_score(test_prompts["prompt_name_x"], test_prompts["prompt_name_y"]) >= 0.95
+    # Every duplicate (exact or near) shares its source's duplicate group and fold.
+    by_id = folds.set_index("essay_id")
+    dups = folds[folds["duplicate_of"] != ""]
+    assert len(dups) >= 4
+    for _, row in dups.iterrows():
+        assert by_id.at[row["duplicate_of"], "duplicate_group"] == row["duplicate_group"]
+        assert by_id.at[row["duplicate_of"], "fold"] == row["fold"]
+
+
+def test_external_excludes_train_essays_and_duplicates(prepared, demo):
+    folder, truth = demo
+    external = pd.read_parquet(prepared / "external.parquet")
+    corpus = pd.read_csv(folder / DEMO_FILES["persuade"])
+    assert not set(external["essay_id"]) & set(truth["essay_id_comp"])
+    n_train_matched = truth.loc[truth["essay_id_comp"] != "", "essay_id_comp"].nunique()
+    # Every corpus essay that is not a copy of a train essay is kept, but for its own near duplicates.
+    assert len(corpus) - n_train_matched - 5 <= len(external) < len(corpus) - n_train_matched
+
+
+def test_same_params_same_folds(prepared, demo, tmp_path):
+    folder, _ = demo
+    result = run_cli("00_prepare", f"paths.input={folder}", f"paths.output={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    first = pd.read_parquet(prepared / "folds.parquet")
+    second = pd.read_parquet(tmp_path / "prepare" / "folds.parquet")
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_group_by_prompt_holds_out_prompts(demo, tmp_path):
+    folder, _ = demo
+    result = run_cli(
+        "00_prepare", f"paths.input={folder}", f"paths.output={tmp_path}", "prepare.group_by=prompt"
+    )
+    assert result.returncode == 0, result.stderr
+    folds = pd.read_parquet(tmp_path / "prepare" / "folds.parquet")
+    assert (folds.groupby("prompt_cluster")["fold"].nunique() == 1).all()
+
+
+def test_bad_input_exits_with_the_problem_and_writes_nothing(demo, tmp_path):
+    folder, _ = demo
+    bad = tmp_path / "input"
+    shutil.copytree(folder, bad)
+    train = pd.read_csv(bad / "train.csv")
+    train.loc[7, "score"] = 9
+    train.to_csv(bad / "train.csv", index=False)
+    out = tmp_path / "out"
+    result = run_cli("00_prepare", f"paths.input={bad}", f"paths.output={out}")
+    assert result.returncode == 2
+    assert "train.csv: score outside 1-6 at row 8" in result.stderr and "Fix" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (out / "prepare").exists()
+
+
+def test_unknown_override_exits_with_the_allowed_keys(tmp_path):
+    result = run_cli("00_prepare", "prepare.folds=3", f"paths.output={tmp_path}")
+    assert result.returncode == 2
+    assert "unknown key 'prepare.folds'" in result.stderr and "n_folds" in result.stderr
+
+
+def test_crash_mid_stage_leaves_previous_output(prepared, demo, tmp_path, monkeypatch):
+    folder, _ = demo
+    shutil.copytree(prepared, tmp_path / "prepare")
+    before = pd.read_parquet(tmp_path / "prepare" / "folds.parquet")
+
+    sys.path.insert(0, str(REPO / "00_prepare"))
+    try:
+        import run as prepare_run
+    finally:
+        sys.path.pop(0)
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("disk full while plotting")
+
+    monkeypatch.setattr(prepare_run, "plot_score_distribution", explode)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_stage(prepare_run.main, "", [f"paths.input={folder}", f"paths.output={tmp_path}", "seed=5"])
+    after = pd.read_parquet(tmp_path / "prepare" / "folds.parquet")
+    pd.testing.assert_frame_equal(before, after)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepare"]
+
+
+def test_unbuilt_stage_says_so(tmp_path):
+    result = run_cli("05_infer", f"paths.output={tmp_path}")
+    assert result.returncode == 2 and "not built yet" in result.stderr
+
+
+def test_cluster_counts_are_reported(prepared):
+    metrics = json.loads((prepared / "metrics.json").read_text())
+    clusters = metrics["clusters"]
+    assert clusters["n_clusters"] == 7 and clusters["chosen_automatically"] is True
+    assert clusters["ari"] >= 0.95 and clusters["purity"] >= 0.98
+    assert sum(clusters["train_sizes"].values()) == 200
+    assert np.isclose(metrics["origin"]["persuade"] / 200, 0.75, atol=0.03)
