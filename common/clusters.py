@@ -5,7 +5,7 @@ key terms) that essays to other prompts rarely use, so topic is by far the stron
 word counts. The method:
 
 1. Sublinear TF-IDF over alphabetic words of two or more letters, without English stop words, words
-   in fewer than `min_df` essays, or words in most essays. Placeholder tokens glued to a symbol,
+   in fewer than min(5, 1% of) essays, or words in over 90% of essays. Placeholder tokens glued to a symbol,
    digit or underscore (``@CAPS1``, ``Generic_Name``) are not words under this pattern and drop out.
 2. LSA: TruncatedSVD to 100 dimensions, then L2-normalise, so Euclidean KMeans clusters by cosine
    similarity and the noise of rare words is averaged away.
@@ -20,7 +20,8 @@ word counts. The method:
    cluster) re-assigns every essay, twice. The classifier weighs each word by how well it separates
    the clusters, which fixes most borderline essays that KMeans assigns by overall similarity.
 
-Labels are renumbered so that cluster 0 is the largest. Results are deterministic for a given seed.
+Labels are renumbered so that cluster 0 is the largest. Results are deterministic for a given seed
+(everything runs on one thread, so they do not depend on the core count either).
 """
 
 from __future__ import annotations
@@ -126,12 +127,21 @@ def name_clusters(
             f"name_clusters: {len(labels)} labels but {len(known_prompts)} known prompts; "
             "pass one prompt (or None) per essay."
         )
+    not_text = [
+        i for i, prompt in enumerate(known_prompts) if prompt is not None and not isinstance(prompt, str)
+    ]
+    if not_text:
+        raise ValueError(
+            f"name_clusters: known_prompts[{not_text[0]}] is {known_prompts[not_text[0]]!r}, not a str "
+            f"({len(not_text)} such); pass None for an essay with no known prompt (NaN included)."
+        )
     known = np.array([prompt is not None for prompt in known_prompts], dtype=bool)
-    clusters, sizes = np.unique(labels, return_counts=True)
+    clusters, counts_by_cluster = np.unique(labels, return_counts=True)
+    sizes = dict(zip(clusters.tolist(), counts_by_cluster.tolist(), strict=True))
 
     majority: dict[int, str] = {}
     majority_counts: dict[int, int] = {}
-    for cluster in clusters.tolist():
+    for cluster in sizes:
         members = np.flatnonzero((labels == cluster) & known)
         counts = Counter(known_prompts[i] for i in members)
         if counts:
@@ -140,7 +150,7 @@ def name_clusters(
 
     names: dict[int, str] = {}
     taken: Counter[str] = Counter()
-    for cluster in sorted(clusters.tolist(), key=lambda c: (-int(sizes[clusters == c][0]), c)):
+    for cluster in sorted(sizes, key=lambda c: (-sizes[c], c)):
         if cluster not in majority:
             names[cluster] = f"cluster_{cluster}"
             continue
@@ -198,7 +208,7 @@ def _tfidf(texts: Sequence[str]) -> sparse.csr_matrix:
         token_pattern=WORD_PATTERN,
         stop_words="english",
         min_df=min(5, max(1, n_essays // 100)),
-        max_df=0.9 if n_essays >= 10 else 1.0,
+        max_df=0.9,
         sublinear_tf=True,
         dtype=np.float32,
     )
@@ -207,7 +217,7 @@ def _tfidf(texts: Sequence[str]) -> sparse.csr_matrix:
     except ValueError as error:
         raise ValueError(
             f"recover_prompts: no topic words in the {n_essays} essays ({error}); "
-            "the texts hold only stop words, placeholders or numbers."
+            "every word is a stop word, a placeholder or number, or in over 90% of the essays."
         ) from error
     logger.info("TF-IDF: %d essays x %d words", *tfidf.shape)
     return tfidf
@@ -224,7 +234,8 @@ def _lsa(tfidf: sparse.csr_matrix, seed: int) -> np.ndarray:
 
 def _silhouette_by_k(embedding: np.ndarray, max_clusters: int, seed: int) -> dict[int, float]:
     """Cosine silhouette of KMeans with each k in 2..max_clusters, on a random subsample of essays and
-    the first max_clusters LSA dimensions."""
+    the first max_clusters LSA dimensions. A k whose KMeans finds a single distinct cluster (all
+    sampled essays identical) scores -1, the lowest silhouette."""
     n_essays = embedding.shape[0]
     rows = np.arange(n_essays)
     if n_essays > SEARCH_SAMPLE:
@@ -256,14 +267,11 @@ def _refine(
         members = np.flatnonzero(labels == cluster)
         threshold = np.quantile(margins[members], 1.0 - CONFIDENT_SHARE)
         confident[members[margins[members] >= threshold]] = True
-    classes = np.unique(labels[confident])
-    if len(classes) < 2:
-        return labels, margins
     classifier = LinearSVC(C=1.0, random_state=seed).fit(tfidf[confident], labels[confident])
     decision = classifier.decision_function(tfidf)
-    if len(classes) == 2:
-        return classes[(decision > 0).astype(int)], np.abs(decision)
-    return classes[decision.argmax(axis=1)], _margins(decision)
+    if decision.ndim == 1:
+        return classifier.classes_[(decision > 0).astype(int)], np.abs(decision)
+    return classifier.classes_[decision.argmax(axis=1)], _margins(decision)
 
 
 def _by_size(labels: np.ndarray) -> np.ndarray:

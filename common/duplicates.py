@@ -163,6 +163,14 @@ def match_origin(
     cross = pd.DataFrame(
         {"train": pairs.left[is_cross], "corpus": pairs.right[is_cross] - n_train, "sim": pairs.similarity[is_cross]}
     )
+    # Exact copies are looked up directly: duplicate_pairs links each copy to the first one only, so a
+    # second train copy of a corpus essay has no pair of its own with the corpus.
+    corpus_of_text: dict[str, int] = {}
+    for j, text in enumerate(corpus_texts):
+        corpus_of_text.setdefault(normalize_text(text), j)
+    exact = [(i, corpus_of_text.get(normalize_text(t), -1)) for i, t in enumerate(train_texts)]
+    exact_frame = pd.DataFrame([(i, j, 1.0) for i, j in exact if j >= 0], columns=["train", "corpus", "sim"])
+    cross = pd.concat([exact_frame, cross], ignore_index=True)
     if len(cross):
         best = cross.sort_values(["sim", "corpus"], ascending=[False, True]).drop_duplicates("train")
         best_corpus[best["train"].to_numpy()] = best["corpus"].to_numpy()
@@ -179,8 +187,7 @@ def match_origin(
     first_in_group = ~pd.Series(corpus_groups).duplicated().to_numpy()
     corpus_keep = first_in_group & ~np.isin(corpus_groups, list(train_group_ids))
 
-    corpus_normalized = {normalize_text(t) for t in corpus_texts}
-    n_exact = int(sum(normalize_text(t) in corpus_normalized for t in train_texts))
+    n_exact = len(exact_frame)
     log.info(
         "origin: %d of %d train essays in the corpus (%d exact after normalisation, %d near duplicates); "
         "%d of %d corpus essays kept as external",

@@ -109,9 +109,9 @@ def prepare(data: CompetitionData, params: PrepareParams, seed: int) -> PrepareR
         "clusters": {
             "n_clusters": clusters.n_clusters,
             "chosen_automatically": params.n_clusters == 0,
-            "purity": quality.get("purity"),
-            "ari": quality.get("ari"),
-            "n_known_prompt": quality.get("n_known"),
+            "purity": _finite_or_none(quality.get("purity")),
+            "ari": _finite_or_none(quality.get("ari")),
+            "n_known_prompt": int(quality.get("n_known", 0)),
             "train_sizes": {str(k): int(v) for k, v in sizes.items()},
         },
         "folds": fold_summary(folds, scores, groups),
@@ -122,3 +122,8 @@ def prepare(data: CompetitionData, params: PrepareParams, seed: int) -> PrepareR
         clusters.n_clusters, quality.get("purity"), quality.get("ari"), quality.get("n_known"),
     )
     return PrepareResult(folds=folds_frame, external=external, test_prompts=test_prompts, metrics=metrics)
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    """JSON has no NaN: figures that cannot be computed (no essay with a known prompt) become null."""
+    return None if value is None or not np.isfinite(value) else round(float(value), 4)

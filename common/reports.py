@@ -9,9 +9,11 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from common.io import atomic_write
+from common.metrics import confusion
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -36,5 +38,55 @@ def plot_score_distribution(frame: pd.DataFrame, by: str, path: str | Path, titl
     ax.set_xlabel("score")
     ax.set_ylabel("share of essays")
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=by)
+    _save(fig, Path(path))
+
+
+def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, path: str | Path, title: str) -> None:
+    """6x6 confusion matrix of true vs predicted scores, counts annotated, rows normalised for colour."""
+    matrix = confusion(y_true, y_pred)
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(5, 4.3))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(6):
+        for j in range(6):
+            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center",
+                    color="white" if shares[i, j] > 0.6 else "black", fontsize=8)
+    ax.set_xticks(range(6), [str(s) for s in range(1, 7)])
+    ax.set_yticks(range(6), [str(s) for s in range(1, 7)])
+    ax.set_xlabel("predicted score")
+    ax.set_ylabel("true score")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, label="share of the true score's essays")
+    _save(fig, Path(path))
+
+
+def plot_pred_vs_true(
+    y_true: np.ndarray, pred: np.ndarray, thresholds: list[float], path: str | Path, title: str
+) -> None:
+    """Box plot of continuous predictions per true score, with the fitted thresholds as lines."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    groups = [pred[y_true == s] for s in range(1, 7)]
+    ax.boxplot(groups, positions=list(range(1, 7)), widths=0.6, showfliers=False)
+    rng = np.random.default_rng(0)
+    for s, values in zip(range(1, 7), groups, strict=True):
+        ax.scatter(s + rng.uniform(-0.2, 0.2, len(values)), values, s=4, alpha=0.3)
+    for t in thresholds:
+        ax.axhline(t, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("true score")
+    ax.set_ylabel("OOF prediction (dashed: thresholds)")
+    ax.set_title(title, fontsize=10)
+    _save(fig, Path(path))
+
+
+def plot_bars(values: dict[str, float], path: str | Path, title: str, xlabel: str) -> None:
+    """Horizontal bars, one per key (e.g. blend weight per model, or QWK per method)."""
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(values) + 1.2))
+    names = list(values)
+    ax.barh(names, [values[n] for n in names])
+    for i, n in enumerate(names):
+        ax.text(values[n], i, f" {values[n]:.3f}", va="center", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    ax.invert_yaxis()
     _save(fig, Path(path))

@@ -85,3 +85,12 @@ def test_train_duplicates_share_a_group_even_through_the_corpus():
     match = match_origin(train, [texts[4]])
     g = match.train_groups
     assert g[0] == g[2] and len({g[0], g[1], g[3]}) == 3
+
+
+def test_every_train_copy_of_a_corpus_essay_is_matched():
+    texts = essays(4, seed=3)
+    train = [texts[0], texts[1], texts[0]]  # rows 0 and 2 are the same essay
+    match = match_origin(train, [texts[0].replace("\n\n", "\n"), texts[3]])
+    assert match.origin.tolist() == ["persuade", "other", "persuade"]
+    assert match.corpus_index.tolist() == [0, -1, 0]
+    assert match.n_exact == 2 and match.n_near == 0
