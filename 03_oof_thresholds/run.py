@@ -1,14 +1,40 @@
-"""Stage 03_oof_thresholds: OOF QWK threshold search and per-model reports.
+"""Stage 03_oof_thresholds: per-model QWK thresholds fitted on OOF predictions, with honest (nested) scores.
 
 Run from the repository root: python 03_oof_thresholds/run.py [dotted.key=value ...]
+Reads output/prepare/folds.parquet and output/train/<model>/oof.parquet; writes output/thresholds/
+(<model>.json, plots/) and output/metrics/thresholds.json.
 """
 
+import logging
+
 from common.config import Params
-from common.stage import NotBuiltYet, exit_with
+from common.io import staged_dir, write_json
+from common.oof import load_oof_predictions, model_report
+from common.reports import plot_confusion, plot_pred_vs_true
+from common.stage import exit_with
+from common.thresholds import apply_thresholds
+
+log = logging.getLogger("aes.thresholds")
 
 
 def main(params: Params) -> None:
-    raise NotBuiltYet("03_oof_thresholds is not built yet (OOF post-processing: issue 7); the stages before it ran fine.")
+    out = params.output_dir
+    oofs = load_oof_predictions(out / "train", out / "prepare" / "folds.parquet", params.ensemble.models)
+    summary = {}
+    with staged_dir(out / "thresholds") as tmp:
+        for name in oofs.names:
+            report = model_report(oofs, name, polish=params.thresholds.polish)
+            write_json(tmp / f"{name}.json", report)
+            scores = apply_thresholds(oofs.preds[name], report["thresholds"])
+            plot_confusion(oofs.y, scores, tmp / "plots" / f"{name}_confusion.png",
+                           f"{name}: OOF, thresholds fitted on all rows")
+            plot_pred_vs_true(oofs.y, oofs.preds[name], report["thresholds"],
+                              tmp / "plots" / f"{name}_pred_vs_true.png", f"{name}: OOF predictions")
+            summary[name] = {k: report[k] for k in (
+                "qwk_rounded", "qwk_insample", "qwk_nested", "qwk_rounded_other", "qwk_nested_other")}
+            log.info("%s: QWK rounded %.4f, in-sample %.4f, nested %.4f (other-origin nested %s)", name,
+                     report["qwk_rounded"], report["qwk_insample"], report["qwk_nested"], report["qwk_nested_other"])
+    write_json(out / "metrics" / "thresholds.json", summary)
 
 
 if __name__ == "__main__":

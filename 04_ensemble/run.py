@@ -1,14 +1,69 @@
-"""Stage 04_ensemble: LightGBM stacking, greedy blending and final thresholds on OOF predictions.
+"""Stage 04_ensemble: mean / greedy / scipy blends and a LightGBM stacker, scored nested; the best is kept.
 
 Run from the repository root: python 04_ensemble/run.py [dotted.key=value ...]
+Reads output/prepare/folds.parquet, output/train/<model>/oof.parquet and the train essays; writes
+output/ensemble/: artifacts/ (ensemble.json, stacker/, text_vocabulary.json: all 05_infer needs),
+metrics.json and plots/.
 """
 
+import logging
+
 from common.config import Params
-from common.stage import NotBuiltYet, exit_with
+from common.data import load_competition_data
+from common.io import staged_dir, write_json
+from common.oof import load_oof_predictions
+from common.reports import plot_bars, plot_confusion
+from common.selection import build_ensemble
+from common.stage import exit_with
+
+log = logging.getLogger("aes.ensemble")
 
 
 def main(params: Params) -> None:
-    raise NotBuiltYet("04_ensemble is not built yet (OOF post-processing: issue 7); the stages before it ran fine.")
+    out, p = params.output_dir, params.ensemble
+    oofs = load_oof_predictions(out / "train", out / "prepare" / "folds.parquet", p.models)
+    texts = None
+    if p.text_features:
+        prep = params.prepare
+        train = load_competition_data(params.input_dir, prep.train_file, prep.test_file,
+                                      prep.sample_submission_file).train
+        texts = oofs.folds[["essay_id"]].merge(train, on="essay_id", how="left")["full_text"]
+        if texts.isna().any():
+            raise FileNotFoundError(
+                f"{params.input_dir / prep.train_file} lacks {int(texts.isna().sum())} essays of folds.parquet: "
+                "re-run 00_prepare on the same inputs")
+        texts = texts.tolist()
+    result = build_ensemble(oofs, texts, p.select_on, p.stacker_objective, p.n_trials, p.prompt_mix, params.seed)
+
+    with staged_dir(out / "ensemble") as tmp:
+        art = tmp / "artifacts"
+        selected = result.methods[result.selected]
+        spec = {
+            "selected": result.selected,
+            "models": oofs.names,
+            "thresholds": selected.thresholds,
+            "methods": {
+                name: {"weights": m.weights, "thresholds": m.thresholds, **m.extra}
+                for name, m in result.methods.items()
+            },
+            "stacker_dir": "stacker" if "stacker" in result.methods else None,
+            "feature_columns": result.feature_columns,
+            "text_features": result.featurizer is not None,
+        }
+        write_json(art / "ensemble.json", spec)
+        if "stacker" in result.methods:
+            result.methods["stacker"].stacker.save(art / "stacker")
+        if result.featurizer is not None:
+            write_json(art / "text_vocabulary.json", sorted(result.featurizer.vocabulary_))
+        write_json(tmp / "metrics.json", result.metrics)
+        plot_bars({n: m.figures["qwk_nested"] for n, m in result.methods.items()}, tmp / "plots" / "methods.png",
+                  "Nested QWK per method (all rows)", "QWK")
+        if selected.weights:
+            plot_bars(selected.weights, tmp / "plots" / "weights.png", f"{result.selected} blend weights", "weight")
+        plot_confusion(oofs.y, selected.nested_scores, tmp / "plots" / "confusion.png",
+                       f"{result.selected}: nested held-out scores")
+    log.info("selected %s: nested QWK %.4f (other-origin %s); artifacts in %s", result.selected,
+             result.metrics["qwk_nested"], result.metrics["qwk_nested_other"], out / "ensemble" / "artifacts")
 
 
 if __name__ == "__main__":

@@ -82,16 +82,27 @@ class TrainParams:
 
 @dataclass
 class ThresholdsParams:
-    models: list[str] = _help("Models to report on; empty means every model under output/train.", factory=list)
+    polish: bool = _help("Polish the exact coordinate threshold search with scipy (kept only if it helps).", True)
 
 
 @dataclass
 class EnsembleParams:
-    models: list[str] = _help("Models to ensemble; empty means every model under output/train.", factory=list)
+    models: list[str] = _help(
+        "Models to post-process (03 and 04); empty means every model under output/train with an oof.parquet.",
+        factory=list,
+    )
     select_on: Literal["all", "other"] = _help(
-        "Rows whose QWK drives model selection: all rows or other-origin rows only.", "all"
+        "Rows whose nested QWK picks the ensemble method: all rows, or other-origin rows only.", "all"
     )
     text_features: bool = _help("Give the LightGBM stacker text features beside model predictions.", True)
+    stacker_objective: Literal["regression", "qwk"] = _help(
+        "LightGBM stacker objective: plain L2 regression or the QWK-shaped surrogate.", "regression"
+    )
+    n_trials: int = _help("Optuna trials per stacker tuning (nested: once per fold, once on all rows).", 8)
+    prompt_mix: dict[str, float] = _help(
+        "Target share per prompt name used to weight rows when fitting and scoring; empty: unweighted.",
+        factory=dict,
+    )
 
 
 @dataclass

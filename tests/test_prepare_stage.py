@@ -1,9 +1,7 @@
 """Stage 00_prepare end to end on demo data: the real CLI, its outputs, bad input, crash safety."""
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,37 +10,22 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from common.demo import DEMO_FILES, make_demo_frames
+from common.demo import DEMO_FILES
 from common.stage import run_stage
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def run_cli(stage: str, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, f"{stage}/run.py", *overrides], cwd=REPO, env=env, capture_output=True, text=True
-    )
+@pytest.fixture(scope="module")
+def demo(demo_input):
+    return demo_input
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """A freshly generated demo (other seed than the bundled one) and the truth behind it."""
-    folder = tmp_path_factory.mktemp("input")
-    frames = make_demo_frames(seed=11, n_train=200, n_test=30, n_corpus_only=160)
-    for key, name in DEMO_FILES.items():
-        frames[key].to_csv(folder / name, index=False)
-    return folder, frames["truth"]
-
-
-@pytest.fixture(scope="module")
-def prepared(demo, tmp_path_factory):
-    folder, _ = demo
-    out = tmp_path_factory.mktemp("output")
-    result = run_cli("00_prepare", f"paths.input={folder}", f"paths.output={out}")
-    assert result.returncode == 0, result.stderr
-    return out / "prepare"
+def prepared(prepared_output):
+    return prepared_output / "prepare"
 
 
 def test_outputs_follow_the_contract(prepared):

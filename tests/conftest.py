@@ -1,0 +1,40 @@
+"""Shared fixtures: a generated demo input folder and its 00_prepare output, built once per session."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.demo import DEMO_FILES, make_demo_frames
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(stage: str, *overrides: str) -> subprocess.CompletedProcess:
+    """Run a stage's run.py from the repository root, as a user would."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, f"{stage}/run.py", *overrides], cwd=REPO, env=env, capture_output=True, text=True
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_input(tmp_path_factory):
+    """A freshly generated demo (another seed than the bundled one) and the truth behind it."""
+    folder = tmp_path_factory.mktemp("input")
+    frames = make_demo_frames(seed=11, n_train=200, n_test=30, n_corpus_only=160)
+    for key, name in DEMO_FILES.items():
+        frames[key].to_csv(folder / name, index=False)
+    return folder, frames["truth"]
+
+
+@pytest.fixture(scope="session")
+def prepared_output(demo_input, tmp_path_factory):
+    """An output folder holding 00_prepare's results on `demo_input`."""
+    folder, _ = demo_input
+    out = tmp_path_factory.mktemp("output")
+    result = run_cli("00_prepare", f"paths.input={folder}", f"paths.output={out}")
+    assert result.returncode == 0, result.stderr
+    return out

@@ -1,0 +1,277 @@
+"""Tests for common/ensemble.py: blenders, nested blend scores, the LightGBM stacker and its objective."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.ensemble import (
+    GreedyBlender,
+    LGBMStacker,
+    MeanBlender,
+    ScipyBlender,
+    nested_blend_predictions,
+    nested_blend_qwk,
+    prompt_mix_weights,
+    qwk_objective,
+    qwk_surrogate,
+    tune_stacker,
+)
+from common.metrics import qwk
+from common.thresholds import round_scores
+
+SCORE_MIX = [0.07, 0.27, 0.36, 0.23, 0.06, 0.01]
+
+
+def make_models(n: int = 1500, seed: int = 0, n_folds: int = 5):
+    """Columns: a good model, a mediocre one, and two pure-noise models."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(np.arange(1, 7), size=n, p=SCORE_MIX)
+    good = 0.8 * y + 0.6 + rng.normal(0, 0.45, n)
+    mediocre = 0.8 * y + 0.6 + rng.normal(0, 1.2, n)
+    noise = rng.normal(2.9, 1.0, size=(n, 2))
+    P = np.column_stack([good, mediocre, noise])
+    folds = np.arange(n) % n_folds
+    rng.shuffle(folds)
+    return P, y, folds
+
+
+def stacker_data(n: int = 600, seed: int = 1):
+    P, y, folds = make_models(n=n, seed=seed, n_folds=4)
+    X = pd.DataFrame(P, columns=["good", "mediocre", "noise_a", "noise_b"])
+    return X, y, folds
+
+
+def fast_stacker(objective: str = "regression") -> LGBMStacker:
+    return LGBMStacker(objective=objective, n_estimators=150, early_stopping_rounds=15, seed=3, num_threads=1)
+
+
+def test_prompt_mix_weights_reach_target_mix() -> None:
+    clusters = np.array(["a"] * 70 + ["b"] * 20 + ["c"] * 10)
+    weights = prompt_mix_weights(clusters, {"a": 1, "b": 1, "c": 2})
+    assert weights.sum() == pytest.approx(len(clusters))
+    for name, share in {"a": 0.25, "b": 0.25, "c": 0.5}.items():
+        assert weights[clusters == name].sum() / weights.sum() == pytest.approx(share)
+    assert np.all(prompt_mix_weights(clusters, {"a": 1.0})[clusters != "a"] == 0)
+    with pytest.raises(ValueError, match="no rows"):
+        prompt_mix_weights(clusters, {"z": 1.0})
+    with pytest.raises(ValueError, match="non-negative"):
+        prompt_mix_weights(clusters, {"a": -1.0})
+
+
+def test_mean_blender() -> None:
+    P, y, _ = make_models(n=50)
+    blender = MeanBlender().fit(P, y)
+    np.testing.assert_allclose(blender.weights_, 0.25)
+    np.testing.assert_allclose(blender.predict(P), P.mean(axis=1))
+
+
+def test_greedy_blender_picks_the_good_model() -> None:
+    P, y, _ = make_models()
+    blender = GreedyBlender().fit(P, y)
+    assert np.all(blender.weights_ >= 0)
+    assert blender.weights_.sum() == pytest.approx(1.0)
+    assert blender.weights_[2] == 0 and blender.weights_[3] == 0
+    assert np.argmax(blender.weights_) == 0
+    assert np.all(np.diff(blender.history_) > 0)
+
+
+def test_greedy_blender_patience_keeps_the_best_prefix() -> None:
+    P, y, _ = make_models()
+    eager = GreedyBlender().fit(P, y)
+    patient = GreedyBlender(patience=5).fit(P, y)
+    assert patient.score_ >= eager.score_
+    assert patient.counts_.sum() == len(patient.history_)
+    assert patient.history_[-1] == max(patient.history_)
+
+
+def test_greedy_blender_rounded_metric_and_weights() -> None:
+    P, y, _ = make_models()
+    weights = np.where(np.arange(len(y)) % 2 == 0, 1.0, 3.0)
+    blender = GreedyBlender(metric="rounded", max_iter=5).fit(P, y, sample_weight=weights)
+    assert blender.counts_.sum() <= 6
+    assert blender.weights_.sum() == pytest.approx(1.0)
+    assert blender.score_ == pytest.approx(qwk(y, round_scores(blender.predict(P)), sample_weight=weights))
+
+
+@pytest.mark.parametrize("loss", ["mse", "qwk"])
+def test_scipy_blender_weights_on_simplex(loss: str) -> None:
+    P, y, _ = make_models()
+    blender = ScipyBlender(loss=loss).fit(P, y)
+    assert np.all(blender.weights_ >= 0)
+    assert blender.weights_.sum() == pytest.approx(1.0)
+    assert np.argmax(blender.weights_) == 0
+    assert blender.weights_[2:].sum() < 0.1
+
+
+def test_blenders_reject_bad_inputs() -> None:
+    P, y, _ = make_models(n=100)
+    bad = P.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        GreedyBlender().fit(bad, y)
+    with pytest.raises(ValueError, match="length mismatch"):
+        ScipyBlender().fit(P[:-1], y)
+    with pytest.raises(ValueError, match=r"outside 1\.\.6"):
+        GreedyBlender().fit(P, np.where(y == 3, 0, y))
+    blender = MeanBlender().fit(P, y)
+    with pytest.raises(ValueError, match="model columns"):
+        blender.predict(P[:, :2])
+
+
+class SpyBlender(GreedyBlender):
+    """Records the rows (first column values) and labels it is fitted on."""
+
+    fitted_on: list[tuple[np.ndarray, np.ndarray]] = []  # noqa: RUF012
+
+    def fit(self, P, y, sample_weight=None):  # type: ignore[override]
+        SpyBlender.fitted_on.append((np.asarray(P)[:, 0].copy(), np.asarray(y).copy()))
+        return super().fit(P, y, sample_weight)
+
+
+def test_nested_blend_fits_on_other_folds_only() -> None:
+    P, y, folds = make_models(n=600)
+    P[:, 0] += np.arange(len(y)) * 1e-9  # identify rows by the first column
+    SpyBlender.fitted_on = []
+    result = nested_blend_qwk(P, y, folds, blender_factory=lambda: SpyBlender(max_iter=3))
+    n_folds = len(np.unique(folds))
+    assert len(SpyBlender.fitted_on) == n_folds + 1  # one per fold, then all rows for the in-sample fit
+    for fold, (column, _) in zip(np.unique(folds), SpyBlender.fitted_on[:n_folds], strict=True):
+        np.testing.assert_array_equal(np.sort(column), np.sort(P[folds != fold, 0]))
+    assert len(SpyBlender.fitted_on[-1][0]) == len(y)
+    decoded = json.loads(json.dumps(result))
+    assert set(decoded) >= {"qwk_nested", "qwk_insample", "optimism_gap", "per_fold", "weights_per_fold",
+                            "thresholds_per_fold", "weights", "thresholds"}
+
+
+def test_nested_blend_ignores_held_out_labels() -> None:
+    P, y, folds = make_models(n=800)
+    reference = nested_blend_predictions(P, y, folds, lambda: GreedyBlender(max_iter=5))
+    rng = np.random.default_rng(5)
+    for fold in np.unique(folds)[:2]:
+        held = folds == fold
+        garbage = y.copy()
+        garbage[held] = rng.integers(1, 7, size=held.sum())
+        scrambled = nested_blend_predictions(P, garbage, folds, lambda: GreedyBlender(max_iter=5))
+        np.testing.assert_array_equal(scrambled.scores[held], reference.scores[held])
+        np.testing.assert_array_equal(scrambled.blended[held], reference.blended[held])
+        assert scrambled.weights_per_fold[str(fold)] == reference.weights_per_fold[str(fold)]
+
+
+def test_greedy_nested_beats_mean_when_models_are_noise() -> None:
+    P, y, folds = make_models()
+    greedy = nested_blend_qwk(P, y, folds, GreedyBlender)
+    mean = nested_blend_qwk(P, y, folds, MeanBlender)
+    assert greedy["qwk_nested"] > mean["qwk_nested"]
+    assert greedy["qwk_insample"] >= greedy["qwk_nested"] - 0.02
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_qwk_surrogate_gradient_and_hessian_match_finite_differences(weighted: bool) -> None:
+    rng = np.random.default_rng(7)
+    n = 40
+    y = rng.choice(np.arange(1, 7), size=n, p=SCORE_MIX).astype(float)
+    p = y + rng.normal(0, 0.8, n)
+    w = rng.uniform(0.5, 2.0, n) if weighted else None
+    total = n if w is None else w.sum()
+    _, grad, hess = qwk_surrogate(y, p, w)
+    step = 1e-5
+    for i in range(0, n, 3):
+        e = np.zeros(n)
+        e[i] = step
+        up, g_up, _ = qwk_surrogate(y, p + e, w)
+        down, g_down, _ = qwk_surrogate(y, p - e, w)
+        assert grad[i] == pytest.approx(total * (up - down) / (2 * step), rel=1e-5, abs=1e-8)
+        assert hess[i] == pytest.approx((g_up[i] - g_down[i]) / (2 * step), rel=1e-4, abs=1e-7)
+
+
+def test_qwk_surrogate_is_one_minus_continuous_kappa() -> None:
+    rng = np.random.default_rng(8)
+    y = rng.integers(1, 7, size=30).astype(float)
+    p = y + rng.normal(0, 1, 30)
+    observed = np.sum((p - y) ** 2)
+    expected = np.sum((p[:, None] - y[None, :]) ** 2) / len(y)
+    assert qwk_surrogate(y, p)[0] == pytest.approx(observed / expected)
+
+
+def test_qwk_objective_hessian_is_positive_at_constant_start() -> None:
+    import lightgbm as lgb
+
+    y = np.random.default_rng(9).integers(1, 7, size=50).astype(float)
+    data = lgb.Dataset(np.zeros((50, 1)), y).construct()
+    grad, hess = qwk_objective(np.full(50, y.mean()), data)
+    np.testing.assert_allclose(grad, qwk_surrogate(y, np.full(50, y.mean()))[1])
+    assert np.all(hess > 0)
+
+
+def test_stacker_fold_predictions_ignore_held_out_labels() -> None:
+    X, y, folds = stacker_data()
+    reference = fast_stacker().fit_oof(X, y, folds)
+    held = folds == 2
+    scrambled_y = y.copy()
+    scrambled_y[held] = np.random.default_rng(0).permutation(scrambled_y[held])[::-1]
+    scrambled_y[held] = np.where(scrambled_y[held] == 6, 1, scrambled_y[held] + 1)
+    scrambled = fast_stacker().fit_oof(X, scrambled_y, folds)
+    np.testing.assert_array_equal(scrambled[held], reference[held])
+    assert not np.array_equal(scrambled[~held], reference[~held])
+
+
+def test_stacker_never_trains_or_early_stops_on_the_held_out_fold(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lightgbm as lgb
+
+    X, y, folds = stacker_data()
+    X = X.assign(row=np.arange(len(y), dtype=float))
+    seen: list[tuple[set[int], set[int]]] = []
+    real_train = lgb.train
+
+    def spy_train(params, train_set, *args, **kwargs):
+        rows = {int(r) for r in np.asarray(train_set.data)[:, -1]}
+        valid = {int(r) for r in np.asarray(kwargs["valid_sets"][0].data)[:, -1]}
+        seen.append((rows, valid))
+        return real_train(params, train_set, *args, **kwargs)
+
+    monkeypatch.setattr(lgb, "train", spy_train)
+    fast_stacker().fit_oof(X, y, folds)
+    assert len(seen) == len(np.unique(folds))
+    for fold, (train_rows, valid_rows) in zip(np.unique(folds), seen, strict=True):
+        held = set(np.flatnonzero(folds == fold).tolist())
+        assert not train_rows & held and not valid_rows & held
+        assert not train_rows & valid_rows
+        assert len(train_rows | valid_rows | held) == len(y)
+
+
+@pytest.mark.parametrize("objective", ["regression", "qwk"])
+def test_stacker_save_load_round_trip(tmp_path, objective: str) -> None:
+    X, y, folds = stacker_data()
+    stacker = fast_stacker(objective)
+    oof = stacker.fit_oof(X, y, folds)
+    assert qwk(y, round_scores(oof)) > 0.6
+    stacker.save(tmp_path / "stacker")
+    assert sorted(p.name for p in (tmp_path / "stacker").iterdir()) == [
+        "fold_0.txt", "fold_1.txt", "fold_2.txt", "fold_3.txt", "stacker.json"]
+    loaded = LGBMStacker.load(tmp_path / "stacker")
+    new_rows = X.iloc[:50][list(reversed(X.columns))]  # column order does not matter for frames
+    np.testing.assert_array_equal(loaded.predict(new_rows), stacker.predict(new_rows))
+    np.testing.assert_array_equal(loaded.predict(X.to_numpy()), stacker.predict(X))
+    with pytest.raises(ValueError, match="lacks feature columns"):
+        loaded.predict(X.drop(columns="good"))
+
+
+def test_stacker_is_deterministic_and_needs_three_folds() -> None:
+    X, y, folds = stacker_data()
+    np.testing.assert_array_equal(fast_stacker().fit_oof(X, y, folds), fast_stacker().fit_oof(X, y, folds))
+    with pytest.raises(ValueError, match="at least 3 folds"):
+        fast_stacker().fit_oof(X, y, folds % 2)
+
+
+def test_tune_stacker_returns_usable_params() -> None:
+    X, y, folds = stacker_data(n=400)
+    settings = {"n_trials": 4, "seed": 0, "n_estimators": 60, "early_stopping_rounds": 10, "num_threads": 1}
+    best = tune_stacker(X, y, folds, **settings)
+    assert set(best) == {"learning_rate", "num_leaves", "min_data_in_leaf", "feature_fraction",
+                         "bagging_fraction", "lambda_l2"}
+    assert best == tune_stacker(X, y, folds, **settings)
+    LGBMStacker(params=best, n_estimators=60, early_stopping_rounds=10, num_threads=1).fit_oof(X, y, folds)

@@ -1,0 +1,171 @@
+"""Stages 03_oof_thresholds and 04_ensemble end to end on demo folds with synthetic OOF files."""
+
+import json
+import shutil
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.ensemble import LGBMStacker
+from common.text_features import TextFeaturizer
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+FAST = "ensemble.n_trials=2"
+
+
+def write_oof(out: Path, name: str, noise: float, seed: int, probs: bool = False) -> pd.DataFrame:
+    folds = pd.read_parquet(out / "prepare" / "folds.parquet")
+    rng = np.random.default_rng(seed)
+    pred = folds["score"].to_numpy() + rng.normal(0, noise, len(folds))
+    oof = pd.DataFrame({"essay_id": folds["essay_id"], "fold": folds["fold"], "pred": pred})
+    if probs:
+        logits = -((np.arange(1, 7)[None, :] - pred[:, None]) ** 2)
+        p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        for k in range(6):
+            oof[f"prob_{k + 1}"] = p[:, k]
+    (out / "train" / name).mkdir(parents=True, exist_ok=True)
+    oof.sample(frac=1.0, random_state=seed).to_parquet(out / "train" / name / "oof.parquet", index=False)
+    return oof
+
+
+@pytest.fixture(scope="module")
+def run_dir(prepared_output, demo_input, tmp_path_factory):
+    out = tmp_path_factory.mktemp("post")
+    shutil.copytree(prepared_output / "prepare", out / "prepare")
+    write_oof(out, "model_a", 0.6, 1)
+    write_oof(out, "model_b", 0.8, 2, probs=True)
+    write_oof(out, "noise", 3.0, 3)
+    folder, _ = demo_input
+    for stage in ("03_oof_thresholds", "04_ensemble"):
+        result = run_cli(stage, f"paths.input={folder}", f"paths.output={out}", FAST)
+        assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_thresholds_report_every_model(run_dir):
+    for name in ("model_a", "model_b", "noise"):
+        report = json.loads((run_dir / "thresholds" / f"{name}.json").read_text())
+        for key in ("qwk_rounded", "qwk_insample", "qwk_nested", "qwk_rounded_other", "qwk_nested_other"):
+            assert -1.0 <= report[key] <= 1.0
+        assert np.all(np.diff(report["thresholds"]) > 0) and len(report["thresholds"]) == 5
+        assert set(report["per_fold"]) == {"0", "1", "2", "3"}
+        assert {"persuade", "other"} == set(report["per_group"]["origin"])
+        assert len(report["per_group"]["prompt_name"]) == 7
+        assert report["qwk_insample"] >= report["qwk_nested"] - 1e-9
+        for plot in (f"{name}_confusion.png", f"{name}_pred_vs_true.png"):
+            assert (run_dir / "thresholds" / "plots" / plot).read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((run_dir / "metrics" / "thresholds.json").read_text())
+    assert summary["model_a"]["qwk_nested"] > summary["noise"]["qwk_nested"]
+
+
+def test_ensemble_metrics_and_selection(run_dir):
+    metrics = json.loads((run_dir / "ensemble" / "metrics.json").read_text())
+    assert set(metrics["methods"]) == {"mean", "greedy", "scipy", "stacker"}
+    for figures in metrics["methods"].values():
+        assert 0.0 < figures["qwk_nested"] <= 1.0 and 0.0 < figures["qwk_nested_other"] <= 1.0
+    best = max(metrics["methods"], key=lambda k: metrics["methods"][k]["qwk_nested"])
+    assert metrics["selected"] == best
+    assert metrics["models"] == ["model_a", "model_b", "noise"]
+    for plot in ("methods.png", "confusion.png"):
+        assert (run_dir / "ensemble" / "plots" / plot).exists()
+
+
+def test_artifacts_load_without_training_code(run_dir, demo_input):
+    art = run_dir / "ensemble" / "artifacts"
+    spec = json.loads((art / "ensemble.json").read_text())
+    assert spec["methods"]["greedy"]["weights"]["noise"] < spec["methods"]["greedy"]["weights"]["model_a"]
+    assert np.all(np.diff(spec["thresholds"]) > 0)
+    # The stacker is plain LightGBM text files + JSON: load the boosters directly and compare.
+    meta = json.loads((art / "stacker" / "stacker.json").read_text())
+    stacker = LGBMStacker.load(art / "stacker")
+    assert stacker.feature_names_ == spec["feature_columns"]
+    folds = pd.read_parquet(run_dir / "prepare" / "folds.parquet")
+    x = np.random.default_rng(0).normal(3, 1, size=(5, len(spec["feature_columns"])))
+    raw = np.mean([lgb.Booster(model_file=str(art / "stacker" / f)).predict(x) + meta["base_scores"][k]
+                   for k, f in meta["model_files"].items()], axis=0)
+    np.testing.assert_allclose(stacker.predict(x), raw)
+    vocabulary = json.loads((art / "text_vocabulary.json").read_text())
+    featurizer = TextFeaturizer.from_vocabulary(vocabulary)
+    folder, _ = demo_input
+    texts = pd.read_csv(folder / "train.csv")["full_text"].head(3).tolist()
+    assert featurizer.transform(texts).shape == (3, len([c for c in spec["feature_columns"] if c.startswith("text__")]))
+    assert len(folds) == 200
+
+
+def test_models_can_be_chosen_and_text_features_turned_off(run_dir, demo_input, tmp_path):
+    folder, _ = demo_input
+    shutil.copytree(run_dir / "prepare", tmp_path / "prepare")
+    shutil.copytree(run_dir / "train", tmp_path / "train")
+    result = run_cli("04_ensemble", f"paths.input={folder}", f"paths.output={tmp_path}", FAST,
+                     "ensemble.models=[model_a, model_b]", "ensemble.text_features=false", "ensemble.select_on=other")
+    assert result.returncode == 0, result.stderr
+    spec = json.loads((tmp_path / "ensemble" / "artifacts" / "ensemble.json").read_text())
+    assert spec["models"] == ["model_a", "model_b"] and spec["text_features"] is False
+    assert not [c for c in spec["feature_columns"] if c.startswith("text__")]
+    assert not (tmp_path / "ensemble" / "artifacts" / "text_vocabulary.json").exists()
+    metrics = json.loads((tmp_path / "ensemble" / "metrics.json").read_text())
+    best = max(metrics["methods"], key=lambda k: metrics["methods"][k]["qwk_nested_other"])
+    assert metrics["select_on"] == "other" and metrics["selected"] == best
+
+
+@pytest.fixture
+def bad_dir(run_dir, tmp_path):
+    shutil.copytree(run_dir / "prepare", tmp_path / "prepare")
+    write_oof(tmp_path, "model_a", 0.6, 1)
+    return tmp_path
+
+
+def expect_failure(out: Path, demo_input, *overrides: str) -> str:
+    folder, _ = demo_input
+    stderr = ""
+    for stage in ("03_oof_thresholds", "04_ensemble"):
+        result = run_cli(stage, f"paths.input={folder}", f"paths.output={out}", FAST, *overrides)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        stderr += result.stderr
+    assert not (out / "thresholds").exists() and not (out / "ensemble").exists()
+    return stderr
+
+
+def test_oof_ids_that_differ_from_the_folds(bad_dir, demo_input):
+    oof = pd.read_parquet(bad_dir / "train" / "model_a" / "oof.parquet")
+    oof.iloc[:-3].to_parquet(bad_dir / "train" / "model_a" / "oof.parquet")
+    msg = expect_failure(bad_dir, demo_input)
+    assert "model_a/oof.parquet: essay ids differ from folds.parquet (3 missing" in msg
+
+
+def test_nan_predictions(bad_dir, demo_input):
+    oof = pd.read_parquet(bad_dir / "train" / "model_a" / "oof.parquet")
+    oof.loc[[4, 9], "pred"] = np.nan
+    oof.to_parquet(bad_dir / "train" / "model_a" / "oof.parquet")
+    msg = expect_failure(bad_dir, demo_input)
+    assert "model_a/oof.parquet: 2 NaN or infinite prediction(s)" in msg
+
+
+def test_model_with_a_single_fold(bad_dir, demo_input):
+    oof = pd.read_parquet(bad_dir / "train" / "model_a" / "oof.parquet")
+    oof[oof["fold"] == 1].to_parquet(bad_dir / "train" / "model_a" / "oof.parquet")
+    msg = expect_failure(bad_dir, demo_input)
+    assert "model_a/oof.parquet: covers fold(s) [1] of 4" in msg
+
+
+def test_predictions_in_the_wrong_fold(bad_dir, demo_input):
+    oof = pd.read_parquet(bad_dir / "train" / "model_a" / "oof.parquet")
+    oof["fold"] = (oof["fold"] + 1) % 4
+    oof.to_parquet(bad_dir / "train" / "model_a" / "oof.parquet")
+    msg = expect_failure(bad_dir, demo_input)
+    assert "predicted in a different fold than folds.parquet says" in msg
+
+
+def test_model_listed_twice(bad_dir, demo_input):
+    msg = expect_failure(bad_dir, demo_input, "ensemble.models=[model_a, model_a]")
+    assert "model(s) ['model_a'] listed twice in ensemble.models" in msg
+
+
+def test_model_without_oof(bad_dir, demo_input):
+    msg = expect_failure(bad_dir, demo_input, "ensemble.models=[model_a, missing]")
+    assert "no oof.parquet for model(s) ['missing']" in msg and "['model_a']" in msg

@@ -1,0 +1,120 @@
+"""Stage 04's logic: nested scoring of blends and the stacker never uses held-out labels."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.oof import OOFSet
+from common.selection import build_ensemble, stacker_features
+
+
+def synthetic_oofs(seed: int = 0, n: int = 400) -> OOFSet:
+    rng = np.random.default_rng(seed)
+    y = rng.choice([1, 2, 3, 4, 5, 6], size=n, p=[0.07, 0.27, 0.36, 0.23, 0.06, 0.01])
+    folds = pd.DataFrame({
+        "essay_id": [f"e{i}" for i in range(n)],
+        "score": y,
+        "fold": rng.permutation(np.arange(n) % 4),
+        "prompt_cluster": rng.integers(0, 3, n),
+        "origin": np.where(rng.random(n) < 0.7, "persuade", "other"),
+    })
+    folds["prompt_name"] = folds["prompt_cluster"].map({0: "Venus", 1: "Mars", 2: "Cars"})
+    shared = rng.normal(0, 0.4, n)
+    preds = {
+        "good": y + shared + rng.normal(0, 0.4, n),
+        "fair": y + shared + rng.normal(0, 0.7, n),
+        "noise": rng.normal(3, 1, n),
+    }
+    logits = -((np.arange(1, 7)[None, :] - preds["fair"][:, None]) ** 2)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    prob_frame = pd.DataFrame(probs, columns=[f"prob_{k}" for k in range(1, 7)])
+    return OOFSet(folds=folds, preds=preds, probs={"fair": prob_frame})
+
+
+def texts_for(oofs: OOFSet) -> list[str]:
+    return [("word " * int(10 * s + 5)) + "end." for s in oofs.y]
+
+
+def run(oofs: OOFSet, texts=None, **kwargs):
+    options = {"select_on": "all", "stacker_objective": "regression", "n_trials": 2, "prompt_mix": {}, "seed": 1}
+    options.update(kwargs)
+    return build_ensemble(oofs, texts, **options)
+
+
+@pytest.fixture(scope="module")
+def result():
+    oofs = synthetic_oofs()
+    return oofs, run(oofs, texts_for(oofs))
+
+
+def test_every_method_is_scored_on_all_and_other_rows(result):
+    _, res = result
+    assert set(res.methods) == {"mean", "greedy", "scipy", "stacker"}
+    for m in res.methods.values():
+        for key in ("qwk_nested", "qwk_nested_other", "qwk_insample", "qwk_insample_other"):
+            assert 0.0 < m.figures[key] <= 1.0
+        assert m.nested_scores.min() >= 1 and m.nested_scores.max() <= 6
+        assert np.all(np.diff(m.thresholds) > 0)
+    assert res.metrics["selected"] == max(res.methods, key=lambda k: res.methods[k].figures["qwk_nested"])
+
+
+def test_greedy_blend_ignores_the_noise_model_and_beats_the_mean(result):
+    _, res = result
+    greedy = res.methods["greedy"]
+    assert greedy.weights["noise"] == 0.0
+    assert greedy.figures["qwk_nested"] >= res.methods["mean"].figures["qwk_nested"]
+
+
+def test_in_sample_figures_are_at_least_the_nested_ones(result):
+    _, res = result
+    for name in ("greedy", "scipy", "stacker"):
+        m = res.methods[name]
+        assert m.figures["qwk_insample"] >= m.figures["qwk_nested"] - 0.005
+
+
+def test_nested_predictions_never_use_the_held_out_labels():
+    """Scrambling fold 0's labels must not move fold 0's nested predictions, for any method."""
+    oofs = synthetic_oofs(seed=3)
+    scrambled = OOFSet(folds=oofs.folds.copy(), preds=oofs.preds, probs=oofs.probs)
+    held = (oofs.fold == 0)
+    rng = np.random.default_rng(9)
+    scrambled.folds.loc[held, "score"] = rng.permutation(oofs.folds.loc[held, "score"].to_numpy()[::-1])
+    assert (scrambled.y[held] != oofs.y[held]).any()
+    texts = texts_for(oofs)  # the same texts for both runs: only labels change
+    a, b = run(oofs, texts), run(scrambled, texts)
+    for name in a.methods:
+        np.testing.assert_allclose(a.methods[name].nested_pred[held], b.methods[name].nested_pred[held],
+                                   err_msg=f"{name} used held-out labels")
+        np.testing.assert_array_equal(a.methods[name].nested_scores[held], b.methods[name].nested_scores[held])
+    # ... while the other folds' predictions do depend on fold 0's labels (the test can see a change).
+    assert not np.allclose(a.methods["stacker"].nested_pred[~held], b.methods["stacker"].nested_pred[~held])
+
+
+def test_select_on_other_uses_other_origin_figures():
+    oofs = synthetic_oofs(seed=4)
+    res = run(oofs, None, select_on="other", n_trials=0)
+    best = max(res.methods, key=lambda k: res.methods[k].figures["qwk_nested_other"])
+    assert res.metrics["selected"] == best and res.metrics["select_on"] == "other"
+
+
+def test_without_text_features_the_stacker_sees_predictions_only():
+    oofs = synthetic_oofs(seed=5)
+    res = run(oofs, None, n_trials=0)
+    assert res.featurizer is None
+    assert not [c for c in res.feature_columns if c.startswith("text__")]
+    assert "pred__good" in res.feature_columns and "fair__prob_3" in res.feature_columns
+
+
+def test_feature_names_are_safe_for_lightgbm():
+    oofs = synthetic_oofs()
+    oofs.preds = {"deberta:v3[large]": oofs.preds["good"]}
+    oofs.probs = {}
+    assert list(stacker_features(oofs, None).columns) == ["pred__deberta_v3_large_"]
+
+
+def test_prompt_mix_weights_change_the_scores():
+    oofs = synthetic_oofs(seed=6)
+    plain = run(oofs, None, n_trials=0)
+    weighted = run(oofs, None, n_trials=0, prompt_mix={"Venus": 0.8, "Mars": 0.1, "Cars": 0.1})
+    assert weighted.metrics["weighted_by_prompt_mix"] is True
+    assert plain.methods["greedy"].figures["qwk_nested"] != weighted.methods["greedy"].figures["qwk_nested"]
