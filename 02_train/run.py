@@ -1,14 +1,40 @@
 """Stage 02_train: per-fold transformer training writing out-of-fold predictions.
 
 Run from the repository root: python 02_train/run.py [dotted.key=value ...]
+  train.model=NAME   train only that model (dvc runs one stage per model)
+  train.folds=[0,2]  train only those folds (e.g. one process per GPU); OOF is collected once all exist
+Writes output/train/<model>/fold_<k>/ (model, tokenizer, config, oof, log), and when every fold is
+there output/train/<model>/oof.parquet and metrics.json. Killed runs resume from output/checkpoints/.
 """
 
+import logging
+
+import torch
+
 from common.config import Params
-from common.stage import NotBuiltYet, exit_with
+from common.data import load_competition_data
+from common.oof import read_folds
+from common.stage import exit_with
+from common.train_stage import train_model
+
+log = logging.getLogger("aes.train")
 
 
 def main(params: Params) -> None:
-    raise NotBuiltYet("02_train is not built yet (the training engine: issue 9); the stages before it ran fine.")
+    out, t = params.output_dir, params.train
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    folds = read_folds(out / "prepare" / "folds.parquet")
+    prep = params.prepare
+    train = load_competition_data(params.input_dir, prep.train_file, prep.test_file, prep.sample_submission_file).train
+    texts = folds[["essay_id"]].merge(train, on="essay_id", how="left")["full_text"]
+    if texts.isna().any():
+        raise FileNotFoundError(f"{params.input_dir / prep.train_file} lacks essays of folds.parquet: re-run 00_prepare")
+    for spec in t.models:
+        if t.model and spec.name != t.model:
+            continue
+        train_model(spec, spec.backbone or params.backbone, folds, texts.tolist(), out, params.seed, t.folds,
+                    t.device)
 
 
 if __name__ == "__main__":

@@ -68,16 +68,84 @@ class PseudoParams:
 class ModelParams:
     name: str = _help("Unique model name; artifacts go to output/train/<name>/.")
     backbone: str = _help("Backbone name or folder; empty uses the top-level backbone.", "")
+    # Model
     head: Literal["regression", "classification", "ordinal"] = _help("Prediction head.", "regression")
-    pooling: str = _help("Pooling of the token states (cls, mean, max, ...).", "mean")
-    max_length: int = _help("Tokens kept per essay.", 512)
+    regression_loss: Literal["mse", "smooth_l1"] = _help("Loss of the regression head.", "mse")
+    pooling: Literal["cls", "mean", "max", "mean_max", "attention", "weighted_layer", "gem"] = _help(
+        "Pooling of the token states.", "mean"
+    )
+    dropout: float = _help("Dropout before the head.", 0.1)
+    n_dropout_samples: int = _help("Multi-sample dropout: head passes averaged in training.", 1)
+    reinit_layers: int = _help("Re-initialise the top N encoder layers.", 0)
+    freeze_embeddings: bool = _help("Freeze the embedding layer.", False)
+    gradient_checkpointing: bool = _help("Trade compute for memory in the backbone.", False)
+    lora_r: int = _help("LoRA rank (peft); 0 fine-tunes every weight.", 0)
+    lora_alpha: int = _help("LoRA alpha.", 16)
+    lora_dropout: float = _help("LoRA dropout.", 0.05)
+    # Tokenisation
+    max_length: int = _help("Tokens kept per essay (truncation beyond).", 512)
+    add_newline_tokens: bool = _help("Add newline tokens (DeBERTa drops newlines) and resize embeddings.", True)
+    padding_side: Literal["right", "left"] = _help("Side padding goes on.", "right")
+    truncation_side: Literal["right", "left"] = _help("Side truncation cuts from.", "right")
+    add_special_tokens: bool = _help("Add [CLS]/[SEP] (or the tokenizer's equivalents).", True)
+    # Optimisation
+    epochs: float = _help("Epochs of the main (last) training stage.", 2.0)
+    batch_size: int = _help("Essays per batch per device.", 8)
+    effective_batch_size: int = _help(
+        "Essays per optimizer step across devices and accumulation steps (a multiple of batch_size).", 16
+    )
+    lr: float = _help("Learning rate of the top encoder layer.", 2e-5)
+    head_lr: float = _help("Learning rate of pooling and head.", 1e-3)
+    layerwise_lr_decay: float = _help("LR multiplier per encoder layer going down (1.0: none).", 0.9)
+    weight_decay: float = _help("AdamW weight decay (not on biases and norms).", 0.01)
+    scheduler: Literal["linear", "cosine", "constant"] = _help("LR schedule after warmup.", "cosine")
+    warmup_ratio: float = _help("Share of steps spent warming up.", 0.1)
+    max_grad_norm: float = _help("Gradient clipping norm (0: off).", 1.0)
+    ema_decay: float = _help("EMA of weights used for evaluation and saving (0: off).", 0.0)
+    awp_lr: float = _help("Adversarial weight perturbation step (0: off).", 0.0)
+    awp_eps: float = _help("AWP perturbation bound, relative to weight size.", 1e-3)
+    awp_start_epoch: float = _help("Epoch from which AWP is applied.", 1.0)
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = _help(
+        "auto: bf16 where the GPU supports it, fp16 + GradScaler otherwise, none on CPU.", "auto"
+    )
+    # Two-stage training
+    stage1_rows: Literal["none", "persuade", "other", "all"] = _help(
+        "Rows of the training folds for a first stage ('none': single stage).", "none"
+    )
+    stage1_epochs: float = _help("Epochs of the first stage.", 1.0)
+    stage2_rows: Literal["all", "persuade", "other"] = _help(
+        "Rows of the training folds for the main stage (held-out fold never used).", "all"
+    )
+    # Evaluation and checkpoints
+    eval_every: int = _help("Evaluate on the held-out fold every N optimizer steps (0: at each epoch end).", 0)
+    keep_best: bool = _help("Keep the best-by-eval-QWK weights instead of the final ones.", False)
+    checkpoint_every: int = _help("Save a resumable checkpoint every N optimizer steps (0: each epoch).", 0)
 
 
 @dataclass
 class TrainParams:
     models: list[ModelParams] = _help(
-        "Named model configs trained fold by fold.", factory=lambda: [ModelParams(name="tiny-regression")]
+        "Named model configs trained fold by fold (the defaults are the demo's tiny models).",
+        factory=lambda: [
+            ModelParams(name="tiny-regression", lr=2e-3, head_lr=5e-3, layerwise_lr_decay=1.0, max_length=384,
+                        epochs=3.0, eval_every=10),
+            ModelParams(name="tiny-ordinal", head="ordinal", pooling="attention", lr=2e-3, head_lr=5e-3,
+                        layerwise_lr_decay=1.0, max_length=384, epochs=3.0, stage1_rows="persuade",
+                        stage1_epochs=1.0, eval_every=10),
+        ],
     )
+    model: str = _help("Train only this model (dvc's per-model stages set it); empty: every model.", "")
+    folds: list[int] = _help("Folds to train; empty: every fold in folds.parquet.", factory=list)
+    device: Literal["auto", "cpu", "cuda"] = _help("Where to train; auto picks CUDA when present.", "auto")
+    num_threads: int = _help("CPU threads for torch (0: torch's default).", 0)
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.models]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ParamsError(f"train.models: model name(s) {twice} listed twice; every model needs its own name")
+        if self.model and self.model not in names:
+            raise ParamsError(f"train.model={self.model!r} is not in train.models ({', '.join(names)})")
 
 
 @dataclass

@@ -1,0 +1,176 @@
+"""The training engine on the tiny backbone: heads, fold discipline, resume, determinism, faults."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common import training
+from common.config import ModelParams
+from common.demo import make_demo_frames
+from common.folds import make_folds
+from common.training import Interrupted, TrainingError, tokenize_train, train_fold
+
+REPO = Path(__file__).resolve().parents[1]
+BACKBONE = str(REPO / "input" / "tiny-deberta-v2")
+pytestmark = pytest.mark.slow
+
+BASE = ModelParams(
+    name="t", max_length=64, epochs=1.0, batch_size=8, effective_batch_size=16, lr=1e-3, head_lr=5e-3,
+    warmup_ratio=0.0, scheduler="linear", dropout=0.1,
+)
+
+
+@pytest.fixture(scope="module")
+def frame():
+    frames = make_demo_frames(seed=5, n_train=96, n_test=4, n_corpus_only=20)
+    truth = frames["truth"].set_index("essay_id")
+    train = frames["train"]
+    origin = truth.loc[train["essay_id"], "origin"].to_numpy()
+    folds = make_folds(train["score"].to_numpy(), np.arange(len(train)), np.zeros(len(train), int), origin,
+                       n_folds=3, seed=0)
+    table = pd.DataFrame({"essay_id": train["essay_id"], "score": train["score"], "fold": folds, "origin": origin})
+    return table, train["full_text"].tolist()
+
+
+def fit(frame, spec=BASE, fold=0, tmp=None, **kwargs):
+    table, texts = frame
+    tokenizer, data = tokenize_train(spec, BACKBONE, table, texts)
+    return train_fold(spec, BACKBONE, tokenizer, data, fold, tmp / "model", tmp / "ckpt", seed=3, device="cpu",
+                      **kwargs)
+
+
+@pytest.mark.parametrize("head", ["regression", "classification", "ordinal"])
+def test_each_head_trains_and_predicts_the_held_out_fold(frame, tmp_path, head):
+    table, _ = frame
+    result = fit(frame, replace(BASE, head=head), tmp=tmp_path)
+    held = table[table["fold"] == 0]
+    assert sorted(result.oof["essay_id"]) == sorted(held["essay_id"])
+    assert (result.oof["fold"] == 0).all() and result.oof["pred"].between(0.5, 6.5).all()
+    prob_cols = [c for c in result.oof.columns if c.startswith("prob_")]
+    if head == "regression":
+        assert prob_cols == []
+    else:
+        assert len(prob_cols) == 6
+        np.testing.assert_allclose(result.oof[prob_cols].sum(axis=1), 1.0, atol=1e-5)
+    assert np.isfinite(result.log["train_loss"]).all() and "eval_qwk" in result.log
+    assert (tmp_path / "model" / "train_config.json").exists()
+
+
+def test_no_held_out_essay_is_ever_in_a_training_batch(frame, tmp_path, monkeypatch):
+    table, _ = frame
+    seen: list[int] = []
+    original = training._epoch_batches
+
+    def spy(*args, **kwargs):
+        batches = original(*args, **kwargs)
+        seen.extend(i for b in batches for i in b)
+        return batches
+
+    monkeypatch.setattr(training, "_epoch_batches", spy)
+    spec = replace(BASE, stage1_rows="persuade", stage1_epochs=1.0, stage2_rows="all", epochs=1.0)
+    fit(frame, spec, fold=1, tmp=tmp_path)
+    held = set(np.flatnonzero(table["fold"].to_numpy() == 1).tolist())
+    assert seen and not held & set(seen)
+    assert set(seen) == set(range(len(table))) - held  # every training row was used
+
+
+def test_two_stages_train_on_the_chosen_rows(frame, tmp_path, monkeypatch):
+    table, _ = frame
+    calls = []
+    original = training._stage_rows
+    monkeypatch.setattr(training, "_stage_rows", lambda d, f, w: calls.append(w) or original(d, f, w))
+    spec = replace(BASE, stage1_rows="persuade", stage2_rows="other", stage1_epochs=1.0, epochs=1.0)
+    result = fit(frame, spec, tmp=tmp_path)
+    assert calls == ["persuade", "other"]
+    assert sorted(result.log["stage"].unique()) == [1, 2]
+    other_train = ((table["fold"] != 0) & (table["origin"] == "other")).to_numpy()
+    assert training._stage_rows(training.TrainData(
+        table["essay_id"].to_numpy(), [], table["score"].to_numpy(), table["fold"].to_numpy(),
+        table["origin"].to_numpy()), 0, "other").tolist() == np.flatnonzero(other_train).tolist()
+
+
+def test_same_seed_same_predictions(frame, tmp_path):
+    a = fit(frame, tmp=tmp_path / "a")
+    b = fit(frame, tmp=tmp_path / "b")
+    pd.testing.assert_frame_equal(a.oof, b.oof)
+
+
+def test_a_killed_run_resumes_to_the_same_result(frame, tmp_path):
+    spec = replace(BASE, epochs=2.0, checkpoint_every=2, eval_every=2, ema_decay=0.9)
+    whole = fit(frame, spec, tmp=tmp_path / "whole")
+    with pytest.raises(Interrupted):
+        fit(frame, spec, tmp=tmp_path / "killed", stop_after_steps=5)
+    assert (tmp_path / "killed" / "ckpt" / training.CHECKPOINT_FILE).exists()
+    resumed = fit(frame, spec, tmp=tmp_path / "killed")
+    np.testing.assert_allclose(resumed.oof["pred"], whole.oof["pred"], rtol=0, atol=1e-6)
+    assert resumed.log["step"].tolist() == whole.log["step"].tolist()
+    assert not (tmp_path / "killed" / "ckpt" / training.CHECKPOINT_FILE).exists()  # removed once done
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(frame, tmp_path, monkeypatch):
+    from common.models import heads
+
+    calls = {"n": 0}
+    original = heads.RegressionHead.loss
+
+    def flaky(self, logits, target):
+        calls["n"] += 1
+        loss = original(self, logits, target)
+        return loss * float("nan") if calls["n"] > 6 else loss
+
+    monkeypatch.setattr(heads.RegressionHead, "loss", flaky)
+    spec = replace(BASE, epochs=2.0, checkpoint_every=1)
+    with pytest.raises(TrainingError, match=r"loss is nan at stage 1, step \d+.*fp16 overflow.*last good checkpoint"):
+        fit(frame, spec, tmp=tmp_path)
+    assert (tmp_path / "ckpt" / training.CHECKPOINT_FILE).exists()
+
+
+def test_awp_keep_best_and_ema_run(frame, tmp_path):
+    spec = replace(BASE, epochs=2.0, awp_lr=0.5, awp_start_epoch=0.5, keep_best=True, eval_every=1, ema_decay=0.5,
+                   head="classification", pooling="attention", n_dropout_samples=3)
+    result = fit(frame, spec, tmp=tmp_path)
+    assert result.metrics["best_step"] in result.log["step"].tolist()
+    assert np.isfinite(result.oof["pred"]).all()
+
+
+def test_effective_batch_size_must_divide(frame, tmp_path):
+    with pytest.raises(TrainingError, match="effective_batch_size=12 is not a multiple"):
+        fit(frame, replace(BASE, effective_batch_size=12), tmp=tmp_path)
+
+
+def test_unknown_fold(frame, tmp_path):
+    with pytest.raises(TrainingError, match=r"fold 7 is not in folds\.parquet"):
+        fit(frame, fold=7, tmp=tmp_path)
+
+
+def test_two_processes_match_one_process(tmp_path):
+    """Data parallel over two CPU processes (gloo) equals one process accumulating the same batches."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    backbone = tmp_path / "backbone"
+    shutil.copytree(BACKBONE, backbone)
+    config = json.loads((backbone / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (backbone / "config.json").write_text(json.dumps(config))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    outs = {}
+    for name, cmd in {
+        "one": [sys.executable, "tests/ddp_worker.py", str(tmp_path), "8"],
+        "two": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                "tests/ddp_worker.py", str(tmp_path), "8"],
+    }.items():
+        for old in ("model", "ckpt", "oof.csv"):
+            shutil.rmtree(tmp_path / old, ignore_errors=True) if old != "oof.csv" else (tmp_path / old).unlink(
+                missing_ok=True)
+        result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outs[name] = pd.read_csv(tmp_path / "oof.csv").sort_values("essay_id")
+        assert (tmp_path / "processes.txt").read_text() == {"one": "1", "two": "2"}[name]
+    np.testing.assert_allclose(outs["one"]["pred"], outs["two"]["pred"], atol=1e-4)
