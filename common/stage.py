@@ -13,7 +13,11 @@ from common.logs import setup_logging
 log = logging.getLogger("aes")
 
 
-class NotBuiltYet(RuntimeError):
+class PipelineError(RuntimeError):
+    """An expected failure a stage reports as one message (no traceback): the message says the fix."""
+
+
+class NotBuiltYet(PipelineError):
     """The stage's work is not implemented yet (its issue has not landed)."""
 
 
@@ -23,7 +27,7 @@ def run_stage(main: Callable[[Params], None], description: str, argv: Sequence[s
     try:
         params = parse_cli(argv, description=description)
         main(params)
-    except (ParamsError, InputError, NotBuiltYet, FileNotFoundError) as exc:
+    except (ParamsError, InputError, PipelineError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 2
     return 0

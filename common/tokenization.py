@@ -1,57 +1,97 @@
-"""Tokenising essays, and batching them so little compute goes to padding.
+"""Tokenising essays, and batching them so that little compute goes to padding.
 
-- `load_tokenizer` loads any backbone's tokenizer from a local folder or the Hugging Face cache, falls
-  back to EOS/SEP when there is no PAD token, and can keep paragraph breaks: DeBERTa-v3's tokenizer
-  turns every newline into a plain space, so with `add_newline_tokens` each "\\n" is written as the
-  added token "[BR]" before tokenising (`newline_safe`) -- the same function at training and inference.
-- `tokenize_essays` returns unpadded token ids; `EssayCollator` pads each batch to its own longest essay.
+- `load_tokenizer` loads a backbone's tokenizer from a local folder or the Hugging Face cache (never
+  the network), pads with EOS/SEP when the tokenizer has no PAD token, and with `add_newline_tokens`
+  keeps paragraph breaks: deberta-v3's normaliser turns every newline into a space, so "\\n" is added
+  as a token matched on the raw text, before normalisation (`normalized=False`); "\\n\\n" becomes two
+  such tokens. The model's embeddings must then be resized to `len(tokenizer)` (the caller's job).
+- `newline_safe` writes every line ending as "\\n"; `tokenize_essays` applies it to every text, so
+  training and inference see the same tokens. It returns unpadded ids.
+- `EssayDataset` holds token ids, targets and row indices; `EssayCollator` pads each batch to its own
+  longest essay (dynamic padding).
 - `LengthGroupedSampler` (training) and `batches_by_token_budget` (inference) put essays of similar
-  length together, which is what makes dynamic padding pay off.
+  length in the same batch, which is what makes dynamic padding pay off.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+from tokenizers import AddedToken
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
-NEWLINE_TOKEN = "[BR]"
+NEWLINE_TOKEN = "\n"
+"""The token added by `load_tokenizer(add_newline_tokens=True)`; a paragraph break is two of them."""
+
+TOKENIZE_CHUNK = 1000
+"""Texts per call to the fast tokenizer (a call tokenises its batch in parallel, in Rust)."""
+
+_LINE_ENDINGS = re.compile(r"\r\n?")
 
 
 def load_tokenizer(
     name_or_path: str, add_newline_tokens: bool = False, padding_side: str = "right"
 ) -> PreTrainedTokenizerBase:
-    """The backbone's tokenizer, with a PAD token and (optionally) a newline token."""
+    """The backbone's tokenizer, with a PAD token and, optionally, a newline token.
+
+    Args:
+        name_or_path: a local folder, or a hub name already in the Hugging Face cache (no download).
+        add_newline_tokens: add "\\n" as a token when the tokenizer drops newlines (nothing is added
+            to a tokenizer that keeps them, or already has the token: idempotent).
+        padding_side: "right" or "left"; `EssayCollator` pads on this side.
+
+    Raises:
+        FileNotFoundError: the tokenizer is neither in that folder nor in the local cache.
+        ValueError: a bad padding_side, or no PAD, EOS or SEP token to pad with.
+    """
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise FileNotFoundError(
-            f"backbone {name_or_path!r} could not be loaded ({exc}). Fix: point the backbone at a local model "
-            "folder (config.json, tokenizer and weights), or at a Hugging Face name that is in the local cache."
+            f"backbone {name_or_path!r}: no tokenizer could be found locally ({exc}). Fix: set the backbone "
+            "to a local model folder (config.json, tokenizer files, weights), or to a hub name that is in "
+            f"the Hugging Face cache (download it once where there is internet: `hf download {name_or_path}`)."
         ) from exc
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token or tokenizer.sep_token
         if fallback is None:
-            raise ValueError(f"tokenizer of {name_or_path!r} has no PAD, EOS or SEP token to pad with")
+            raise ValueError(
+                f"tokenizer of {name_or_path!r} has no PAD, EOS or SEP token to pad with; "
+                "add a pad token to its tokenizer_config.json"
+            )
         tokenizer.pad_token = fallback
         log.info("tokenizer of %s has no PAD token: padding with %r", name_or_path, fallback)
     tokenizer.padding_side = padding_side
-    if add_newline_tokens and NEWLINE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_tokens([NEWLINE_TOKEN], special_tokens=True)
+    if add_newline_tokens and _drops_newlines(tokenizer):
+        tokenizer.add_tokens([AddedToken(NEWLINE_TOKEN, normalized=False, special=False)])
+        newline_id = tokenizer.convert_tokens_to_ids(NEWLINE_TOKEN)
+        kept = tokenizer("a\n\nb", add_special_tokens=False)["input_ids"]
+        if kept.count(newline_id) != 2:
+            raise ValueError(f"tokenizer of {name_or_path!r} still drops newlines after adding {NEWLINE_TOKEN!r}")
+        log.info("tokenizer of %s drops newlines: added %r as token %d (resize the embeddings to %d)",
+                 name_or_path, NEWLINE_TOKEN, newline_id, len(tokenizer))
     return tokenizer
 
 
-def newline_safe(text: str, tokenizer: PreTrainedTokenizerBase) -> str:
-    """The text as the tokenizer should see it: newlines as NEWLINE_TOKEN when the tokenizer has it."""
-    if NEWLINE_TOKEN in tokenizer.get_vocab():
-        return text.replace("\r\n", "\n").replace("\n", f" {NEWLINE_TOKEN} ")
-    return text
+def _drops_newlines(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """True when "a\\nb" and "a b" give the same ids (the newline became a plain space)."""
+    with_newline = tokenizer("a\nb", add_special_tokens=False)["input_ids"]
+    with_space = tokenizer("a b", add_special_tokens=False)["input_ids"]
+    return with_newline == with_space
+
+
+def newline_safe(text: str) -> str:
+    """The text with every line ending ("\\r\\n", "\\r") written as "\\n", the form the newline token matches."""
+    return _LINE_ENDINGS.sub("\n", text)
 
 
 def tokenize_essays(
@@ -60,31 +100,142 @@ def tokenize_essays(
     max_length: int,
     add_special_tokens: bool = True,
     truncation_side: str = "right",
-    chunk_size: int = 1000,
 ) -> list[list[int]]:
-    """Token ids per essay, truncated to `max_length`, not padded."""
+    """Token ids per essay (special tokens included), truncated to `max_length`, not padded.
+
+    `truncation_side="left"` keeps an essay's end instead of its beginning. The tokenizer is left as
+    it was found.
+    """
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    if truncation_side not in ("right", "left"):
+        raise ValueError(f"truncation_side must be 'right' or 'left', got {truncation_side!r}")
+    for row, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"essay text at row {row} is {type(text).__name__} ({text!r}), not a string")
+    previous_side = tokenizer.truncation_side
     tokenizer.truncation_side = truncation_side
     ids: list[list[int]] = []
-    for start in tqdm(range(0, len(texts), chunk_size), desc="tokenising", unit="chunk", leave=False,
-                      disable=len(texts) <= chunk_size):
-        chunk = [newline_safe(t, tokenizer) for t in texts[start : start + chunk_size]]
-        encoded = tokenizer(chunk, max_length=max_length, truncation=True, add_special_tokens=add_special_tokens)
-        ids.extend(encoded["input_ids"])
+    try:
+        with tqdm(total=len(texts), desc="tokenising", unit="essay", leave=False,
+                  disable=len(texts) <= TOKENIZE_CHUNK) as progress:
+            for start in range(0, len(texts), TOKENIZE_CHUNK):
+                chunk = [newline_safe(text) for text in texts[start : start + TOKENIZE_CHUNK]]
+                encoded = tokenizer(chunk, max_length=max_length, truncation=True,
+                                    add_special_tokens=add_special_tokens, return_attention_mask=False,
+                                    return_token_type_ids=False)
+                ids.extend(encoded["input_ids"])
+                progress.update(len(chunk))
+    finally:
+        tokenizer.truncation_side = previous_side
+    n_truncated = sum(len(x) == max_length for x in ids)
+    log.info("tokenised %d essays: median %d tokens, %d at max_length=%d (truncated on the %s)", len(ids),
+             int(np.median([len(x) for x in ids])) if ids else 0, n_truncated, max_length, truncation_side)
     return ids
 
 
-class LengthGroupedSampler(torch.utils.data.Sampler[int]):
-    """Indices in an order where neighbours have similar lengths, reshuffled per epoch, seeded.
+class EssayDataset(torch.utils.data.Dataset):
+    """Tokenised essays with optional targets: item i is {"input_ids", "target"?, "index"}.
 
-    The indices are shuffled, cut into mega-batches of `batch_size * mega_batch_mult`, each sorted by
-    length (longest first); the resulting batches are then shuffled. `shuffle=False` orders every
-    index by length, longest first (evaluation).
+    Args:
+        input_ids: n lists of token ids (unpadded).
+        targets: None, hard scores of shape (n,), or soft labels of shape (n, 6).
+        indices: the rows' indices in the original frame (default 0..n-1), returned as "index" so that
+            predictions made in a length-sorted order can be put back in place.
+    """
+
+    def __init__(self, input_ids: Sequence[Sequence[int]], targets: Sequence | np.ndarray | None = None,
+                 indices: Sequence[int] | np.ndarray | None = None):
+        self.input_ids = input_ids
+        self.targets = None if targets is None else np.asarray(targets, dtype=np.float32)
+        self.indices = np.arange(len(input_ids)) if indices is None else np.asarray(indices, dtype=np.int64)
+        if self.targets is not None:
+            if self.targets.ndim not in (1, 2) or len(self.targets) != len(input_ids):
+                raise ValueError(f"targets must have shape ({len(input_ids)},) or ({len(input_ids)}, k), "
+                                 f"got {self.targets.shape}")
+            bad = np.flatnonzero(~np.isfinite(self.targets.reshape(len(input_ids), -1)).all(axis=1))
+            if len(bad):
+                raise ValueError(f"targets are not finite at {len(bad)} rows, the first: {bad[:5].tolist()}")
+        if self.indices.shape != (len(input_ids),):
+            raise ValueError(f"indices must have shape ({len(input_ids)},), got {self.indices.shape}")
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        item: dict = {"input_ids": list(self.input_ids[i]), "index": int(self.indices[i])}
+        if self.targets is not None:
+            target = self.targets[i]
+            item["target"] = float(target) if target.ndim == 0 else target.tolist()
+        return item
+
+    @property
+    def lengths(self) -> list[int]:
+        """Token count per essay (for `LengthGroupedSampler` and `batches_by_token_budget`)."""
+        return [len(ids) for ids in self.input_ids]
+
+
+class EssayCollator:
+    """List of {"input_ids", "target"?, "index"?} -> dict of tensors (dynamic padding).
+
+    Returns input_ids and attention_mask of shape (batch, width), where width is the batch's longest
+    essay rounded up to a multiple of `pad_to_multiple_of` (never max_length), padded with the PAD id
+    on the tokenizer's padding side; "targets" as float32 (batch,) for hard scores or (batch, k) for
+    soft labels, and "index" (batch,) int64, when the items have them.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = 8):
+        if tokenizer.pad_token_id is None:
+            raise ValueError("tokenizer has no PAD token: load it with common.tokenization.load_tokenizer")
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be >= 1 or None, got {pad_to_multiple_of}")
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.left = tokenizer.padding_side == "left"
+        self.multiple = pad_to_multiple_of or 1
+
+    def __call__(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
+        if not items:
+            raise ValueError("EssayCollator got an empty batch")
+        longest = max(len(item["input_ids"]) for item in items)
+        width = -(-longest // self.multiple) * self.multiple
+        ids, mask = [], []
+        for item in items:
+            n, pad = len(item["input_ids"]), width - len(item["input_ids"])
+            row, row_mask = list(item["input_ids"]), [1] * n
+            ids.append([self.pad_id] * pad + row if self.left else row + [self.pad_id] * pad)
+            mask.append([0] * pad + row_mask if self.left else row_mask + [0] * pad)
+        batch = {"input_ids": torch.tensor(ids, dtype=torch.long), "attention_mask": torch.tensor(mask, dtype=torch.long)}
+        for key, out, dtype in (("target", "targets", torch.float32), ("index", "index", torch.long)):
+            present = sum(key in item for item in items)
+            if present == len(items):
+                batch[out] = torch.tensor([item[key] for item in items], dtype=dtype)
+            elif present:
+                raise ValueError(f"{present} of {len(items)} items in the batch have {key!r}: all or none must")
+        return batch
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler[int]):
+    """Every index once per epoch, in an order where consecutive `batch_size` runs have similar lengths.
+
+    With shuffle: the indices are shuffled, cut into mega-batches of `batch_size * mega_batch_mult`,
+    each sorted by length (longest first) and cut into batches; the batches are shuffled, except that
+    the batch holding the longest essay comes first (an out-of-memory error shows at the first step)
+    and the one short batch, if any, comes last (so that cutting the order into `batch_size` runs gives
+    exactly these batches). The order is a function of (seed, epoch): call `set_epoch` each epoch.
+    Without shuffle: every index by length, longest first (evaluation, inference).
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, shuffle: bool = True,
                  mega_batch_mult: int = 50):
-        self.lengths = np.asarray(lengths)
-        self.batch_size, self.seed, self.shuffle, self.mega = batch_size, seed, shuffle, mega_batch_mult
+        if batch_size < 1 or mega_batch_mult < 1:
+            raise ValueError(f"batch_size and mega_batch_mult must be >= 1, got {batch_size}, {mega_batch_mult}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.mega_batch_mult = mega_batch_mult
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -94,60 +245,47 @@ class LengthGroupedSampler(torch.utils.data.Sampler[int]):
         return len(self.lengths)
 
     def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(np.argsort(-self.lengths, kind="stable").tolist())
+        return iter(self.order().tolist())
+
+    def order(self) -> np.ndarray:
+        """This epoch's order of the indices (what iterating gives)."""
+        by_length = np.argsort(-self.lengths, kind="stable")
+        if not self.shuffle or len(self.lengths) == 0:
+            return by_length
         rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(len(self.lengths))
-        size = self.batch_size * self.mega
+        shuffled = rng.permutation(len(self.lengths))
+        mega = self.batch_size * self.mega_batch_mult
         batches = []
-        for start in range(0, len(order), size):
-            mega = order[start : start + size]
-            mega = mega[np.argsort(-self.lengths[mega], kind="stable")]
-            batches.extend(mega[i : i + self.batch_size] for i in range(0, len(mega), self.batch_size))
-        batch_order = rng.permutation(len(batches))
-        return iter(np.concatenate([batches[i] for i in batch_order]).tolist() if batches else [])
+        for start in range(0, len(shuffled), mega):
+            chunk = shuffled[start : start + mega]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
+        short = [batches.pop()] if len(batches[-1]) < self.batch_size else []
+        batches = [batches[i] for i in rng.permutation(len(batches))] + short
+        first = next(i for i, b in enumerate(batches) if by_length[0] in b)
+        if not short or first < len(batches) - 1:
+            batches[0], batches[first] = batches[first], batches[0]
+        return np.concatenate(batches)
 
 
 def batches_by_token_budget(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Inference batches, longest essays first: batch size x longest length <= max_tokens (>= 1 essay)."""
-    lengths = np.asarray(lengths)
-    order = np.argsort(-lengths, kind="stable")
+    """Inference batches, longest essays first, each with batch size x longest length <= max_tokens.
+
+    An essay longer than `max_tokens` gets a batch of its own. Every index appears exactly once.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    lengths = np.asarray(lengths, dtype=np.int64)
     batches: list[list[int]] = []
     current: list[int] = []
-    for i in order.tolist():
-        longest = lengths[current[0]] if current else lengths[i]
+    longest = 0
+    for i in np.argsort(-lengths, kind="stable").tolist():
         if current and (len(current) + 1) * longest > max_tokens:
             batches.append(current)
             current = []
+        if not current:
+            longest = int(lengths[i])
         current.append(i)
     if current:
         batches.append(current)
     return batches
-
-
-class EssayCollator:
-    """List of {"input_ids", "target"?} -> padded tensors: input_ids, attention_mask, targets.
-
-    Pads to the batch's longest essay (rounded up to `pad_to_multiple_of`), on the tokenizer's
-    padding side. Targets are (batch,) hard scores or (batch, 6) soft labels.
-    """
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int = 8):
-        self.pad_id = tokenizer.pad_token_id
-        self.left = tokenizer.padding_side == "left"
-        self.multiple = pad_to_multiple_of
-
-    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        longest = max(len(item["input_ids"]) for item in items)
-        width = -(-longest // self.multiple) * self.multiple
-        ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for row, item in enumerate(items):
-            n = len(item["input_ids"])
-            cols = slice(width - n, width) if self.left else slice(0, n)
-            ids[row, cols] = torch.tensor(item["input_ids"], dtype=torch.long)
-            mask[row, cols] = 1
-        batch = {"input_ids": ids, "attention_mask": mask}
-        if "target" in items[0]:
-            batch["targets"] = torch.tensor([item["target"] for item in items], dtype=torch.float32)
-        return batch

@@ -38,6 +38,7 @@ from common.io import atomic_write, write_json
 from common.metrics import qwk
 from common.models import EssayScorer, ScorerConfig
 from common.optim import AWP, EMA, build_scheduler, param_groups
+from common.stage import PipelineError
 from common.thresholds import round_scores
 from common.tokenization import EssayCollator, LengthGroupedSampler, load_tokenizer, tokenize_essays
 
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-class TrainingError(RuntimeError):
+class TrainingError(PipelineError):
     """Training cannot go on (NaN loss, out of memory, a missing fold); the message says what to change."""
 
 

@@ -1,16 +1,30 @@
-"""EssayScorer: a backbone, a pooling and a head, saved and loaded without any training code.
+"""EssayScorer: a transformer backbone, a pooling and a head, saved and loaded without training code.
 
-Weights are always created and trained in fp32 (mixed precision is autocast in the engine, never
-fp16 weights: that is the "Attempting to unscale FP16 gradients" failure). `load(dtype=torch.float16)`
-is for inference only. Full fine-tuning saves `model.safetensors` (every weight); LoRA saves the peft
-adapter (`adapter/`) plus pooling and head (`head.safetensors`) and reloads the base backbone from
-`scorer.json`'s `backbone`, which must then be available at inference. Head weights are loaded
-strictly, so a silently re-initialised head (the classic peft pitfall) is an error instead.
+`EssayScorer(config)` builds a model to train: the backbone from `config.backbone` (a hub name or a
+local directory, loaded in fp32), optionally with resized embeddings, re-initialised top layers, frozen
+embeddings, activation checkpointing or LoRA adapters; then a pooling and a head (common.models).
+
+Weights are created, trained and saved in fp32. Mixed precision belongs to autocast in the training
+engine; fp16 weights under a GradScaler fail with "Attempting to unscale FP16 gradients".
+`EssayScorer.load(directory, dtype=torch.float16)` is for inference only (T4/P100 have no bf16).
+
+A saved directory holds
+- `scorer.json`: the ScorerConfig;
+- full fine-tuning: `model.safetensors` (every weight of the EssayScorer, fp32) and `backbone/config.json`
+  (the backbone's architecture), so the directory needs nothing else to predict;
+- LoRA: `adapter/` (peft `save_pretrained`) and `head.safetensors` (pooling and head weights, plus the
+  rows of any tokens added by resizing the vocabulary, which are random at resize time and frozen under
+  LoRA). The base backbone is NOT copied: `load` reads it again from `config.backbone` (a relative
+  path resolves against the working directory), so it must be available at inference.
+`load` restores every tensor strictly: a missing or unexpected key is an error, never a silently
+re-initialised head (the classic way a LoRA classifier loses its head).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,123 +33,306 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
-from common.models.heads import build_head
-from common.models.pooling import build_pooling
+from common.io import atomic_write, staged_dir, write_json
+from common.models.heads import HEADS, REGRESSION_LOSSES, Head, build_head
+from common.models.pooling import POOLINGS, Pooling, build_pooling
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "scorer.json"
 WEIGHTS_FILE = "model.safetensors"
-HEAD_FILE = "head.safetensors"
+BACKBONE_CONFIG_DIR = "backbone"
 ADAPTER_DIR = "adapter"
+HEAD_FILE = "head.safetensors"
+NEW_TOKENS_KEY = "new_token_embeddings"
+
+# Where encoder layers live, by architecture: BERT / MiniLM / RoBERTa / DeBERTa-v2,v3 / ELECTRA use
+# `encoder.layer`; the others are DistilBERT and models with a flat `layers` list.
+_LAYER_PATHS = ("encoder.layer", "encoder.layers", "transformer.layer", "layers", "layer")
 
 
 @dataclass
 class ScorerConfig:
-    backbone: str
-    head: str = "regression"
-    pooling: str = "mean"
-    regression_loss: str = "mse"
-    dropout: float = 0.1
-    n_dropout_samples: int = 1
-    reinit_layers: int = 0
-    freeze_embeddings: bool = False
-    gradient_checkpointing: bool = False
-    lora_r: int = 0
+    """Everything needed to rebuild an EssayScorer; saved as `scorer.json` beside its weights."""
+
+    backbone: str  # hub name or local directory (a relative path resolves against the working directory)
+    head: str = "regression"  # one of HEADS
+    pooling: str = "mean"  # one of POOLINGS
+    regression_loss: str = "mse"  # "mse" or "smooth_l1" (regression head only)
+    dropout: float = 0.1  # dropout before the head
+    n_dropout_samples: int = 1  # multi-sample dropout: head passes averaged in training
+    reinit_layers: int = 0  # re-initialise the top N encoder layers with the backbone's own init
+    freeze_embeddings: bool = False  # requires_grad False on the embeddings block
+    gradient_checkpointing: bool = False  # activation checkpointing in the backbone (non-reentrant)
+    lora_r: int = 0  # 0 = full fine-tuning; > 0 = LoRA adapters (peft) of this rank
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: ["query_proj", "key_proj", "value_proj"])
-    vocab_size: int | None = None
+    vocab_size: int | None = None  # resize the token embeddings to this (a tokenizer with added tokens)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.head not in HEADS:
+            problems.append(f"head={self.head!r} (choose one of {', '.join(HEADS)})")
+        if self.pooling not in POOLINGS:
+            problems.append(f"pooling={self.pooling!r} (choose one of {', '.join(POOLINGS)})")
+        if self.regression_loss not in REGRESSION_LOSSES:
+            problems.append(f"regression_loss={self.regression_loss!r} (choose one of {', '.join(REGRESSION_LOSSES)})")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout={self.dropout} (must be in [0, 1))")
+        if self.n_dropout_samples < 1:
+            problems.append(f"n_dropout_samples={self.n_dropout_samples} (must be >= 1)")
+        if self.reinit_layers < 0:
+            problems.append(f"reinit_layers={self.reinit_layers} (must be >= 0)")
+        if self.lora_r < 0:
+            problems.append(f"lora_r={self.lora_r} (must be >= 0; 0 = full fine-tuning)")
+        if self.lora_r > 0 and self.reinit_layers > 0:
+            problems.append(
+                f"reinit_layers={self.reinit_layers} with lora_r={self.lora_r} (LoRA freezes the backbone, so the "
+                "re-initialised layers would stay random; use one or the other)"
+            )
+        if self.lora_r > 0 and not self.lora_target_modules:
+            problems.append("lora_target_modules is empty (LoRA needs at least one module name)")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            problems.append(f"lora_dropout={self.lora_dropout} (must be in [0, 1))")
+        if self.vocab_size is not None and self.vocab_size < 1:
+            problems.append(f"vocab_size={self.vocab_size} (must be None or >= 1)")
+        if problems:
+            raise ValueError("invalid ScorerConfig: " + "; ".join(problems))
 
 
-def _find_layers(model: nn.Module) -> list[nn.Module]:
-    for module in model.modules():
-        for attr in ("layer", "layers"):
-            layers = getattr(module, attr, None)
-            if isinstance(layers, nn.ModuleList) and len(layers) > 0 and module is not model.get_input_embeddings():
-                return list(layers)
-    raise ValueError(f"cannot find the encoder layers of {type(model).__name__}")
+def _unwrap(backbone: nn.Module) -> nn.Module:
+    """The transformers model inside a peft wrapper (or the model itself)."""
+    return backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+
+
+def find_encoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer layers of `model` (a transformers model or a peft wrapper of one), bottom to top."""
+    base = _unwrap(model)
+    for path in _LAYER_PATHS:
+        module: object = base
+        for attr in path.split("."):
+            module = getattr(module, attr, None)
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            return list(module)
+    raise ValueError(
+        f"cannot find the encoder layers of {type(base).__name__}: none of {', '.join(_LAYER_PATHS)} is a "
+        "non-empty ModuleList; add its layout to common/models/scorer.py _LAYER_PATHS"
+    )
+
+
+def find_embeddings(model: nn.Module) -> nn.Module:
+    """The embeddings block (`embeddings` on BERT-like models and DeBERTa), else the input embeddings."""
+    base = _unwrap(model)
+    embeddings = getattr(base, "embeddings", None)
+    return embeddings if isinstance(embeddings, nn.Module) else base.get_input_embeddings()
+
+
+@torch.no_grad()
+def reinitialise_layers(backbone: PreTrainedModel, layers: list[nn.Module]) -> None:
+    """Re-initialise `layers` in place with the backbone's own `_init_weights`.
+
+    transformers 5 marks every tensor loaded from a checkpoint `_is_hf_initialized`, and its init
+    functions skip marked tensors, so `_init_weights` alone would leave the pretrained weights in place.
+    The marks are cleared first.
+    """
+    for layer in layers:
+        for module in layer.modules():
+            for tensor in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
+                if getattr(tensor, "_is_hf_initialized", False):
+                    tensor._is_hf_initialized = False
+            backbone._init_weights(module)
+
+
+def _enable_checkpointing(backbone: PreTrainedModel) -> None:
+    """Non-reentrant activation checkpointing (renamed in transformers 5.x; the old name is deprecated)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(backbone, "activation_checkpointing_enable"):
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _fp32_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU copies for safetensors: floats in fp32, every tensor its own storage (tied weights cloned)."""
+    out = {}
+    for key, tensor in state.items():
+        tensor = tensor.detach().cpu()
+        out[key] = (tensor.float() if tensor.is_floating_point() else tensor).contiguous().clone()
+    return out
+
+
+def _save_tensors(path: Path, state: dict[str, torch.Tensor]) -> None:
+    with atomic_write(path) as tmp:
+        save_file(_fp32_tensors(state), str(tmp), metadata={"format": "pt"})
+
+
+def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: Path, what: str) -> None:
+    """Load `state` into `module`; any missing or unexpected key is an error naming the file."""
+    expected = set(module.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: the {what} weights do not match the model built from {CONFIG_FILE} "
+            f"(missing: {missing or 'none'}; unexpected: {unexpected or 'none'}). The directory was saved "
+            "by another version or with another config; re-save it from the trained model."
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def read_config(path: str | Path) -> ScorerConfig:
+    """A ScorerConfig from its JSON file, with unknown keys reported by name."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not a directory written by EssayScorer.save")
+    values = json.loads(path.read_text(encoding="utf-8"))
+    known = {f.name for f in dataclasses.fields(ScorerConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; a ScorerConfig has {sorted(known)}")
+    return ScorerConfig(**values)
 
 
 class EssayScorer(nn.Module):
-    def __init__(self, config: ScorerConfig, backbone: PreTrainedModel | None = None, pretrained: bool = True):
+    """Backbone -> pooling -> head. `forward` gives the head's logits; `predict` gives scores on 1-6.
+
+    Args:
+        config: the model's settings.
+        backbone: a transformers model to use instead of loading `config.backbone` (tests, benchmarks,
+            `load`); it is converted to fp32 and then treated exactly like a loaded one.
+    """
+
+    def __init__(self, config: ScorerConfig, backbone: PreTrainedModel | None = None):
         super().__init__()
         self.config = config
         if backbone is None:
-            if pretrained:
-                backbone = AutoModel.from_pretrained(config.backbone, dtype=torch.float32)
-            else:
-                backbone = AutoModel.from_config(AutoConfig.from_pretrained(config.backbone))
-        backbone = backbone.float()
-        if config.vocab_size and config.vocab_size != backbone.get_input_embeddings().num_embeddings:
+            backbone = AutoModel.from_pretrained(config.backbone, dtype=torch.float32)
+        if any(p.dtype != torch.float32 for p in backbone.parameters()):
+            log.info("converting the backbone to fp32 (training weights are always fp32)")
+            backbone = backbone.float()
+        self.pretrained_vocab_size = backbone.get_input_embeddings().num_embeddings
+        if config.vocab_size is not None and config.vocab_size != self.pretrained_vocab_size:
+            log.info("resizing token embeddings %d -> %d", self.pretrained_vocab_size, config.vocab_size)
             backbone.resize_token_embeddings(config.vocab_size)
-        hidden = backbone.config.hidden_size
-        layers = _find_layers(backbone)
+        layers = find_encoder_layers(backbone)
+        if config.reinit_layers > len(layers):
+            raise ValueError(f"reinit_layers={config.reinit_layers} but the backbone has {len(layers)} layers")
         if config.reinit_layers:
-            for layer in layers[-config.reinit_layers :]:
-                layer.apply(backbone._init_weights)
+            log.info("re-initialising the top %d of %d encoder layers", config.reinit_layers, len(layers))
+            reinitialise_layers(backbone, layers[-config.reinit_layers :])
         if config.freeze_embeddings:
-            for p in backbone.get_input_embeddings().parameters():
-                p.requires_grad = False
+            find_embeddings(backbone).requires_grad_(False)
         if config.gradient_checkpointing:
-            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _enable_checkpointing(backbone)
         if config.lora_r > 0:
-            from peft import LoraConfig, get_peft_model
-
-            backbone = get_peft_model(backbone, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
-                                                           lora_dropout=config.lora_dropout,
-                                                           target_modules=config.lora_target_modules))
+            backbone = self._wrap_lora(backbone, config)
         self.backbone = backbone
-        self.pooling = build_pooling(config.pooling, hidden, len(layers))
-        self.head = build_head(config.head, self.pooling.out_dim, config.dropout, config.n_dropout_samples,
-                               config.regression_loss)
+        hidden_size = _unwrap(backbone).config.hidden_size
+        self.pooling: Pooling = build_pooling(config.pooling, hidden_size, len(layers))
+        self.head: Head = build_head(config.head, self.pooling.out_dim, config.dropout, config.n_dropout_samples,
+                                     config.regression_loss)
+        self.train()  # from_pretrained returns the backbone in eval mode; a new model starts in train mode
+
+    @staticmethod
+    def _wrap_lora(backbone: PreTrainedModel, config: ScorerConfig) -> nn.Module:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                          target_modules=list(config.lora_target_modules))
+        wrapped = get_peft_model(backbone, lora)
+        trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in wrapped.parameters())
+        log.info("LoRA r=%d on %s: %d of %d backbone parameters trainable", config.lora_r,
+                 ", ".join(config.lora_target_modules), trainable, total)
+        return wrapped
 
     def encoder_layers(self) -> list[nn.Module]:
-        return _find_layers(self.backbone)
+        """The backbone's transformer layers, bottom to top (for layer-wise LR decay and re-init)."""
+        return find_encoder_layers(self.backbone)
 
     def embeddings_module(self) -> nn.Module:
-        base = self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
-        return getattr(base, "embeddings", base.get_input_embeddings())
+        """The backbone's embeddings block (below the first encoder layer)."""
+        return find_embeddings(self.backbone)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids and mask, (batch, seq) -> the head's logits: (batch, 1), (batch, 6) or (batch, 5)."""
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         pooled = self.pooling(out.hidden_states, attention_mask)
-        return self.head(pooled.to(self.head.fc.weight.dtype))
+        head_dtype = next(self.head.parameters()).dtype
+        return self.head(pooled.to(head_dtype))
 
     @torch.no_grad()
-    def predict(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logits = self(input_ids, attention_mask).float()
+    def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scores on the 1-6 scale (batch,) and class probabilities (batch, 6) or None, both fp32.
+
+        Runs in eval mode (no dropout) whatever the current mode, and restores the mode afterwards.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            logits = self(input_ids, attention_mask).float()
+        finally:
+            self.train(was_training)
         return self.head.predict(logits), self.head.probs(logits)
 
     def save(self, directory: str | Path) -> None:
+        """Write the model to `directory` (see the module docstring); `scorer.json` is written last."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
         if self.config.lora_r > 0:
-            self.backbone.save_pretrained(directory / ADAPTER_DIR)
+            with staged_dir(directory / ADAPTER_DIR) as tmp:
+                # Resized embeddings are saved below as new rows only; "auto" would look the base up on the hub.
+                self.backbone.save_pretrained(str(tmp), save_embedding_layers=False)
             state = {f"pooling.{k}": v for k, v in self.pooling.state_dict().items()}
             state.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
-            save_file({k: v.detach().float().contiguous().clone() for k, v in state.items()}, directory / HEAD_FILE)
+            embeddings = self.backbone.get_input_embeddings().weight
+            if embeddings.shape[0] > self.pretrained_vocab_size:
+                state[NEW_TOKENS_KEY] = embeddings[self.pretrained_vocab_size :]
+            _save_tensors(directory / HEAD_FILE, state)
         else:
-            state = {k: v.detach().float().contiguous().clone() for k, v in self.state_dict().items()}
-            save_file(state, directory / WEIGHTS_FILE)
+            with staged_dir(directory / BACKBONE_CONFIG_DIR) as tmp:
+                _unwrap(self.backbone).config.save_pretrained(str(tmp))
+            _save_tensors(directory / WEIGHTS_FILE, self.state_dict())
+        write_json(directory / CONFIG_FILE, asdict(self.config))
+        log.info("saved %s scorer to %s", "LoRA" if self.config.lora_r > 0 else "fully fine-tuned", directory)
 
     @classmethod
-    def load(cls, directory: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> EssayScorer:
+    def load(cls, directory: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+             ) -> EssayScorer:
+        """A saved scorer in eval mode on `device`; `dtype=torch.float16` (or bf16) is for inference only."""
         directory = Path(directory)
-        config = ScorerConfig(**json.loads((directory / CONFIG_FILE).read_text()))
-        if config.lora_r > 0:
+        config = read_config(directory / CONFIG_FILE)
+        # Weights come from the files: no re-init, no checkpointing, adapters attached below.
+        build = dataclasses.replace(config, reinit_layers=0, gradient_checkpointing=False, lora_r=0)
+        if config.lora_r == 0:
+            backbone_config = AutoConfig.from_pretrained(directory / BACKBONE_CONFIG_DIR)
+            backbone = AutoModel.from_config(backbone_config, dtype=torch.float32)
+            model = cls(build, backbone=backbone)
+            _load_strict(model, load_file(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE, "model")
+        else:
             from peft import PeftModel
 
-            base = cls(ScorerConfig(**{**asdict(config), "lora_r": 0}))
-            model = cls.__new__(cls)
-            nn.Module.__init__(model)
-            model.config = config
-            model.backbone = PeftModel.from_pretrained(base.backbone, directory / ADAPTER_DIR)
-            model.pooling, model.head = base.pooling, base.head
+            model = cls(build)
             state = load_file(directory / HEAD_FILE)
-            model.pooling.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("pooling.")}, strict=True)
-            model.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")}, strict=True)
-        else:
-            model = cls(ScorerConfig(**{**asdict(config), "reinit_layers": 0, "gradient_checkpointing": False}),
-                        pretrained=False)
-            model.load_state_dict(load_file(directory / WEIGHTS_FILE), strict=True)
+            new_rows = state.pop(NEW_TOKENS_KEY, None)
+            embeddings = model.backbone.get_input_embeddings().weight
+            n_new = embeddings.shape[0] - model.pretrained_vocab_size
+            if (new_rows.shape[0] if new_rows is not None else 0) != max(n_new, 0):
+                raise ValueError(
+                    f"{directory / HEAD_FILE}: holds {0 if new_rows is None else new_rows.shape[0]} added-token "
+                    f"embedding rows but {config.backbone} resized to vocab_size={config.vocab_size} adds "
+                    f"{max(n_new, 0)}; is config.backbone the base this adapter was trained on?"
+                )
+            if new_rows is not None:
+                with torch.no_grad():
+                    embeddings[model.pretrained_vocab_size :] = new_rows
+            model.backbone = PeftModel.from_pretrained(model.backbone, str(directory / ADAPTER_DIR))
+            pooling_state = {k.removeprefix("pooling."): v for k, v in state.items() if k.startswith("pooling.")}
+            head_state = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
+            stray = sorted(k for k in state if not k.startswith(("pooling.", "head.")))
+            if stray:
+                raise ValueError(f"{directory / HEAD_FILE}: unexpected keys {stray}")
+            _load_strict(model.pooling, pooling_state, directory / HEAD_FILE, "pooling")
+            _load_strict(model.head, head_state, directory / HEAD_FILE, "head")
+        model.config = config
         return model.to(device=device, dtype=dtype).eval()

@@ -1,0 +1,234 @@
+"""Tokenizer loading, the newline token, essays to ids, the dataset, the collator, length-grouped batches."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from common.tokenization import (
+    NEWLINE_TOKEN,
+    EssayCollator,
+    EssayDataset,
+    LengthGroupedSampler,
+    batches_by_token_budget,
+    load_tokenizer,
+    newline_safe,
+    tokenize_essays,
+)
+
+BACKBONE = str(Path(__file__).resolve().parents[1] / "input" / "tiny-deberta-v2")
+ESSAY = "Cars are useful.\n\nBut they pollute the air. \n\n In conclusion, cars."
+
+
+def ids_of(tokenizer, text: str) -> list[int]:
+    return tokenize_essays(tokenizer, [text], 128, add_special_tokens=False)[0]
+
+
+def byte_level_tokenizer(folder: Path, eos: str | None = "<|endoftext|>") -> str:
+    """A GPT-2-style tokenizer (byte-level BPE, keeps newlines, no PAD), saved to `folder`."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = [eos] if eos else []
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([ESSAY, "a b c\nd e f", "The quick brown fox."] * 5, trainer)
+    kwargs = {"eos_token": eos, "bos_token": eos} if eos else {}
+    PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_tokenizer(BACKBONE)
+
+
+@pytest.fixture(scope="module")
+def tiny_nl():
+    return load_tokenizer(BACKBONE, add_newline_tokens=True)
+
+
+def test_the_tiny_tokenizer_drops_newlines_like_deberta_v3(tiny):
+    assert ids_of(tiny, ESSAY) == ids_of(tiny, " ".join(ESSAY.split()))
+
+
+def test_newline_tokens_survive_the_whitespace_normaliser(tiny, tiny_nl):
+    newline_id = tiny_nl.convert_tokens_to_ids(NEWLINE_TOKEN)
+    assert len(tiny_nl) == len(tiny) + 1 and newline_id == len(tiny)
+    assert ids_of(tiny_nl, "a\n\nb").count(newline_id) == 2
+    ids = ids_of(tiny_nl, ESSAY)
+    assert ids.count(newline_id) == 4
+    # the words keep their ids: only the newline tokens are new
+    assert [i for i in ids if i != newline_id] == ids_of(tiny, ESSAY)
+    # every line ending is one newline: Windows and old Mac files tokenise like Unix ones
+    assert ids_of(tiny_nl, ESSAY.replace("\n", "\r\n")) == ids == ids_of(tiny_nl, ESSAY.replace("\n", "\r"))
+    assert newline_safe("a\r\n\r\nb\rc") == "a\n\nb\nc"
+
+
+def test_adding_newline_tokens_is_idempotent(tmp_path, tiny_nl):
+    tiny_nl.save_pretrained(tmp_path)
+    again = load_tokenizer(str(tmp_path), add_newline_tokens=True)
+    assert len(again) == len(tiny_nl)
+    assert again.convert_tokens_to_ids(NEWLINE_TOKEN) == tiny_nl.convert_tokens_to_ids(NEWLINE_TOKEN)
+    assert ids_of(again, ESSAY) == ids_of(tiny_nl, ESSAY)
+
+
+def test_a_tokenizer_that_keeps_newlines_gets_nothing_added_and_pads_with_eos(tmp_path):
+    folder = byte_level_tokenizer(tmp_path / "bpe")
+    plain = load_tokenizer(folder)
+    assert plain.pad_token == plain.eos_token == "<|endoftext|>"
+    assert plain.pad_token_id == plain.eos_token_id
+    kept = load_tokenizer(folder, add_newline_tokens=True)
+    assert len(kept) == len(plain)
+    assert ids_of(kept, "a\nb") != ids_of(kept, "a b")
+
+
+def test_pad_falls_back_to_eos_and_fails_clearly_without_one(tmp_path):
+    tok = load_tokenizer(BACKBONE)
+    tok.pad_token = None
+    tok.save_pretrained(tmp_path / "tiny")
+    reloaded = load_tokenizer(str(tmp_path / "tiny"))
+    assert reloaded.pad_token == reloaded.eos_token == "[SEP]"
+    with pytest.raises(ValueError, match="no PAD, EOS or SEP"):
+        load_tokenizer(byte_level_tokenizer(tmp_path / "bare", eos=None))
+
+
+def test_missing_backbone_is_a_clear_error(tmp_path):
+    missing = str(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match=r"nope.*could be found locally.*local model folder.*cache"):
+        load_tokenizer(missing)
+    with pytest.raises(FileNotFoundError, match="microsoft/no-such-model"):
+        load_tokenizer("microsoft/no-such-model")
+    with pytest.raises(ValueError, match="padding_side"):
+        load_tokenizer(BACKBONE, padding_side="middle")
+
+
+def test_truncation_sides_and_special_tokens(tiny):
+    ids = tokenize_essays(tiny, ["word " * 200], 32)[0]
+    assert len(ids) == 32 and ids[0] == tiny.cls_token_id and ids[-1] == tiny.sep_token_id
+    text = "first words " + "middle " * 100 + "last words"
+    left = tiny.decode(tokenize_essays(tiny, [text], 16, truncation_side="left")[0])
+    right = tiny.decode(tokenize_essays(tiny, [text], 16, truncation_side="right")[0])
+    assert "last words" in left and "first" not in left
+    assert "first words" in right and "last" not in right
+    assert tiny.truncation_side == "right"  # left as it was found
+    assert len(tokenize_essays(tiny, ["short"], 32, add_special_tokens=False)[0]) < 4
+
+
+def test_batched_tokenising_matches_one_by_one(tiny):
+    texts = [f"Essay {i}: " + "words and more words " * (i % 7) for i in range(2500)]
+    batched = tokenize_essays(tiny, texts, 64)
+    assert len(batched) == len(texts)
+    for i in (0, 999, 1000, 2499):
+        assert batched[i] == tiny(texts[i], truncation=True, max_length=64)["input_ids"]
+
+
+def test_a_missing_text_names_its_row(tiny):
+    with pytest.raises(TypeError, match="row 1"):
+        tokenize_essays(tiny, ["fine", float("nan")], 32)
+
+
+def waste(lengths: np.ndarray, batches: list) -> float:
+    """Share of padded positions when every batch is padded to its longest essay."""
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    return 1 - lengths.sum() / padded
+
+
+def cut(order: list[int], size: int) -> list[list[int]]:
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def test_length_grouped_sampler_is_complete_seeded_and_epoch_aware():
+    lengths = np.random.default_rng(0).integers(10, 1000, size=403)
+    sampler = LengthGroupedSampler(lengths, batch_size=8, seed=3, mega_batch_mult=10)
+    first = list(sampler)
+    assert len(sampler) == 403 and sorted(first) == list(range(403))
+    assert first == list(LengthGroupedSampler(lengths, batch_size=8, seed=3, mega_batch_mult=10))
+    assert first != list(LengthGroupedSampler(lengths, batch_size=8, seed=4, mega_batch_mult=10))
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert second != first and sorted(second) == list(range(403))
+    sampler.set_epoch(0)
+    assert list(sampler) == first
+
+
+def test_length_grouped_batches_have_little_padding():
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(80, 1024, size=1600)
+    grouped = cut(list(LengthGroupedSampler(lengths, batch_size=8, seed=0)), 8)
+    shuffled = cut(rng.permutation(1600).tolist(), 8)
+    assert waste(lengths, grouped) < 0.03 < 0.3 < waste(lengths, shuffled)
+    # each batch comes from one sorted mega-batch: the short batch is last, the longest essay first
+    assert all(len(b) == 8 for b in grouped)
+    assert np.argmax(lengths) in grouped[0]
+    odd = cut(list(LengthGroupedSampler(lengths[:405], batch_size=8, seed=0)), 8)
+    assert [len(b) for b in odd] == [8] * 50 + [5]
+    assert waste(lengths[:405], odd) < 0.03
+
+
+def test_unshuffled_order_is_longest_first():
+    lengths = [5, 30, 30, 2, 100]
+    assert list(LengthGroupedSampler(lengths, 2, seed=0, shuffle=False)) == [4, 1, 2, 0, 3]
+    assert list(LengthGroupedSampler([], 2, seed=0)) == []
+
+
+def test_token_budget_batches():
+    lengths = [5, 100, 30, 30, 99, 1, 400, 50]
+    batches = batches_by_token_budget(lengths, max_tokens=200)
+    assert sorted(i for b in batches for i in b) == list(range(8))
+    assert batches[0] == [6]  # longer than the budget alone: still predicted, alone
+    for b in batches[1:]:
+        assert len(b) * max(lengths[i] for i in b) <= 200
+    assert batches == [[6], [1, 4], [7, 2, 3, 0], [5]]
+    with pytest.raises(ValueError):
+        batches_by_token_budget(lengths, 0)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_collator_pads_to_the_longest_essay_only(side):
+    tok = load_tokenizer(BACKBONE, padding_side=side)
+    items = [{"input_ids": [5, 6, 7], "target": 3.0, "index": 7}, {"input_ids": [5] * 10, "target": 5.0, "index": 2}]
+    batch = EssayCollator(tok)(items)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, 16)  # 10 rounded up to 8k, not 512
+    assert batch["attention_mask"].sum(1).tolist() == [3, 10]
+    row, mask = batch["input_ids"][0], batch["attention_mask"][0]
+    real = slice(0, 3) if side == "right" else slice(13, 16)
+    assert row[real].tolist() == [5, 6, 7] and mask[real].tolist() == [1, 1, 1]
+    assert (row == tok.pad_token_id).sum() == 13 and mask.sum() == 3
+    assert torch.equal(batch["targets"], torch.tensor([3.0, 5.0]))
+    assert batch["index"].tolist() == [7, 2] and batch["index"].dtype == torch.long
+    assert EssayCollator(tok, pad_to_multiple_of=None)(items)["input_ids"].shape == (2, 10)
+
+
+def test_collator_soft_labels_and_no_targets(tiny):
+    soft = [[0.0, 0.1, 0.6, 0.3, 0.0, 0.0], [0.0, 0.0, 0.0, 0.2, 0.8, 0.0]]
+    batch = EssayCollator(tiny)([{"input_ids": [1, 2], "target": soft[0]}, {"input_ids": [1], "target": soft[1]}])
+    assert batch["targets"].shape == (2, 6) and batch["targets"].dtype == torch.float32
+    assert set(EssayCollator(tiny)([{"input_ids": [1, 2]}])) == {"input_ids", "attention_mask"}
+    with pytest.raises(ValueError, match="all or none"):
+        EssayCollator(tiny)([{"input_ids": [1], "target": 1.0}, {"input_ids": [2]}])
+
+
+def test_dataset_sampler_and_collator_in_a_dataloader(tiny):
+    texts = [f"Essay number {i}. " + "Some words here. " * (i % 11) for i in range(50)]
+    ids = tokenize_essays(tiny, texts, 64)
+    scores = np.arange(50) % 6 + 1.0
+    dataset = EssayDataset(ids, scores, indices=np.arange(100, 150))
+    sampler = LengthGroupedSampler(dataset.lengths, batch_size=4, seed=0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, sampler=sampler, collate_fn=EssayCollator(tiny))
+    seen = []
+    for batch in loader:
+        rows = batch["index"].numpy() - 100
+        assert torch.equal(batch["targets"], torch.tensor(scores[rows], dtype=torch.float32))
+        assert batch["input_ids"].shape[1] == -(-max(len(ids[r]) for r in rows) // 8) * 8
+        seen.extend(rows.tolist())
+    assert sorted(seen) == list(range(50))
+    soft = EssayDataset(ids[:2], np.full((2, 6), 1 / 6))
+    assert len(soft[1]["target"]) == 6 and soft[1]["index"] == 1
+    with pytest.raises(ValueError, match="shape"):
+        EssayDataset(ids, scores[:3])
+    with pytest.raises(ValueError, match="not finite"):
+        EssayDataset(ids[:2], [1.0, float("nan")])
