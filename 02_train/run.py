@@ -1,10 +1,13 @@
 """Stage 02_train: per-fold transformer training writing out-of-fold predictions.
 
 Run from the repository root: python 02_train/run.py [dotted.key=value ...]
-  train.model=NAME   train only that model (dvc runs one stage per model)
-  train.folds=[0,2]  train only those folds (e.g. one process per GPU); OOF is collected once all exist
+  train.model=NAME    train only that model
+  train.folds=[0,2]   train only those folds (e.g. one process per GPU); OOF is collected once all exist
+  train.step=fit      train without collecting; train.step=collect: only collect (dvc runs one `train`
+                      stage per model and fold, then one `oof` stage per model)
 Writes output/train/<model>/fold_<k>/ (model, tokenizer, config, oof, log), and when every fold is
 there output/train/<model>/oof.parquet and metrics.json. Killed runs resume from output/checkpoints/.
+Data parallel on several GPUs: accelerate launch --num_processes 2 02_train/run.py [...]
 """
 
 import logging
@@ -25,17 +28,20 @@ def main(params: Params) -> None:
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     folds = read_folds(out / "prepare" / "folds.parquet")
-    prep = params.prepare
-    train = load_competition_data(params.input_dir, prep.train_file, prep.test_file, prep.sample_submission_file).train
-    texts = folds[["essay_id"]].merge(train, on="essay_id", how="left")["full_text"]
-    if texts.isna().any():
-        raise FileNotFoundError(f"{params.input_dir / prep.train_file} lacks essays of folds.parquet: re-run 00_prepare")
+    texts: list[str] = []
+    if t.step != "collect":
+        prep = params.prepare
+        train = load_competition_data(params.input_dir, prep.train_file, prep.test_file,
+                                      prep.sample_submission_file).train
+        column = folds[["essay_id"]].merge(train, on="essay_id", how="left")["full_text"]
+        if column.isna().any():
+            raise FileNotFoundError(
+                f"{params.input_dir / prep.train_file} lacks essays of folds.parquet: re-run 00_prepare")
+        texts = column.tolist()
     for spec in t.models:
         if t.model and spec.name != t.model:
             continue
-        train_model(spec, spec.backbone or params.backbone, folds, texts.tolist(), out, params.seed, t.folds,
-                    t.device)
-
+        train_model(spec, spec.backbone or params.backbone, folds, texts, out, params.seed, t.folds, t.device, t.step)
 
 if __name__ == "__main__":
     exit_with(main, __doc__)

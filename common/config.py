@@ -136,6 +136,19 @@ class TrainParams:
     )
     model: str = _help("Train only this model (dvc's per-model stages set it); empty: every model.", "")
     folds: list[int] = _help("Folds to train; empty: every fold in folds.parquet.", factory=list)
+    step: Literal["all", "fit", "collect"] = _help(
+        "all: train the folds, then write the model's oof.parquet once every fold exists; fit: train only "
+        "(dvc's per-fold stages); collect: only write oof.parquet and metrics.json (every fold must exist).",
+        "all",
+    )
+    dvc_models: list[str] = _help(
+        "Models dvc.yaml trains, one stage per model and fold (the names of train.models; empty: no check).",
+        factory=lambda: ["tiny-regression", "tiny-ordinal"],
+    )
+    dvc_folds: list[int] = _help(
+        "Folds dvc.yaml trains as separate stages: 0 .. prepare.n_folds - 1 (the oof stage lists them too).",
+        factory=lambda: [0, 1, 2, 3],
+    )
     device: Literal["auto", "cpu", "cuda"] = _help("Where to train; auto picks CUDA when present.", "auto")
     num_threads: int = _help("CPU threads for torch (0: torch's default).", 0)
 
@@ -146,7 +159,15 @@ class TrainParams:
             raise ParamsError(f"train.models: model name(s) {twice} listed twice; every model needs its own name")
         if self.model and self.model not in names:
             raise ParamsError(f"train.model={self.model!r} is not in train.models ({', '.join(names)})")
-
+        if self.dvc_models and sorted(self.dvc_models) != sorted(names):
+            listed = set(self.dvc_models)
+            problems = [f"missing {sorted(set(names) - listed)}" if set(names) - listed else "",
+                        f"unknown {sorted(listed - set(names))}" if listed - set(names) else "",
+                        "a name listed twice" if len(listed) < len(self.dvc_models) else ""]
+            raise ParamsError(
+                "train.dvc_models must list every name in train.models once (dvc.yaml runs one stage per name "
+                f"there): {', '.join(p for p in problems if p)}"
+            )
 
 @dataclass
 class ThresholdsParams:
@@ -176,6 +197,19 @@ class EnsembleParams:
 @dataclass
 class InferParams:
     batch_tokens: int = _help("Token budget per inference batch (essays sorted by length).", 16384)
+    artifacts: str = _help(
+        "Root holding train/<model>/fold_<k>/ and ensemble/artifacts/; empty: paths.output locally, "
+        "<kaggle_root>/input/<artifacts_dataset> on Kaggle.", "")
+    device: Literal["auto", "cpu", "cuda"] = _help("auto: every visible GPU (split by batches), else the CPU.", "auto")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = _help(
+        "Autocast dtype; auto: fp16 on CUDA (T4 and P100 have no bf16), fp32 on CPU. Weights stay fp32.", "auto")
+    kaggle_root: str = _help("Kaggle's root folder; when <kaggle_root>/input exists, Kaggle paths are used.", "/kaggle")
+    competition_dataset: str = _help(
+        "Folder of the competition files under <kaggle_root>/input.", "learning-agency-lab-automated-essay-scoring-2")
+    artifacts_dataset: str = _help("Folder of the uploaded artifacts dataset under <kaggle_root>/input.",
+                                   "aes-pipeline-artifacts")
+    expected_essays: int = _help("Essays in the hidden test, for the runtime estimate printed before the run.", 8000)
+    time_limit_hours: float = _help("Kaggle's limit the runtime estimate is checked against.", 9.0)
 
 
 @dataclass

@@ -33,13 +33,26 @@ def _done(fold_dir: Path, spec: ModelParams, backbone: str, seed: int) -> bool:
 
 
 def train_model(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: list[str], out: Path, seed: int,
-                only_folds: list[int], device: str) -> None:
-    """Train the requested folds of `spec` (all when `only_folds` is empty) and collect its OOF file."""
+                only_folds: list[int], device: str, step: str = "all") -> None:
+    """Train the requested folds of `spec` (all when `only_folds` is empty) and collect its OOF file.
+
+    `step` "fit" only trains (dvc's per-fold stages), "collect" only writes the model's OOF file and
+    metrics (every fold must be trained), "all" does both, the OOF file once every fold exists.
+    """
     all_folds = sorted(folds["fold"].unique().tolist())
     missing = sorted(set(only_folds) - set(all_folds))
     if missing:
         raise TrainingError(f"train.folds asks for fold(s) {missing}, but folds.parquet has {all_folds}")
     model_dir = out / "train" / spec.name
+    if step == "collect":
+        if not collect_oof(model_dir, folds):
+            absent = [k for k in all_folds if not (model_dir / f"fold_{k}" / "oof.parquet").exists()]
+            raise TrainingError(
+                f"{spec.name}: fold(s) {absent} of folds.parquet are not trained, so its oof.parquet cannot be "
+                f"written. Train them (python 02_train/run.py train.model={spec.name} train.folds={absent}); "
+                "under dvc, check that train.dvc_folds and the deps of the oof stage in dvc.yaml list every fold."
+            )
+        return
     tokenizer, data = tokenize_train(spec, backbone, folds, texts)
     for fold in only_folds or all_folds:
         fold_dir = model_dir / f"fold_{fold}"
@@ -54,7 +67,8 @@ def train_model(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: li
             write_json(tmp / "metrics.json", result.metrics)
         log.info("%s fold %d: held-out QWK (rounded) %.4f in %.0f s", spec.name, fold,
                  result.metrics["qwk_rounded"], result.metrics["seconds"])
-    collect_oof(model_dir, folds)
+    if step == "all":
+        collect_oof(model_dir, folds)
 
 
 def collect_oof(model_dir: Path, folds: pd.DataFrame) -> bool:
@@ -76,7 +90,9 @@ def collect_oof(model_dir: Path, folds: pd.DataFrame) -> bool:
         "folds": {str(k): json.loads((model_dir / f"fold_{k}" / "metrics.json").read_text()) for k in fold_ids},
         "rmse": float(np.sqrt(np.mean((merged["pred"].to_numpy() - y) ** 2))),
     }
+    logs = [pd.read_csv(model_dir / f"fold_{k}" / "log.csv").assign(fold=k) for k in fold_ids]
     write_parquet(model_dir / "oof.parquet", oof)
+    write_csv(model_dir / "log.csv", pd.concat(logs, ignore_index=True))
     write_json(model_dir / "metrics.json", metrics)
     log.info("%s: OOF QWK (rounded) %.4f on all rows, %s on other-origin rows", model_dir.name,
              metrics["qwk_rounded"], metrics["qwk_rounded_other"])

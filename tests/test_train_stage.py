@@ -16,10 +16,13 @@ def test_trains_every_fold_and_collects_the_oof(prepared_output, demo_input, tmp
     folder, _ = demo_input
     shutil.copytree(prepared_output / "prepare", tmp_path / "prepare")
     args = [f"paths.input={folder}", f"paths.output={tmp_path}", "train.model=tiny-regression", *FAST]
-    first = run_cli("02_train", *args, "train.folds=[0, 1]")
+    first = run_cli("02_train", *args, "train.folds=[0, 1]", "train.step=fit")
     assert first.returncode == 0, first.stderr[-3000:]
     model_dir = tmp_path / "train" / "tiny-regression"
-    assert not (model_dir / "oof.parquet").exists()  # folds 2 and 3 are missing
+    assert sorted(p.name for p in model_dir.iterdir()) == ["fold_0", "fold_1"]
+    early = run_cli("02_train", *args, "train.step=collect")  # folds 2 and 3 are missing
+    assert early.returncode == 2 and "fold(s) [2, 3]" in early.stderr and "train.folds=[2, 3]" in early.stderr
+    assert not (model_dir / "oof.parquet").exists()
     second = run_cli("02_train", *args)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "fold 0: already trained with these settings" in second.stderr
@@ -30,6 +33,8 @@ def test_trains_every_fold_and_collects_the_oof(prepared_output, demo_input, tmp
     assert (merged["fold"] == merged["fold_true"]).all()
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert set(metrics["folds"]) == {"0", "1", "2", "3"} and -1 <= metrics["qwk_rounded"] <= 1
+    log = pd.read_csv(model_dir / "log.csv")
+    assert sorted(log["fold"].unique()) == [0, 1, 2, 3] and log["eval_qwk"].notna().any()
     fold_dir = model_dir / "fold_0"
     for name in ("scorer.json", "model.safetensors", "tokenizer.json", "train_config.json", "log.csv"):
         assert (fold_dir / name).exists(), name
