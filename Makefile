@@ -8,10 +8,10 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Stages whose issues have landed; the rest of the DAG is declared in dvc.yaml and exits "not built yet".
-DEMO_STAGES ?= ensemble thresholds
+# Stages whose issues have landed (and what they need); pseudo_label is declared but not built yet.
+DEMO_STAGES ?= infer thresholds
 
-.PHONY: install demo test lint demo-data benchmarks clean
+.PHONY: install demo test lint demo-data benchmarks kaggle clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ demo-data: install
 	$(BIN)/python -m common.demo --out input
 	$(BIN)/python -m common.backbone --train-csv input/train.csv \
 		--extra-csv input/persuade_2.0_human_scores_demo_id_github.csv --out input/tiny-deberta-v2
+
+# The Kaggle upload folder (output/kaggle/) from the trained artifacts of the last run (make demo first).
+KAGGLE_USER ?= your-kaggle-username
+kaggle: install
+	$(BIN)/python 05_infer/package.py infer.kaggle_user=$(KAGGLE_USER)
 
 benchmarks: install
 	$(BIN)/python benchmarks/run_all.py

@@ -41,6 +41,7 @@ def main(params: Params) -> None:
         spec = {
             "selected": result.selected,
             "models": oofs.names,
+            "folds": sorted(int(k) for k in set(oofs.fold)),
             "thresholds": selected.thresholds,
             "methods": {
                 name: {"weights": m.weights, "thresholds": m.thresholds, **m.extra}

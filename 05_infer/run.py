@@ -1,14 +1,80 @@
 """Stage 05_infer: offline-safe inference writing submission.csv.
 
 Run from the repository root: python 05_infer/run.py [dotted.key=value ...]
+Locally it reads paths.input/test.csv and the artifacts under paths.output (train/<model>/fold_<k>/,
+ensemble/artifacts/) and writes output/submission.csv. On Kaggle (<infer.kaggle_root>/input exists) it
+reads the competition folder and the artifacts dataset and writes /kaggle/working/submission.csv.
+Nothing is fetched from the network: the hub-offline variables are set before transformers loads.
 """
 
-from common.config import Params
-from common.stage import NotBuiltYet, exit_with
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` beside this folder (a Kaggle copy)
+
+from common.offline import force_offline
+
+force_offline()
+
+import logging  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from common.config import Params  # noqa: E402
+from common.inference import (  # noqa: E402
+    ArtifactSet,
+    ensemble_scores,
+    estimate_runtime,
+    inference_devices,
+    make_submission,
+    predict_models,
+    read_test,
+    resolve_paths,
+)
+from common.io import write_csv, write_json  # noqa: E402
+from common.stage import exit_with  # noqa: E402
+
+log = logging.getLogger("aes.infer")
 
 
 def main(params: Params) -> None:
-    raise NotBuiltYet("05_infer is not built yet (inference: issue 10); the stages before it ran fine.")
+    p = params.infer
+    paths = resolve_paths(params)
+    log.info("%s run: test %s, artifacts %s", "Kaggle" if paths.on_kaggle else "local", paths.test, paths.artifacts)
+    artifacts = ArtifactSet.open(paths.artifacts)
+    test, sample = read_test(paths.test, paths.sample_submission)
+    texts = test["full_text"].tolist()
+    devices = inference_devices(p.device)
+    log.info("ensemble %s of %s x %d folds on %s", artifacts.spec["selected"], artifacts.models, len(artifacts.folds),
+             ", ".join(str(d) for d in devices))
+    mean_tokens = float(np.mean([min(len(t.split()) * 1.3 + 2, 1e9) for t in texts]))
+    plan = estimate_runtime(artifacts, mean_tokens, p.expected_essays, None, p.time_limit_hours)
+    log.info("runtime estimate for %d essays with %d fold models on a T4: %.2f h (limit %.0f h)",
+             plan["n_essays"], plan["n_fold_models"], plan["t4_hours"], p.time_limit_hours)
+    if not plan["within_limit"]:
+        log.warning("the estimate exceeds Kaggle's %.0f h limit: drop folds or models, or lower max_length",
+                    p.time_limit_hours)
+
+    start = time.perf_counter()
+    predictions = predict_models(artifacts, texts, devices, p.precision, p.batch_tokens)
+    seconds = time.perf_counter() - start
+    continuous, scores = ensemble_scores(artifacts, predictions, texts)
+    submission = make_submission(sample, test["essay_id"].to_numpy(), scores)
+    measured = estimate_runtime(artifacts, mean_tokens, p.expected_essays,
+                                len(texts) * len(artifacts.folds) * len(artifacts.models) / seconds, p.time_limit_hours)
+    log.info("%d essays in %.1f s: %d essays for the ensemble would take %.2f h on this machine", len(texts),
+             seconds, p.expected_essays, measured["this_device_hours"])
+    write_csv(paths.submission, submission)
+    if not paths.on_kaggle:
+        write_json(params.output_dir / "infer" / "metrics.json", {
+            "n_essays": len(texts), "seconds": seconds, "devices": [str(d) for d in devices],
+            "model_seconds": predictions.seconds, "runtime_estimate": measured,
+            "score_counts": {str(k): int(v) for k, v in submission["score"].value_counts().sort_index().items()},
+            "mean_prediction": float(np.mean(continuous)),
+        })
+    log.info("wrote %s: %d essays, scores %s", paths.submission, len(submission),
+             submission["score"].value_counts().sort_index().to_dict())
 
 
 if __name__ == "__main__":

@@ -208,6 +208,8 @@ class InferParams:
         "Folder of the competition files under <kaggle_root>/input.", "learning-agency-lab-automated-essay-scoring-2")
     artifacts_dataset: str = _help("Folder of the uploaded artifacts dataset under <kaggle_root>/input.",
                                    "aes-pipeline-artifacts")
+    kaggle_user: str = _help("Kaggle user name written into the upload folder's metadata (make kaggle).",
+                             "your-kaggle-username")
     expected_essays: int = _help("Essays in the hidden test, for the runtime estimate printed before the run.", 8000)
     time_limit_hours: float = _help("Kaggle's limit the runtime estimate is checked against.", 9.0)
 

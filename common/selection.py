@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -99,10 +99,14 @@ def _blend(name: str, oofs: OOFSet, w: np.ndarray | None) -> MethodResult:
     )
 
 
-def stacker_features(oofs: OOFSet, text_frame: pd.DataFrame | None) -> pd.DataFrame:
-    """Stacker inputs: one column per model prediction, class probabilities, text features."""
-    parts = [pd.DataFrame({f"pred__{name}": oofs.preds[name] for name in oofs.names})]
-    parts.extend(frame.add_prefix(f"{name}__").reset_index(drop=True) for name, frame in oofs.probs.items())
+def stacker_features(preds: Mapping[str, np.ndarray], probs: Mapping[str, pd.DataFrame],
+                     text_frame: pd.DataFrame | None) -> pd.DataFrame:
+    """Stacker inputs: one column per model prediction, class probabilities, text features.
+
+    The same function builds them from OOF predictions (04_ensemble) and from test predictions (05_infer).
+    """
+    parts = [pd.DataFrame({f"pred__{name}": values for name, values in preds.items()})]
+    parts.extend(frame.add_prefix(f"{name}__").reset_index(drop=True) for name, frame in probs.items())
     if text_frame is not None:
         parts.append(text_frame.add_prefix("text__").reset_index(drop=True))
     frame = pd.concat(parts, axis=1)
@@ -182,7 +186,7 @@ def build_ensemble(
     if texts is not None:
         featurizer = TextFeaturizer().fit(texts)
         text_frame = featurizer.transform(texts)
-    X = stacker_features(oofs, text_frame)
+    X = stacker_features(oofs.preds, oofs.probs, text_frame)
     if len(np.unique(oofs.fold)) >= 4:
         methods["stacker"] = _stacker(X, oofs, w, stacker_objective, n_trials, seed)
     else:

@@ -38,3 +38,24 @@ def prepared_output(demo_input, tmp_path_factory):
     result = run_cli("00_prepare", f"paths.input={folder}", f"paths.output={out}")
     assert result.returncode == 0, result.stderr
     return out
+
+
+TINY_TRAIN = ["train.models.0.max_length=64", "train.models.0.epochs=1.0", "train.models.1.max_length=64",
+              "train.models.1.epochs=1.0", "train.models.1.stage1_rows=none", "train.device=cpu"]
+
+
+@pytest.fixture(scope="session")
+def trained_output(demo_input, prepared_output, tmp_path_factory):
+    """`prepared_output` plus both demo models trained briefly on every fold and the ensemble on them."""
+    import shutil
+
+    folder, _ = demo_input
+    out = tmp_path_factory.mktemp("trained")
+    shutil.copytree(prepared_output / "prepare", out / "prepare")
+    common = [f"paths.input={folder}", f"paths.output={out}"]
+    trained = run_cli("02_train", *common, *TINY_TRAIN)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    ensembled = run_cli("04_ensemble", *common, "ensemble.n_trials=2")
+    assert ensembled.returncode == 0, ensembled.stderr[-3000:]
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return out

@@ -109,7 +109,7 @@ def test_feature_names_are_safe_for_lightgbm():
     oofs = synthetic_oofs()
     oofs.preds = {"deberta:v3[large]": oofs.preds["good"]}
     oofs.probs = {}
-    assert list(stacker_features(oofs, None).columns) == ["pred__deberta_v3_large_"]
+    assert list(stacker_features(oofs.preds, oofs.probs, None).columns) == ["pred__deberta_v3_large_"]
 
 
 def test_prompt_mix_weights_change_the_scores():

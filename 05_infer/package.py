@@ -1,0 +1,23 @@
+"""Build the Kaggle upload folder from the trained artifacts: python 05_infer/package.py [key=value ...]
+
+Writes output/kaggle/ (see common/kaggle.py): dataset/ (fold models, ensemble, the `common` library,
+wheels), notebook/ (the notebook generated from 05_infer/run.py and its kernel-metadata.json) and
+UPLOAD.md with the `kaggle` CLI commands. Set infer.kaggle_user=<you>; `--no-wheels` skips downloading
+library wheels (then the Kaggle image must already meet dataset/requirements.json).
+"""
+
+import sys
+
+from common.config import Params
+from common.kaggle import build_bundle
+from common.stage import run_stage
+
+WHEELS = "--no-wheels" not in sys.argv
+
+
+def main(params: Params) -> None:
+    build_bundle(params, params.output_dir / "kaggle", wheels=WHEELS)
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main, __doc__, [a for a in sys.argv[1:] if a != "--no-wheels"]))

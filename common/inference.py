@@ -1,0 +1,424 @@
+"""Inference: every fold model of every ensemble member on the test essays, then the ensemble.
+
+Built to run on Kaggle the first time:
+- offline by construction: `common.offline.force_offline()` sets the hub-offline variables before
+  transformers is imported (05_infer/run.py calls it first), and every load is from a local folder;
+- every artifact is checked before any model runs (`ArtifactSet.check`), so a missing fold or
+  threshold file fails in seconds with its path, never after an hour or with a partial submission;
+- fast: each distinct tokenizer tokenises the essays once; essays are sorted by length and batched by
+  a token budget (dynamic padding); autocast fp16 on CUDA (T4 and P100 have no bf16) with fp32
+  weights; `torch.inference_mode`; one model in memory at a time; every visible GPU gets a share of
+  the batches (Kaggle's 2xT4), each on its own thread;
+- the same code path 02_train used for its OOF predictions (tokenize_essays, EssayScorer), so a model
+  predicts here what it predicted there (a test checks it).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from common.config import Params
+from common.data import InputError, read_csv_checked
+from common.ensemble import LGBMStacker
+from common.models import EssayScorer
+from common.selection import stacker_features
+from common.stage import PipelineError
+from common.text_features import TextFeaturizer
+from common.thresholds import apply_thresholds
+from common.tokenization import EssayCollator, batches_by_token_budget, load_tokenizer, tokenize_essays
+
+log = logging.getLogger(__name__)
+
+ENSEMBLE_DIR = Path("ensemble") / "artifacts"
+# Effective fp16 throughput of a T4 on transformer encoders (65 TFLOP/s peak tensor-core fp16; encoders
+# at batch sizes that fit reach roughly a fifth of it). Used only for the printed runtime estimate.
+T4_EFFECTIVE_FLOPS = 13e12
+
+
+class ArtifactError(PipelineError):
+    """An artifact 05_infer needs is missing or unreadable; the message names it."""
+
+
+@dataclass
+class InferPaths:
+    test: Path
+    sample_submission: Path
+    artifacts: Path
+    submission: Path
+    on_kaggle: bool
+
+
+def resolve_paths(params: Params) -> InferPaths:
+    """Where inference reads and writes: Kaggle's folders when <kaggle_root>/input exists, else local ones.
+
+    `infer.artifacts` overrides the artifacts root in both cases.
+    """
+    p, prep = params.infer, params.prepare
+    kaggle_input = Path(p.kaggle_root) / "input"
+    if kaggle_input.is_dir():
+        competition = kaggle_input / p.competition_dataset
+        return InferPaths(
+            test=competition / prep.test_file,
+            sample_submission=competition / prep.sample_submission_file,
+            artifacts=Path(p.artifacts) if p.artifacts else kaggle_input / p.artifacts_dataset,
+            submission=Path(p.kaggle_root) / "working" / "submission.csv",
+            on_kaggle=True,
+        )
+    return InferPaths(
+        test=params.input_dir / prep.test_file,
+        sample_submission=params.input_dir / prep.sample_submission_file,
+        artifacts=Path(p.artifacts) if p.artifacts else params.output_dir,
+        submission=params.output_dir / "submission.csv",
+        on_kaggle=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Test essays and the submission
+
+
+def read_test(test_path: Path, sample_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Test essays (essay_id, full_text) and the sample submission, checked but lenient where it can be.
+
+    Missing files or columns and duplicate ids are errors. Empty or odd essays are predicted anyway
+    (with a warning): a score for every id beats no submission. Ids must be the same in both files.
+    """
+    problems: list[str] = []
+    test = read_csv_checked(test_path, ("essay_id", "full_text"), problems)
+    sample = read_csv_checked(sample_path, ("essay_id", "score"), problems)
+    if problems:
+        raise InputError(problems)
+    assert test is not None and sample is not None
+    test = test.assign(essay_id=test["essay_id"].str.strip(), full_text=test["full_text"].fillna(""))
+    sample = sample.assign(essay_id=sample["essay_id"].str.strip())
+    for path, frame in ((test_path, test), (sample_path, sample)):
+        twice = frame["essay_id"][frame["essay_id"].duplicated()].unique().tolist()
+        if twice:
+            problems.append(f"{path}: duplicate essay_id {twice[:10]}. Fix: every essay needs its own id.")
+    only_test = sorted(set(test["essay_id"]) - set(sample["essay_id"]))
+    only_sample = sorted(set(sample["essay_id"]) - set(test["essay_id"]))
+    if only_sample:
+        problems.append(f"{sample_path}: essay ids {only_sample[:10]} have no essay in {test_path}. Fix: use the "
+                        "sample submission that belongs to this test file.")
+    if only_test:
+        problems.append(f"{test_path}: essay ids {only_test[:10]} are missing from {sample_path}. Fix: use the "
+                        "sample submission that belongs to this test file.")
+    if problems:
+        raise InputError(problems)
+    empty = test["full_text"].str.strip() == ""
+    if empty.any():
+        log.warning("%s: %d empty essay(s) (%s): predicted from special tokens alone", test_path, int(empty.sum()),
+                    test.loc[empty, "essay_id"].tolist()[:10])
+    return test[["essay_id", "full_text"]].reset_index(drop=True), sample[["essay_id"]].reset_index(drop=True)
+
+
+def make_submission(sample: pd.DataFrame, test_ids: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+    """`essay_id, score` in sample-submission order, validated: every id once, integer scores in 1-6."""
+    by_id = pd.Series(np.asarray(scores), index=pd.Index(test_ids, name="essay_id"))
+    submission = pd.DataFrame({"essay_id": sample["essay_id"], "score": by_id.reindex(sample["essay_id"]).to_numpy()})
+    validate_submission(submission, sample)
+    submission["score"] = submission["score"].astype(int)
+    return submission
+
+
+def validate_submission(submission: pd.DataFrame, sample: pd.DataFrame) -> None:
+    """Raise unless the submission is exactly the sample's ids, in order, with integer scores 1..6."""
+    problems = []
+    if list(submission.columns) != ["essay_id", "score"]:
+        problems.append(f"columns are {list(submission.columns)}, not ['essay_id', 'score']")
+    elif submission["essay_id"].tolist() != sample["essay_id"].tolist():
+        problems.append("essay ids differ from the sample submission's (set or order)")
+    else:
+        score = pd.to_numeric(submission["score"], errors="coerce")
+        bad = score.isna() | ~score.isin([1, 2, 3, 4, 5, 6])
+        if bad.any():
+            problems.append(f"{int(bad.sum())} score(s) missing or outside the integers 1-6, e.g. for "
+                            f"{submission.loc[bad, 'essay_id'].tolist()[:5]}")
+    if problems:
+        raise PipelineError("submission not written: " + "; ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Artifacts
+
+
+@dataclass
+class ArtifactSet:
+    """The trained models and the ensemble under one root, as 02_train and 04_ensemble wrote them."""
+
+    root: Path
+    spec: dict
+    folds: list[int]
+    fold_dirs: dict[str, list[Path]] = field(default_factory=dict)
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.spec["models"])
+
+    @classmethod
+    def open(cls, root: Path) -> ArtifactSet:
+        """Read ensemble.json and check that every file inference needs is there (before any work)."""
+        ensemble_file = root / ENSEMBLE_DIR / "ensemble.json"
+        if not ensemble_file.is_file():
+            raise ArtifactError(f"{ensemble_file} not found: run 04_ensemble, or point infer.artifacts at the "
+                                "folder that holds train/ and ensemble/artifacts/")
+        spec = json.loads(ensemble_file.read_text(encoding="utf-8"))
+        folds = [int(k) for k in spec.get("folds", [])]
+        if not folds:
+            raise ArtifactError(f"{ensemble_file} lists no folds: re-run 04_ensemble with this version")
+        artifacts = cls(root=root, spec=spec, folds=folds)
+        artifacts.check()
+        return artifacts
+
+    def check(self) -> None:
+        """Every fold model (weights, config, tokenizer), the thresholds and the stacker: all or an error."""
+        missing: list[str] = []
+        thresholds = self.spec.get("thresholds")
+        if not thresholds or len(thresholds) != 5 or list(thresholds) != sorted(thresholds):
+            missing.append(f"{self.root / ENSEMBLE_DIR / 'ensemble.json'}: 'thresholds' must be 5 increasing cut "
+                           f"points, found {thresholds!r}")
+        for name in self.models:
+            dirs = []
+            for k in self.folds:
+                fold_dir = self.root / "train" / name / f"fold_{k}"
+                dirs.append(fold_dir)
+                for required in ("scorer.json", "train_config.json", "tokenizer_config.json"):
+                    if not (fold_dir / required).is_file():
+                        missing.append(str(fold_dir / required))
+                if not ((fold_dir / "model.safetensors").is_file() or (fold_dir / "adapter").is_dir()):
+                    missing.append(f"{fold_dir / 'model.safetensors'} (or adapter/ for a LoRA model)")
+            self.fold_dirs[name] = dirs
+        if self.spec["selected"] == "stacker":
+            stacker_dir = self.root / ENSEMBLE_DIR / (self.spec.get("stacker_dir") or "stacker")
+            meta = stacker_dir / LGBMStacker.META_FILE
+            if not meta.is_file():
+                missing.append(str(meta))
+            else:
+                for file in json.loads(meta.read_text(encoding="utf-8"))["model_files"].values():
+                    if not (stacker_dir / file).is_file():
+                        missing.append(str(stacker_dir / file))
+            if self.spec.get("text_features") and not (self.root / ENSEMBLE_DIR / "text_vocabulary.json").is_file():
+                missing.append(str(self.root / ENSEMBLE_DIR / "text_vocabulary.json"))
+        if missing:
+            raise ArtifactError(
+                "artifacts missing, so no submission was written:\n  " + "\n  ".join(missing)
+                + f"\nFix: copy the complete output of 02_train and 04_ensemble under {self.root} (make kaggle "
+                "builds such a folder), or re-run the stages that make them."
+            )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Predicting with one model
+
+
+def inference_devices(device: str) -> list[torch.device]:
+    """Every visible GPU for "auto"/"cuda" when CUDA is there, else the CPU."""
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    if device == "cuda":
+        raise PipelineError("infer.device=cuda but no CUDA device is visible; use infer.device=auto or cpu")
+    return [torch.device("cpu")]
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`, or None for plain fp32."""
+    if device.type != "cuda":
+        return None if precision in ("auto", "fp32") else {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    if precision == "auto":
+        return torch.float16
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def _tokenizer_key(fold_dir: Path, settings: dict) -> str:
+    """Two fold models share token ids when their tokenizer files and tokenisation settings agree."""
+    digest = hashlib.sha256()
+    for name in sorted(p.name for p in fold_dir.iterdir() if p.name.startswith(("tokenizer", "special_tokens",
+                                                                               "spm", "vocab", "added_tokens"))):
+        digest.update(name.encode())
+        digest.update((fold_dir / name).read_bytes())
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+class TokenCache:
+    """Token ids of the test essays per distinct tokenizer + settings: each tokenises once."""
+
+    def __init__(self, texts: list[str]):
+        self.texts = texts
+        self._ids: dict[str, tuple[list[list[int]], EssayCollator]] = {}
+
+    def get(self, fold_dir: Path) -> tuple[list[list[int]], EssayCollator]:
+        spec = json.loads((fold_dir / "train_config.json").read_text(encoding="utf-8"))["model"]
+        settings = {k: spec[k] for k in ("max_length", "add_newline_tokens", "padding_side", "truncation_side",
+                                         "add_special_tokens")}
+        key = _tokenizer_key(fold_dir, settings)
+        if key not in self._ids:
+            tokenizer = load_tokenizer(str(fold_dir), add_newline_tokens=settings["add_newline_tokens"],
+                                       padding_side=settings["padding_side"])
+            ids = tokenize_essays(tokenizer, self.texts, settings["max_length"],
+                                  add_special_tokens=settings["add_special_tokens"],
+                                  truncation_side=settings["truncation_side"])
+            self._ids[key] = (ids, EssayCollator(tokenizer))
+        return self._ids[key]
+
+    @property
+    def n_tokenizers(self) -> int:
+        return len(self._ids)
+
+
+@torch.inference_mode()
+def _predict_batches(model: EssayScorer, ids: list[list[int]], collator: EssayCollator, batches: list[list[int]],
+                     device: torch.device, dtype: torch.dtype | None, out: np.ndarray, probs: np.ndarray | None,
+                     progress: tqdm | None) -> None:
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    for batch_rows in batches:
+        batch = collator([{"input_ids": ids[i]} for i in batch_rows])
+        with autocast:
+            scores, p = model.predict(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        out[batch_rows] = scores.float().cpu().numpy()
+        if probs is not None and p is not None:
+            probs[batch_rows] = p.float().cpu().numpy()
+        if progress is not None:
+            progress.update(len(batch_rows))
+
+
+def predict_fold_model(fold_dir: Path, ids: list[list[int]], collator: EssayCollator, devices: list[torch.device],
+                       precision: str, batch_tokens: int, desc: str = "") -> tuple[np.ndarray, np.ndarray | None]:
+    """Predictions (n,) and class probabilities (n, 6) or None of one saved fold model.
+
+    With several devices the model is copied to each and the length-sorted batches are dealt out
+    round-robin, one thread per device (the GIL is released inside CUDA kernels).
+    """
+    models = [EssayScorer.load(fold_dir, device=device) for device in devices]
+    n = len(ids)
+    preds = np.full(n, np.nan)
+    probs = np.full((n, 6), np.nan) if models[0].config.head != "regression" else None
+    batches = batches_by_token_budget([len(x) for x in ids], batch_tokens)
+    shares = [batches[i :: len(devices)] for i in range(len(devices))]
+    with tqdm(total=n, desc=desc or fold_dir.name, unit="essay", leave=False) as progress:
+        if len(devices) == 1:
+            _predict_batches(models[0], ids, collator, shares[0], devices[0], autocast_dtype(precision, devices[0]),
+                             preds, probs, progress)
+        else:
+            with ThreadPoolExecutor(len(devices)) as pool:
+                jobs = [pool.submit(_predict_batches, m, ids, collator, share, d, autocast_dtype(precision, d),
+                                    preds, probs, None) for m, share, d in zip(models, shares, devices, strict=True)]
+                for job in jobs:
+                    job.result()
+            progress.update(n)
+    del models
+    gc.collect()
+    if any(d.type == "cuda" for d in devices):
+        torch.cuda.empty_cache()
+    if np.isnan(preds).any():
+        raise PipelineError(f"{fold_dir}: {int(np.isnan(preds).sum())} NaN predictions (an fp16 overflow? try "
+                            "infer.precision=fp32)")
+    return preds, probs
+
+
+# ---------------------------------------------------------------------------------------------------
+# The ensemble
+
+
+@dataclass
+class TestPredictions:
+    preds: dict[str, np.ndarray]  # model -> mean over its fold models, (n,)
+    probs: dict[str, pd.DataFrame]  # model -> mean class probabilities, prob_1..prob_6 (heads that have them)
+    seconds: dict[str, float]
+
+
+def predict_models(artifacts: ArtifactSet, texts: list[str], devices: list[torch.device], precision: str,
+                   batch_tokens: int) -> TestPredictions:
+    """Every ensemble member: the mean of its fold models' predictions (as the stacker was trained on)."""
+    cache = TokenCache(texts)
+    preds, probs, seconds = {}, {}, {}
+    for name in artifacts.models:
+        start = time.perf_counter()
+        fold_preds, fold_probs = [], []
+        for k, fold_dir in zip(artifacts.folds, artifacts.fold_dirs[name], strict=True):
+            ids, collator = cache.get(fold_dir)
+            pred, prob = predict_fold_model(fold_dir, ids, collator, devices, precision, batch_tokens,
+                                            desc=f"{name} fold {k}")
+            fold_preds.append(pred)
+            if prob is not None:
+                fold_probs.append(prob)
+        preds[name] = np.mean(fold_preds, axis=0)
+        if fold_probs:
+            probs[name] = pd.DataFrame(np.mean(fold_probs, axis=0), columns=[f"prob_{s}" for s in range(1, 7)])
+        seconds[name] = time.perf_counter() - start
+        log.info("%s: %d fold models in %.1f s", name, len(artifacts.folds), seconds[name])
+    log.info("%d distinct tokenizer(s) tokenised the essays", cache.n_tokenizers)
+    return TestPredictions(preds=preds, probs=probs, seconds=seconds)
+
+
+def ensemble_scores(artifacts: ArtifactSet, predictions: TestPredictions, texts: list[str]) -> tuple[np.ndarray,
+                                                                                                      np.ndarray]:
+    """(continuous ensemble prediction, integer scores 1-6) with the selected method and its thresholds."""
+    spec = artifacts.spec
+    method = spec["selected"]
+    if method == "stacker":
+        text_frame = None
+        if spec.get("text_features"):
+            words = json.loads((artifacts.root / ENSEMBLE_DIR / "text_vocabulary.json").read_text(encoding="utf-8"))
+            text_frame = TextFeaturizer.from_vocabulary(words).transform(texts)
+        X = stacker_features(predictions.preds, predictions.probs, text_frame)
+        stacker = LGBMStacker.load(artifacts.root / ENSEMBLE_DIR / (spec.get("stacker_dir") or "stacker"))
+        continuous = stacker.predict(X[stacker.feature_names_])
+    else:
+        weights = spec["methods"][method]["weights"]
+        continuous = sum(float(weights[m]) * predictions.preds[m] for m in artifacts.models)
+    thresholds = np.asarray(spec["thresholds"], dtype=float)
+    return np.asarray(continuous, dtype=float), apply_thresholds(continuous, thresholds)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Runtime estimate
+
+
+def count_parameters(fold_dir: Path) -> int:
+    """Parameters of a saved fold model, read from its safetensors header (no weights loaded)."""
+    from safetensors import safe_open
+
+    weights = fold_dir / "model.safetensors"
+    if not weights.is_file():
+        config = json.loads((fold_dir / "backbone" / "config.json").read_text()) if (
+            fold_dir / "backbone" / "config.json").is_file() else {}
+        hidden, layers = config.get("hidden_size", 768), config.get("num_hidden_layers", 12)
+        return 12 * layers * hidden * hidden
+    total = 0
+    with safe_open(str(weights), framework="pt") as handle:
+        names = handle.keys()  # a safe_open handle is not iterable itself
+        for key in names:
+            total += math.prod(handle.get_slice(key).get_shape())
+    return total
+
+
+def estimate_runtime(artifacts: ArtifactSet, mean_tokens: float, n_essays: int, measured_essays_per_s: float | None,
+                     limit_hours: float) -> dict:
+    """Hours for `n_essays` with every fold model: from this run's measured speed, and on a T4 (FLOPs).
+
+    The T4 figure counts 2 x parameters FLOPs per token (the encoder's matmuls; attention adds a little
+    at 1024 tokens) at T4_EFFECTIVE_FLOPS. Both are estimates; Kaggle's limit is checked on the larger.
+    """
+    n_fold_models = len(artifacts.models) * len(artifacts.folds)
+    flops = sum(2 * count_parameters(artifacts.fold_dirs[m][0]) * mean_tokens * n_essays * len(artifacts.folds)
+                for m in artifacts.models)
+    t4_hours = flops / T4_EFFECTIVE_FLOPS / 3600
+    here_hours = n_essays * n_fold_models / measured_essays_per_s / 3600 if measured_essays_per_s else None
+    worst = max(t4_hours, here_hours or 0.0)
+    return {"n_essays": n_essays, "n_fold_models": n_fold_models, "t4_hours": t4_hours,
+            "this_device_hours": here_hours, "limit_hours": limit_hours, "within_limit": worst < limit_hours}

@@ -1,0 +1,286 @@
+"""05_infer: the inference library on its own, and the stage end to end on briefly trained demo models."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from common.config import load_params
+from common.data import InputError
+from common.inference import (
+    ArtifactError,
+    ArtifactSet,
+    TokenCache,
+    autocast_dtype,
+    estimate_runtime,
+    inference_devices,
+    make_submission,
+    predict_fold_model,
+    read_test,
+    resolve_paths,
+    validate_submission,
+)
+from common.stage import PipelineError
+from tests.conftest import REPO, run_cli
+
+# Refuses every connection attempt before the stage runs: the stage must not need the network.
+NO_NETWORK = """
+import runpy, socket, sys
+def refuse(*args, **kwargs):
+    raise OSError("network access attempted during offline inference")
+socket.socket.connect = refuse
+socket.socket.connect_ex = refuse
+socket.create_connection = refuse
+socket.getaddrinfo = refuse
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_offline(script: str, *overrides: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run([sys.executable, "-c", NO_NETWORK, script, *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def write_csvs(folder: Path, test: pd.DataFrame, sample: pd.DataFrame) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    test.to_csv(folder / "test.csv", index=False)
+    sample.to_csv(folder / "sample_submission.csv", index=False)
+    return folder / "test.csv", folder / "sample_submission.csv"
+
+
+# ------------------------------------------------------------------------------------------------
+# Test essays and submissions
+
+
+def test_read_test_is_lenient_with_empty_essays_and_strict_with_ids(tmp_path, caplog):
+    test = pd.DataFrame({"essay_id": ["a", "b", "c"], "full_text": ["Some words.", "", "More words here."]})
+    sample = pd.DataFrame({"essay_id": ["c", "a", "b"], "score": [3, 3, 3]})
+    frame, order = read_test(*write_csvs(tmp_path / "ok", test, sample))
+    assert frame["full_text"].tolist() == ["Some words.", "", "More words here."]
+    assert order["essay_id"].tolist() == ["c", "a", "b"]
+    assert "1 empty essay(s)" in caplog.text
+
+    with pytest.raises(InputError, match="duplicate essay_id") as info:
+        read_test(*write_csvs(tmp_path / "dup", pd.concat([test, test.iloc[:1]]), sample))
+    assert "test.csv" in str(info.value)
+    with pytest.raises(InputError, match=r"essay ids \['z'\] have no essay"):
+        read_test(*write_csvs(tmp_path / "extra", test, pd.concat([sample, pd.DataFrame({"essay_id": ["z"],
+                                                                                          "score": [1]})])))
+    with pytest.raises(InputError, match=r"\['b'\] are missing from"):
+        read_test(*write_csvs(tmp_path / "fewer", test, sample[sample["essay_id"] != "b"]))
+    with pytest.raises(InputError, match="missing column"):
+        read_test(*write_csvs(tmp_path / "cols", test.rename(columns={"full_text": "text"}), sample))
+
+
+def test_submission_follows_the_sample_and_is_validated():
+    sample = pd.DataFrame({"essay_id": ["c", "a", "b"]})
+    submission = make_submission(sample, np.array(["a", "b", "c"]), np.array([1, 6, 4]))
+    assert submission.to_dict("list") == {"essay_id": ["c", "a", "b"], "score": [4, 1, 6]}
+    assert submission["score"].dtype.kind == "i"
+    with pytest.raises(PipelineError, match="outside the integers 1-6"):
+        make_submission(sample, np.array(["a", "b", "c"]), np.array([0, 6, 4]))
+    with pytest.raises(PipelineError, match="missing or outside"):
+        make_submission(sample, np.array(["a", "b"]), np.array([2, 3]))
+    with pytest.raises(PipelineError, match="set or order"):
+        validate_submission(submission.iloc[::-1], sample)
+
+
+def test_devices_and_precision_on_this_machine():
+    if not torch.cuda.is_available():
+        assert inference_devices("auto") == [torch.device("cpu")]
+        with pytest.raises(PipelineError, match="no CUDA device"):
+            inference_devices("cuda")
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("auto", torch.device("cuda", 0)) is torch.float16  # T4 / P100: no bf16
+    assert autocast_dtype("fp32", torch.device("cuda", 0)) is None
+    assert autocast_dtype("bf16", torch.device("cuda", 0)) is torch.bfloat16
+
+
+def test_paths_switch_to_kaggle_when_its_input_folder_exists(tmp_path):
+    params = load_params(REPO / "params.yaml", [f"infer.kaggle_root={tmp_path / 'kaggle'}"])
+    local = resolve_paths(params)
+    assert not local.on_kaggle and local.submission == Path("output") / "submission.csv"
+    (tmp_path / "kaggle" / "input").mkdir(parents=True)
+    kaggle = resolve_paths(params)
+    assert kaggle.on_kaggle
+    assert kaggle.test == tmp_path / "kaggle/input/learning-agency-lab-automated-essay-scoring-2/test.csv"
+    assert kaggle.artifacts == tmp_path / "kaggle/input/aes-pipeline-artifacts"
+    assert kaggle.submission == tmp_path / "kaggle/working/submission.csv"
+
+
+# ------------------------------------------------------------------------------------------------
+# On trained demo models
+
+
+
+@pytest.fixture
+def artifacts_copy(trained_output, tmp_path):
+    root = tmp_path / "art"
+    shutil.copytree(trained_output / "train", root / "train")
+    shutil.copytree(trained_output / "ensemble" / "artifacts", root / "ensemble" / "artifacts")
+    return root
+
+
+@pytest.mark.slow
+def test_a_model_predicts_in_inference_what_training_recorded(trained_output, demo_input):
+    folder, _ = demo_input
+    train = pd.read_csv(folder / "train.csv")
+    artifacts = ArtifactSet.open(trained_output)
+    for name in artifacts.models:
+        fold_dir = artifacts.fold_dirs[name][0]
+        oof = pd.read_parquet(fold_dir / "oof.parquet").merge(train, on="essay_id")
+        ids, collator = TokenCache(oof["full_text"].tolist()).get(fold_dir)
+        # A tight budget makes other batches than training used: padding must not matter either.
+        pred, probs = predict_fold_model(fold_dir, ids, collator, [torch.device("cpu")], "auto", batch_tokens=300)
+        np.testing.assert_allclose(pred, oof["pred"].to_numpy(), atol=1e-4, rtol=0)
+        if "prob_1" in oof.columns:
+            np.testing.assert_allclose(probs, oof[[f"prob_{k}" for k in range(1, 7)]].to_numpy(), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_stage_writes_a_valid_submission_with_the_network_blocked(trained_output, demo_input, tmp_path):
+    folder, _ = demo_input
+    out = tmp_path / "out"
+    shutil.copytree(trained_output, out)
+    result = run_offline("05_infer/run.py", f"paths.input={folder}", f"paths.output={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "runtime estimate" in result.stderr
+    submission = pd.read_csv(out / "submission.csv")
+    sample = pd.read_csv(folder / "sample_submission.csv")
+    assert submission["essay_id"].tolist() == sample["essay_id"].tolist()
+    assert submission["score"].between(1, 6).all() and submission["score"].dtype.kind == "i"
+    metrics = json.loads((out / "infer" / "metrics.json").read_text())
+    assert metrics["n_essays"] == len(sample) and metrics["runtime_estimate"]["n_fold_models"] == 8
+
+
+@pytest.mark.slow
+def test_the_guard_really_blocks_the_network(tmp_path):
+    script = tmp_path / "dial.py"
+    script.write_text("import urllib.request\nurllib.request.urlopen('http://example.com', timeout=5)\n")
+    result = run_offline(str(script))
+    assert result.returncode != 0 and "network access attempted" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_missing_fold_fails_before_any_work_and_writes_nothing(artifacts_copy, demo_input, tmp_path):
+    folder, _ = demo_input
+    shutil.rmtree(artifacts_copy / "train" / "tiny-ordinal" / "fold_2")
+    (artifacts_copy / "train" / "tiny-regression" / "fold_1" / "model.safetensors").unlink()
+    with pytest.raises(ArtifactError) as info:
+        ArtifactSet.open(artifacts_copy)
+    message = str(info.value)
+    assert "tiny-ordinal/fold_2/scorer.json" in message and "tiny-regression/fold_1/model.safetensors" in message
+    result = run_cli("05_infer", f"paths.input={folder}", f"paths.output={tmp_path / 'out'}",
+                     f"infer.artifacts={artifacts_copy}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "fold_2" in result.stderr
+    assert not (tmp_path / "out" / "submission.csv").exists()
+
+
+@pytest.mark.slow
+def test_bad_thresholds_are_refused(artifacts_copy):
+    spec_file = artifacts_copy / "ensemble" / "artifacts" / "ensemble.json"
+    spec = json.loads(spec_file.read_text())
+    spec["thresholds"] = spec["thresholds"][::-1]
+    spec_file.write_text(json.dumps(spec))
+    with pytest.raises(ArtifactError, match="5 increasing cut points"):
+        ArtifactSet.open(artifacts_copy)
+
+
+@pytest.mark.slow
+def test_empty_and_enormous_essays_are_scored(artifacts_copy, demo_input, tmp_path):
+    folder, _ = demo_input
+    test = pd.read_csv(folder / "test.csv").head(6)
+    test.loc[0, "full_text"] = ""
+    test.loc[1, "full_text"] = "word " * 50_000
+    inputs = tmp_path / "in"
+    write_csvs(inputs, test, pd.DataFrame({"essay_id": test["essay_id"], "score": 3}))
+    result = run_cli("05_infer", f"paths.input={inputs}", f"paths.output={tmp_path / 'out'}",
+                     f"infer.artifacts={artifacts_copy}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    submission = pd.read_csv(tmp_path / "out" / "submission.csv")
+    assert submission["essay_id"].tolist() == test["essay_id"].tolist()
+    assert submission["score"].between(1, 6).all()
+
+
+@pytest.mark.slow
+def test_runtime_estimate_counts_every_fold_model(trained_output):
+    artifacts = ArtifactSet.open(trained_output)
+    small = estimate_runtime(artifacts, 400, 8000, 100.0, 9.0)
+    assert small["n_fold_models"] == 8 and small["within_limit"]
+    assert small["this_device_hours"] == pytest.approx(8000 * 8 / 100 / 3600)
+    assert estimate_runtime(artifacts, 400, 8000, 0.01, 9.0)["within_limit"] is False
+
+
+# ------------------------------------------------------------------------------------------------
+# Kaggle packaging
+
+
+@pytest.mark.slow
+def test_kaggle_bundle_runs_as_a_notebook_on_a_fake_kaggle_with_the_network_blocked(trained_output, demo_input,
+                                                                                      tmp_path):
+    import nbformat
+
+    from common.kaggle import build_bundle
+
+    folder, _ = demo_input
+    params = load_params(REPO / "params.yaml", [f"paths.input={folder}", f"paths.output={trained_output}",
+                                                "infer.kaggle_user=someone"])
+    bundle = build_bundle(params, tmp_path / "bundle", wheels=False)
+    kernel = json.loads((bundle / "notebook" / "kernel-metadata.json").read_text())
+    assert kernel["enable_internet"] is False and kernel["enable_gpu"] is True
+    assert kernel["dataset_sources"] == ["someone/aes-pipeline-artifacts"]
+    assert kernel["competition_sources"] == ["learning-agency-lab-automated-essay-scoring-2"]
+    dataset = bundle / "dataset"
+    assert json.loads((dataset / "dataset-metadata.json").read_text())["id"] == "someone/aes-pipeline-artifacts"
+    assert (dataset / "code" / "common" / "inference.py").is_file()
+    assert not list(dataset.rglob("oof.parquet")) and not list(dataset.rglob("__pycache__"))
+    assert "kaggle datasets create" in (bundle / "UPLOAD.md").read_text()
+
+    # The fake Kaggle: competition files and the dataset under <root>/input, a working folder.
+    root = tmp_path / "kaggle"
+    competition = root / "input" / "learning-agency-lab-automated-essay-scoring-2"
+    competition.mkdir(parents=True)
+    for name in ("test.csv", "sample_submission.csv"):
+        shutil.copy(folder / name, competition / name)
+    shutil.copytree(dataset, root / "input" / "aes-pipeline-artifacts")
+    (root / "working").mkdir()
+    book = nbformat.read(str(bundle / "notebook" / "aes-pipeline-infer.ipynb"), as_version=4)
+    code = "\n\n".join(cell.source for cell in book.cells if cell.cell_type == "code")
+    script = tmp_path / "notebook_as_script.py"
+    script.write_text(code)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "PYTHONPATH"))}
+    env["AES_KAGGLE_ROOT"] = str(root)
+    result = subprocess.run([sys.executable, "-c", NO_NETWORK, str(script)], cwd=root / "working", env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert f"common loaded from {root / 'input' / 'aes-pipeline-artifacts' / 'code' / 'common'}" in result.stdout
+    assert "transformers" in result.stdout and "needs >=" in result.stdout  # the version report
+    submission = pd.read_csv(root / "working" / "submission.csv")
+    local = run_cli("05_infer", f"paths.input={folder}", f"paths.output={tmp_path / 'local'}",
+                    f"infer.artifacts={trained_output}")
+    assert local.returncode == 0, local.stderr[-2000:]
+    pd.testing.assert_frame_equal(submission, pd.read_csv(tmp_path / "local" / "submission.csv"))
+
+
+def test_the_notebook_fails_clearly_when_a_library_is_too_old(tmp_path):
+    from common.kaggle import setup_cell
+
+    dataset = tmp_path / "input" / "aes-pipeline-artifacts"
+    (dataset / "wheels").mkdir(parents=True)
+    (dataset / "requirements.json").write_text(json.dumps({"numpy": "999.0"}))
+    script = tmp_path / "setup.py"
+    script.write_text(setup_cell("aes-pipeline-artifacts"))
+    result = subprocess.run([sys.executable, str(script)], env={**os.environ, "AES_KAGGLE_ROOT": str(tmp_path)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "this Kaggle image lacks numpy (found" in result.stderr and "needs >= 999.0" in result.stderr
