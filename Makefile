@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Stages whose issues have landed (and what they need); pseudo_label is declared but not built yet.
+# The DAG's final stages (dvc runs everything they need).
 DEMO_STAGES ?= infer thresholds
 
 .PHONY: install demo test lint demo-data benchmarks kaggle clean
@@ -27,6 +27,10 @@ demo: install
 	@echo "Demo run finished. Reports:"
 	@echo "  output/prepare/metrics.json      origin, prompt clusters, folds  (dvc metrics show)"
 	@echo "  output/prepare/plots/            score share per fold and per prompt  (dvc plots show)"
+	@echo "  output/train/<model>/            per-fold models, oof.parquet, metrics.json, log.csv"
+	@echo "  output/mlm/, output/pseudo/      MLM loss before/after; pseudo-labels and their report.csv"
+	@echo "  output/thresholds/, output/metrics/thresholds.json   per-model QWK (rounded, in-sample, nested)"
+	@echo "  output/ensemble/metrics.json     nested QWK per method and the one selected"
 	@test -f output/submission.csv && echo "  output/submission.csv            the submission" || \
 		echo "  output/submission.csv            not yet: stages after '$(lastword $(DEMO_STAGES))' are not built"
 

@@ -11,12 +11,14 @@ Data parallel on several GPUs: accelerate launch --num_processes 2 02_train/run.
 """
 
 import logging
+from pathlib import Path
 
 import torch
 
 from common.config import Params
 from common.data import load_competition_data
 from common.oof import read_folds
+from common.pseudo import load_student_pseudo
 from common.stage import exit_with
 from common.train_stage import train_model
 
@@ -38,10 +40,21 @@ def main(params: Params) -> None:
             raise FileNotFoundError(
                 f"{params.input_dir / prep.train_file} lacks essays of folds.parquet: re-run 00_prepare")
         texts = column.tolist()
+    pseudo = None
     for spec in t.models:
         if t.model and spec.name != t.model:
             continue
-        train_model(spec, spec.backbone or params.backbone, folds, texts, out, params.seed, t.folds, t.device, t.step)
+        if spec.pseudo_labels != "none" and pseudo is None and t.step != "collect":
+            pseudo = load_student_pseudo(out / "pseudo", out / "prepare" / "external.parquet",
+                                         sorted(folds["fold"].unique().tolist()), texts)
+        backbone = spec.backbone or params.backbone
+        if backbone == "mlm":  # the domain-adapted backbone of the mlm stage
+            backbone = str(out / "mlm" / "backbone")
+            if not Path(backbone, "config.json").is_file():
+                raise FileNotFoundError(f"{backbone} not found: run the mlm stage (python 01_pseudo_label/mlm.py) "
+                                        f"before training {spec.name}")
+        train_model(spec, backbone, folds, texts, out, params.seed, t.folds, t.device, t.step,
+                    pseudo if spec.pseudo_labels != "none" else None)
 
 if __name__ == "__main__":
     exit_with(main, __doc__)

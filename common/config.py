@@ -60,8 +60,22 @@ class PrepareParams:
 
 @dataclass
 class PseudoParams:
+    # MLM domain adaptation (stage mlm): writes <paths.output>/mlm/backbone, used by models whose
+    # backbone is "mlm". The demo's tiny random backbone needs a high learning rate; deberta-v3 ~5e-5.
     mlm_probability: float = _help("Share of tokens masked in MLM domain adaptation.", 0.15)
-    mlm_epochs: float = _help("Epochs of MLM domain adaptation over train + test + external essays.", 1.0)
+    mlm_epochs: float = _help("Epochs of MLM domain adaptation over train + test + external essays.", 2.0)
+    mlm_whole_word: bool = _help("Mask whole words instead of single tokens.", False)
+    mlm_max_length: int = _help("Tokens per MLM chunk (long essays are split into chunks).", 256)
+    mlm_batch_size: int = _help("Chunks per MLM batch.", 16)
+    mlm_lr: float = _help("MLM learning rate.", 1e-3)
+    mlm_held_out_share: float = _help("Share of essays held out to report MLM loss before and after.", 0.05)
+    mlm_add_newline_tokens: bool = _help("Add the newline token (as the models that use the result do).", True)
+    # Soft pseudo-labels (stage pseudo_label)
+    teacher: str = _help(
+        "Model of train.models whose fold-k model labels the external essays for fold k's students.",
+        "tiny-regression")
+    regression_sigma: float = _help(
+        "Spread (in score points) of the normal distribution a regression teacher's prediction becomes.", 0.6)
 
 
 @dataclass
@@ -116,6 +130,13 @@ class ModelParams:
     stage2_rows: Literal["all", "persuade", "other"] = _help(
         "Rows of the training folds for the main stage (held-out fold never used).", "all"
     )
+    # Pseudo-labelled external essays (output/pseudo/fold_<k>.parquet, from a teacher that never saw fold k)
+    pseudo_labels: Literal["none", "two_stage", "concat"] = _help(
+        "none; two_stage: a first stage on the fold's pseudo-labelled essays (soft labels: KL divergence, "
+        "MSE on the expectation for regression), then the stages above; concat: pseudo rows join every "
+        "stage with weight pseudo_weight.", "none")
+    pseudo_epochs: float = _help("Epochs of the pseudo-label stage (two_stage).", 1.0)
+    pseudo_weight: float = _help("Loss weight of a pseudo-labelled row relative to a labelled one (concat).", 0.5)
     # Evaluation and checkpoints
     eval_every: int = _help("Evaluate on the held-out fold every N optimizer steps (0: at each epoch end).", 0)
     keep_best: bool = _help("Keep the best-by-eval-QWK weights instead of the final ones.", False)
@@ -132,6 +153,8 @@ class TrainParams:
             ModelParams(name="tiny-ordinal", head="ordinal", pooling="attention", lr=2e-3, head_lr=5e-3,
                         layerwise_lr_decay=1.0, max_length=384, epochs=3.0, stage1_rows="persuade",
                         stage1_epochs=1.0, eval_every=10),
+            ModelParams(name="tiny-student", backbone="mlm", lr=2e-3, head_lr=5e-3, layerwise_lr_decay=1.0,
+                        max_length=384, epochs=3.0, pseudo_labels="two_stage", pseudo_epochs=1.0, eval_every=10),
         ],
     )
     model: str = _help("Train only this model (dvc's per-model stages set it); empty: every model.", "")
@@ -142,8 +165,12 @@ class TrainParams:
         "all",
     )
     dvc_models: list[str] = _help(
-        "Models dvc.yaml trains, one stage per model and fold (the names of train.models; empty: no check).",
+        "Models without pseudo-labels that dvc.yaml trains, one `train` stage per model and fold.",
         factory=lambda: ["tiny-regression", "tiny-ordinal"],
+    )
+    dvc_students: list[str] = _help(
+        "Models with pseudo-labels that dvc.yaml trains after the pseudo_label stage (`student` stages).",
+        factory=lambda: ["tiny-student"],
     )
     dvc_folds: list[int] = _help(
         "Folds dvc.yaml trains as separate stages: 0 .. prepare.n_folds - 1 (the oof stage lists them too).",
@@ -159,15 +186,23 @@ class TrainParams:
             raise ParamsError(f"train.models: model name(s) {twice} listed twice; every model needs its own name")
         if self.model and self.model not in names:
             raise ParamsError(f"train.model={self.model!r} is not in train.models ({', '.join(names)})")
-        if self.dvc_models and sorted(self.dvc_models) != sorted(names):
-            listed = set(self.dvc_models)
+        listed_lists = [*self.dvc_models, *self.dvc_students]
+        if listed_lists and sorted(listed_lists) != sorted(names):
+            listed = set(listed_lists)
             problems = [f"missing {sorted(set(names) - listed)}" if set(names) - listed else "",
                         f"unknown {sorted(listed - set(names))}" if listed - set(names) else "",
-                        "a name listed twice" if len(listed) < len(self.dvc_models) else ""]
+                        "a name listed twice" if len(listed) < len(listed_lists) else ""]
             raise ParamsError(
-                "train.dvc_models must list every name in train.models once (dvc.yaml runs one stage per name "
-                f"there): {', '.join(p for p in problems if p)}"
+                "train.dvc_models + train.dvc_students must list every name in train.models once (dvc.yaml runs "
+                f"one stage per name there): {', '.join(p for p in problems if p)}"
             )
+        by_name = {m.name: m for m in self.models}
+        wrong = [n for n in self.dvc_models if n in by_name and by_name[n].pseudo_labels != "none"]
+        wrong += [n for n in self.dvc_students if n in by_name and by_name[n].pseudo_labels == "none"]
+        if wrong:
+            raise ParamsError(
+                f"train: {wrong} listed on the wrong side: models with pseudo_labels go in train.dvc_students "
+                "(they run after the pseudo_label stage), the others in train.dvc_models")
 
 @dataclass
 class ThresholdsParams:
@@ -228,6 +263,15 @@ class Params:
     thresholds: ThresholdsParams = _help("Stage 03_oof_thresholds.", factory=ThresholdsParams)
     ensemble: EnsembleParams = _help("Stage 04_ensemble.", factory=EnsembleParams)
     infer: InferParams = _help("Stage 05_infer.", factory=InferParams)
+
+    def __post_init__(self) -> None:
+        models = {m.name: m for m in self.train.models}
+        students = [m.name for m in self.train.models if m.pseudo_labels != "none"]
+        if students and self.pseudo.teacher not in models:
+            raise ParamsError(f"pseudo.teacher={self.pseudo.teacher!r} is not in train.models ({', '.join(models)})")
+        if students and models[self.pseudo.teacher].pseudo_labels != "none":
+            raise ParamsError(f"pseudo.teacher={self.pseudo.teacher!r} trains on pseudo-labels itself; the teacher "
+                              "must be a model without them (its labels would otherwise feed on themselves)")
 
     @property
     def input_dir(self) -> Path:

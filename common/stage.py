@@ -17,10 +17,6 @@ class PipelineError(RuntimeError):
     """An expected failure a stage reports as one message (no traceback): the message says the fix."""
 
 
-class NotBuiltYet(PipelineError):
-    """The stage's work is not implemented yet (its issue has not landed)."""
-
-
 def run_stage(main: Callable[[Params], None], description: str, argv: Sequence[str] | None = None) -> int:
     """Parse params, run `main(params)`, and turn expected failures into a one-paragraph message + exit 2."""
     setup_logging()

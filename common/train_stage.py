@@ -18,22 +18,24 @@ import pandas as pd
 from common.config import ModelParams
 from common.io import staged_dir, write_csv, write_json, write_parquet
 from common.metrics import qwk
+from common.pseudo import StudentPseudo
 from common.thresholds import round_scores
-from common.training import TrainingError, tokenize_train, train_fold
+from common.training import TrainingError, pseudo_checksum, tokenize_train, train_fold
 
 log = logging.getLogger(__name__)
 
 
-def _done(fold_dir: Path, spec: ModelParams, backbone: str, seed: int) -> bool:
+def _done(fold_dir: Path, spec: ModelParams, backbone: str, seed: int, pseudo: float | None) -> bool:
     config = fold_dir / "train_config.json"
     if not (config.exists() and (fold_dir / "oof.parquet").exists()):
         return False
     saved = json.loads(config.read_text())
-    return saved.get("model") == asdict(spec) and saved.get("backbone") == backbone and saved.get("seed") == seed
+    return (saved.get("model") == asdict(spec) and saved.get("backbone") == backbone and saved.get("seed") == seed
+            and saved.get("pseudo") == pseudo)
 
 
 def train_model(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: list[str], out: Path, seed: int,
-                only_folds: list[int], device: str, step: str = "all") -> None:
+                only_folds: list[int], device: str, step: str = "all", pseudo: StudentPseudo | None = None) -> None:
     """Train the requested folds of `spec` (all when `only_folds` is empty) and collect its OOF file.
 
     `step` "fit" only trains (dvc's per-fold stages), "collect" only writes the model's OOF file and
@@ -53,10 +55,10 @@ def train_model(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: li
                 "under dvc, check that train.dvc_folds and the deps of the oof stage in dvc.yaml list every fold."
             )
         return
-    tokenizer, data = tokenize_train(spec, backbone, folds, texts)
+    tokenizer, data = tokenize_train(spec, backbone, folds, texts, pseudo)
     for fold in only_folds or all_folds:
         fold_dir = model_dir / f"fold_{fold}"
-        if _done(fold_dir, spec, backbone, seed):
+        if _done(fold_dir, spec, backbone, seed, pseudo_checksum(data, fold, spec)):
             log.info("%s fold %d: already trained with these settings, kept", spec.name, fold)
             continue
         with staged_dir(fold_dir) as tmp:

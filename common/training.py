@@ -38,6 +38,7 @@ from common.io import atomic_write, write_json
 from common.metrics import qwk
 from common.models import EssayScorer, ScorerConfig
 from common.optim import AWP, EMA, build_scheduler, param_groups
+from common.pseudo import StudentPseudo
 from common.stage import PipelineError
 from common.thresholds import round_scores
 from common.tokenization import EssayCollator, LengthGroupedSampler, load_tokenizer, tokenize_essays
@@ -64,6 +65,9 @@ class TrainData:
     scores: np.ndarray  # (n,) int 1..6
     folds: np.ndarray  # (n,) int
     origins: np.ndarray  # (n,) "persuade" / "other"
+    # Pseudo-labelled external essays (students only): token ids (m rows) and soft labels per fold.
+    pseudo_ids: list[list[int]] | None = None
+    pseudo_labels: dict[int, np.ndarray] | None = None  # fold -> (m, 6), from a teacher that never saw it
 
 
 @dataclass
@@ -100,19 +104,24 @@ def resolve_mixed_precision(requested: str, device: torch.device) -> str:
     return requested
 
 
-def tokenize_train(spec: ModelParams, backbone: str, folds_frame: pd.DataFrame, texts: list[str]):
+def tokenize_train(spec: ModelParams, backbone: str, folds_frame: pd.DataFrame, texts: list[str],
+                   pseudo: StudentPseudo | None = None):
     """Tokenizer of the model and the tokenised essays (one pass, shared by every fold)."""
     tokenizer = load_tokenizer(backbone, add_newline_tokens=spec.add_newline_tokens, padding_side=spec.padding_side)
-    input_ids = tokenize_essays(
-        tokenizer, texts, spec.max_length, add_special_tokens=spec.add_special_tokens,
-        truncation_side=spec.truncation_side,
-    )
+
+    def tokenize(batch: list[str]) -> list[list[int]]:
+        return tokenize_essays(tokenizer, batch, spec.max_length, add_special_tokens=spec.add_special_tokens,
+                               truncation_side=spec.truncation_side)
+
+    input_ids = tokenize(texts)
     data = TrainData(
         essay_ids=folds_frame["essay_id"].to_numpy(),
         input_ids=input_ids,
         scores=folds_frame["score"].to_numpy(),
         folds=folds_frame["fold"].to_numpy(),
         origins=folds_frame["origin"].to_numpy(),
+        pseudo_ids=tokenize(pseudo.texts) if pseudo is not None else None,
+        pseudo_labels=pseudo.labels if pseudo is not None else None,
     )
     return tokenizer, data
 
@@ -126,12 +135,46 @@ def scorer_config(spec: ModelParams, backbone: str, vocab_size: int) -> ScorerCo
     )
 
 
-def _stage_rows(data: TrainData, fold: int, which: str) -> np.ndarray:
-    """Indices of training rows (never the held-out fold) of an origin subset."""
+def pseudo_checksum(data: TrainData, fold: int, spec: ModelParams) -> float | None:
+    """A number that changes when fold `fold`'s pseudo-labels do (None for a model without them)."""
+    if spec.pseudo_labels == "none" or not data.pseudo_labels or fold not in data.pseudo_labels:
+        return None
+    return round(float(data.pseudo_labels[fold].astype(np.float64).sum()) + len(data.pseudo_ids or []), 6)
+
+
+def _stage_rows(data: TrainData, fold: int, which: str, with_pseudo: bool = False) -> np.ndarray:
+    """Indices of training rows (never the held-out fold) of an origin subset, or of the pseudo rows.
+
+    Pseudo-labelled essays are numbered after the n train essays: n .. n + m - 1. `with_pseudo` adds them
+    to a labelled subset (the concat mode).
+    """
+    n = len(data.scores)
+    pseudo = np.arange(n, n + len(data.pseudo_ids or []))
+    if which == "pseudo":
+        return pseudo
     train = data.folds != fold
-    if which == "all":
-        return np.flatnonzero(train)
-    return np.flatnonzero(train & (data.origins == which))
+    rows = np.flatnonzero(train) if which == "all" else np.flatnonzero(train & (data.origins == which))
+    return np.concatenate([rows, pseudo]) if with_pseudo else rows
+
+
+def _soft_targets(scores: np.ndarray) -> np.ndarray:
+    """Hard scores 1..6 as one-hot distributions: every head's loss on them equals its hard-label loss."""
+    return np.eye(6, dtype=np.float32)[np.asarray(scores, dtype=np.int64) - 1]
+
+
+def _batch_loss(head, logits: torch.Tensor, targets: torch.Tensor, pseudo: torch.Tensor, weight: float
+                ) -> torch.Tensor:
+    """Mean loss over the batch, pseudo rows weighted `weight` relative to labelled rows.
+
+    With soft labels the classification and ordinal heads use the KL divergence / cumulative BCE
+    against the distribution, the regression head MSE on its expectation (common.models.heads).
+    """
+    if not bool(pseudo.any()) or bool(pseudo.all()):
+        return head.loss(logits, targets)
+    n_real, n_pseudo = int((~pseudo).sum()), int(pseudo.sum())
+    real_loss = head.loss(logits[~pseudo], targets[~pseudo])
+    pseudo_loss = head.loss(logits[pseudo], targets[pseudo])
+    return (n_real * real_loss + weight * n_pseudo * pseudo_loss) / (n_real + weight * n_pseudo)
 
 
 def _epoch_batches(lengths: np.ndarray, rows: np.ndarray, batch_size: int, seed: int, epoch: int,
@@ -162,9 +205,9 @@ def _get_rng() -> dict:
     }
 
 
-def _fingerprint(spec: ModelParams, backbone: str, fold: int, seed: int, n_rows: int) -> str:
-    text = json.dumps({"spec": asdict(spec), "backbone": backbone, "fold": fold, "seed": seed, "n": n_rows},
-                      sort_keys=True)
+def _fingerprint(spec: ModelParams, backbone: str, fold: int, seed: int, n_rows: int, pseudo: float = 0.0) -> str:
+    text = json.dumps({"spec": asdict(spec), "backbone": backbone, "fold": fold, "seed": seed, "n": n_rows,
+                       "pseudo": round(pseudo, 6)}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -215,15 +258,26 @@ def train_fold(
     np.random.seed(fold_seed)
     model = EssayScorer(scorer_config(spec, backbone, len(tokenizer)))
     collator = EssayCollator(tokenizer)
-    lengths = np.array([len(ids) for ids in data.input_ids])
+    use_pseudo = spec.pseudo_labels != "none"
+    n_real = len(data.scores)
+    if use_pseudo and (data.pseudo_ids is None or data.pseudo_labels is None or fold not in data.pseudo_labels):
+        raise TrainingError(f"{spec.name}: pseudo_labels={spec.pseudo_labels} but no pseudo-labels for fold {fold} "
+                            "were loaded; run the pseudo_label stage first")
+    all_ids = data.input_ids + (data.pseudo_ids or []) if use_pseudo else data.input_ids
+    targets = (np.concatenate([_soft_targets(data.scores), data.pseudo_labels[fold]]) if use_pseudo
+               else data.scores.astype(np.float32))
+    lengths = np.array([len(ids) for ids in all_ids])
     held_out = np.flatnonzero(data.folds == fold)
     stages = [(spec.stage2_rows, spec.epochs)]
     if spec.stage1_rows != "none":
         stages.insert(0, (spec.stage1_rows, spec.stage1_epochs))
+    if spec.pseudo_labels == "two_stage":
+        stages.insert(0, ("pseudo", spec.pseudo_epochs))
 
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = checkpoint_dir / CHECKPOINT_FILE
-    fingerprint = _fingerprint(spec, backbone, fold, seed, len(data.scores))
+    fingerprint = _fingerprint(spec, backbone, fold, seed, len(all_ids),
+                               float(data.pseudo_labels[fold].sum()) if use_pseudo else 0.0)
     state, resume = _State(), None
     if ckpt_path.exists():
         resume = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -242,7 +296,9 @@ def train_fold(
     for stage_idx, (which, epochs) in enumerate(stages):
         if stage_idx < state.stage:
             continue
-        rows = _stage_rows(data, fold, which)
+        rows = _stage_rows(data, fold, which, with_pseudo=spec.pseudo_labels == "concat")
+        if len(rows) and set(rows[rows < n_real].tolist()) & set(held_out.tolist()):
+            raise TrainingError(f"{spec.name} fold {fold}: held-out rows selected for training")  # never, by design
         if len(rows) == 0:
             raise TrainingError(f"{spec.name} fold {fold}: stage {stage_idx + 1} selects no rows ({which!r} origin)")
         batches_per_epoch = len(_epoch_batches(lengths, rows, spec.batch_size, fold_seed, 0, rank, world))
@@ -278,16 +334,17 @@ def train_fold(
                                      rank, world)
             ddp_model.train()
             for b_idx in range(state.batch_in_epoch, len(batches)):
-                batch = collator([{"input_ids": data.input_ids[i], "target": float(data.scores[i])}
-                                  for i in batches[b_idx]])
+                rows_now = batches[b_idx]
+                batch = collator([{"input_ids": all_ids[i], "target": targets[i].tolist()} for i in rows_now])
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                is_pseudo = torch.tensor([i >= n_real for i in rows_now], device=accelerator.device)
                 final_micro = (b_idx + 1) % accum == 0 or b_idx + 1 == len(batches)
                 sync = accelerator.no_sync(ddp_model) if not final_micro else nullcontext()
                 try:
                     with sync:
                         with accelerator.autocast():
                             logits = ddp_model(batch["input_ids"], batch["attention_mask"])
-                            loss = head.loss(logits.float(), batch["targets"])
+                            loss = _batch_loss(head, logits.float(), batch["targets"], is_pseudo, spec.pseudo_weight)
                         if not torch.isfinite(loss):
                             raise TrainingError(
                                 f"{spec.name} fold {fold}: loss is {loss.item()} at stage {stage_idx + 1}, step "
@@ -300,7 +357,8 @@ def train_fold(
                             awp.perturb()
                             with accelerator.autocast():
                                 adv_logits = ddp_model(batch["input_ids"], batch["attention_mask"])
-                                adv_loss = head.loss(adv_logits.float(), batch["targets"])
+                                adv_loss = _batch_loss(head, adv_logits.float(), batch["targets"], is_pseudo,
+                                                       spec.pseudo_weight)
                             accelerator.backward(adv_loss / accum)
                             awp.restore()
                 except torch.cuda.OutOfMemoryError as exc:
@@ -376,6 +434,7 @@ def train_fold(
         "qwk_rounded": qwk(data.scores[held_out], round_scores(preds)),
         "eval_loss": eval_loss,
         "n_train_rows": int((data.folds != fold).sum()),
+        "n_pseudo_rows": len(data.pseudo_ids or []) if use_pseudo else 0,
         "n_held_out": len(held_out),
         "steps": state.global_step,
         "best_step": state.best_step if spec.keep_best else None,
@@ -389,7 +448,7 @@ def train_fold(
         model.save(out_dir)
         tokenizer.save_pretrained(out_dir)
         write_json(out_dir / "train_config.json", {"model": asdict(spec), "backbone": backbone, "fold": fold,
-                                                   "seed": seed})
+                                                   "seed": seed, "pseudo": pseudo_checksum(data, fold, spec)})
         if ckpt_path.exists():
             ckpt_path.unlink()
     accelerator.wait_for_everyone()

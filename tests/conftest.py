@@ -20,6 +20,23 @@ def run_cli(stage: str, *overrides: str) -> subprocess.CompletedProcess:
     )
 
 
+def fold_table(seed: int, n_train: int, n_corpus_only: int, n_folds: int = 3):
+    """Demo frames and a train table (essay_id, score, fold, origin) with the train texts, for engine tests."""
+    import numpy as np
+    import pandas as pd
+
+    from common.folds import make_folds
+
+    frames = make_demo_frames(seed=seed, n_train=n_train, n_test=4, n_corpus_only=n_corpus_only)
+    truth = frames["truth"].set_index("essay_id")
+    train = frames["train"]
+    origin = truth.loc[train["essay_id"], "origin"].to_numpy()
+    folds = make_folds(train["score"].to_numpy(), np.arange(len(train)), np.zeros(len(train), int), origin,
+                       n_folds=n_folds, seed=0)
+    table = pd.DataFrame({"essay_id": train["essay_id"], "score": train["score"], "fold": folds, "origin": origin})
+    return frames, table, train["full_text"].tolist()
+
+
 @pytest.fixture(scope="session")
 def demo_input(tmp_path_factory):
     """A freshly generated demo (another seed than the bundled one) and the truth behind it."""
@@ -53,8 +70,9 @@ def trained_output(demo_input, prepared_output, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
     shutil.copytree(prepared_output / "prepare", out / "prepare")
     common = [f"paths.input={folder}", f"paths.output={out}"]
-    trained = run_cli("02_train", *common, *TINY_TRAIN)
-    assert trained.returncode == 0, trained.stderr[-3000:]
+    for model in ("tiny-regression", "tiny-ordinal"):
+        trained = run_cli("02_train", *common, *TINY_TRAIN, f"train.model={model}")
+        assert trained.returncode == 0, trained.stderr[-3000:]
     ensembled = run_cli("04_ensemble", *common, "ensemble.n_trials=2")
     assert ensembled.returncode == 0, ensembled.stderr[-3000:]
     shutil.rmtree(out / "checkpoints", ignore_errors=True)

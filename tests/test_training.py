@@ -9,9 +9,8 @@ import pytest
 
 from common import training
 from common.config import ModelParams
-from common.demo import make_demo_frames
-from common.folds import make_folds
 from common.training import Interrupted, TrainingError, tokenize_train, train_fold
+from tests.conftest import fold_table
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE = str(REPO / "input" / "tiny-deberta-v2")
@@ -25,14 +24,8 @@ BASE = ModelParams(
 
 @pytest.fixture(scope="module")
 def frame():
-    frames = make_demo_frames(seed=5, n_train=96, n_test=4, n_corpus_only=20)
-    truth = frames["truth"].set_index("essay_id")
-    train = frames["train"]
-    origin = truth.loc[train["essay_id"], "origin"].to_numpy()
-    folds = make_folds(train["score"].to_numpy(), np.arange(len(train)), np.zeros(len(train), int), origin,
-                       n_folds=3, seed=0)
-    table = pd.DataFrame({"essay_id": train["essay_id"], "score": train["score"], "fold": folds, "origin": origin})
-    return table, train["full_text"].tolist()
+    _, table, texts = fold_table(seed=5, n_train=96, n_corpus_only=20)
+    return table, texts
 
 
 def fit(frame, spec=BASE, fold=0, tmp=None, **kwargs):
@@ -81,7 +74,7 @@ def test_two_stages_train_on_the_chosen_rows(frame, tmp_path, monkeypatch):
     table, _ = frame
     calls = []
     original = training._stage_rows
-    monkeypatch.setattr(training, "_stage_rows", lambda d, f, w: calls.append(w) or original(d, f, w))
+    monkeypatch.setattr(training, "_stage_rows", lambda d, f, w, **kw: calls.append(w) or original(d, f, w, **kw))
     spec = replace(BASE, stage1_rows="persuade", stage2_rows="other", stage1_epochs=1.0, epochs=1.0)
     result = fit(frame, spec, tmp=tmp_path)
     assert calls == ["persuade", "other"]

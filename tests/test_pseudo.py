@@ -1,0 +1,246 @@
+"""Soft pseudo-labels: their shape and normalisation, the loss students train with, leak-freedom, resume,
+and stages mlm / pseudo_label / students end to end on the demo."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from common import training
+from common.config import ModelParams
+from common.models import build_head
+from common.pseudo import (
+    PROB_COLUMNS,
+    StudentPseudo,
+    drop_train_copies,
+    load_student_pseudo,
+    pseudo_frame,
+    soft_labels,
+    spread_regression,
+)
+from common.stage import PipelineError
+from common.training import Interrupted, _batch_loss, tokenize_train, train_fold
+from tests.conftest import TINY_TRAIN, fold_table, run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+BACKBONE = str(REPO / "input" / "tiny-deberta-v2")
+
+
+# ------------------------------------------------------------------------------------------------
+# Soft labels
+
+
+def test_regression_predictions_spread_into_distributions_around_them():
+    preds = np.array([1.0, 2.4, 3.5, 5.9, 7.0])
+    labels = spread_regression(preds, sigma=0.6)
+    assert labels.shape == (5, 6) and (labels >= 0).all()
+    np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-12)
+    assert labels.argmax(axis=1).tolist() == [0, 1, 2, 5, 5]  # the mode sits at the nearest score
+    np.testing.assert_allclose(labels[2, 2], labels[2, 3])  # 3.5 is halfway between 3 and 4
+    assert abs(labels[1] @ np.arange(1, 7) - 2.4) < 0.05  # mid-scale: the expectation is the prediction
+    narrow = spread_regression(np.array([4.0]), sigma=0.1)
+    assert narrow[0, 3] > 0.99
+    with pytest.raises(ValueError, match="sigma"):
+        spread_regression(preds, 0.0)
+
+
+def test_class_probabilities_are_renormalised_and_checked():
+    probs = np.array([[0.1, 0.2, 0.3, 0.2, 0.1, 0.1], [2, 0, 0, 0, 0, 2]], dtype=float)
+    labels = soft_labels(np.zeros(2), probs, sigma=0.6)
+    np.testing.assert_allclose(labels.sum(1), 1.0)
+    np.testing.assert_allclose(labels[1], [0.5, 0, 0, 0, 0, 0.5])
+    with pytest.raises(PipelineError):
+        soft_labels(np.zeros(1), np.zeros((1, 6)), 0.6)
+    frame = pseudo_frame(["a", "b"], labels, "teacher", 2)
+    assert list(frame.columns) == ["essay_id", *PROB_COLUMNS, "expected", "teacher", "teacher_fold"]
+    np.testing.assert_allclose(frame["expected"], labels @ np.arange(1, 7))
+
+
+def test_student_loss_is_the_kl_divergence_to_the_soft_labels_by_hand():
+    torch.manual_seed(0)
+    head = build_head("classification", 4)
+    logits = torch.tensor([[0.5, 1.0, -0.5, 0.0, 0.2, -1.0], [0.0, 0.0, 2.0, 1.0, 0.0, 0.0]])
+    soft = torch.tensor([[0.1, 0.6, 0.3, 0.0, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5, 0.0, 0.0]])
+    q = torch.softmax(logits, dim=-1).numpy()
+    p = soft.numpy()
+    by_hand = np.mean([sum(p[i, c] * np.log(p[i, c] / q[i, c]) for c in range(6) if p[i, c] > 0) for i in range(2)])
+    loss = _batch_loss(head, logits, soft, torch.tensor([True, True]), weight=0.5)
+    assert loss.item() == pytest.approx(by_hand, rel=1e-5)
+    # Concat mode: a labelled row (one-hot) and a pseudo row, the pseudo one weighted 0.25.
+    hard = torch.tensor([[0, 1.0, 0, 0, 0, 0], [0.0, 0.0, 0.5, 0.5, 0.0, 0.0]])
+    mixed = _batch_loss(head, logits, hard, torch.tensor([False, True]), weight=0.25)
+    ce = -np.log(q[0, 1])
+    kl = sum(p[1, c] * np.log(p[1, c] / q[1, c]) for c in (2, 3))
+    assert mixed.item() == pytest.approx((ce + 0.25 * kl) / 1.25, rel=1e-5)
+    # A regression student: MSE between its prediction and the labels' expected score.
+    reg = build_head("regression", 4)
+    value = torch.tensor([[2.0], [4.5]])
+    assert _batch_loss(reg, value, soft, torch.tensor([True, True]), 1.0).item() == pytest.approx(
+        np.mean((np.array([2.0, 4.5]) - p @ np.arange(1, 7)) ** 2), rel=1e-5)
+
+
+def test_copies_of_train_essays_are_found_through_whitespace_and_case():
+    train = ["The Cat sat on the mat.\n\nIt was happy.", "Another essay."]
+    external = ["the cat sat on the  mat. it was HAPPY.", "A new essay.", "  another  ESSAY."]
+    assert drop_train_copies(external, train).tolist() == [False, True, False]
+
+
+# ------------------------------------------------------------------------------------------------
+# Students on the training engine
+
+STUDENT = ModelParams(name="s", max_length=64, epochs=1.0, batch_size=8, effective_batch_size=16, lr=1e-3,
+                      head_lr=5e-3, warmup_ratio=0.0, scheduler="linear", pseudo_labels="two_stage",
+                      pseudo_epochs=1.0)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Demo train essays in 3 folds and external essays with honest soft labels for each fold."""
+    frames, table, texts = fold_table(seed=8, n_train=90, n_corpus_only=40)
+    corpus = frames["persuade"]
+    legit = corpus[drop_train_copies(corpus["full_text"].tolist(), texts)].head(40)
+    rng = np.random.default_rng(0)
+    folder = tmp_path_factory.mktemp("pseudo")
+    external = pd.DataFrame({"essay_id": legit["essay_id_comp"], "full_text": legit["full_text"],
+                             "prompt_name": legit["prompt_name"]})
+    for k in range(3):
+        labels = soft_labels(rng.uniform(1.5, 5.5, len(external)), None, 0.6)
+        pseudo_frame(external["essay_id"], labels, "teacher", k).to_parquet(folder / f"fold_{k}.parquet")
+    external.to_parquet(folder / "external.parquet")
+    return table, texts, folder
+
+
+def fit_student(world, pseudo: StudentPseudo, tmp: Path, spec=STUDENT, fold=0, **kwargs):
+    table, texts, _ = world
+    tokenizer, data = tokenize_train(spec, BACKBONE, table, texts, pseudo)
+    return train_fold(spec, BACKBONE, tokenizer, data, fold, tmp / "model", tmp / "ckpt", seed=3, device="cpu",
+                      **kwargs)
+
+
+@pytest.mark.slow
+def test_held_out_essays_smuggled_into_the_pseudo_labels_change_nothing(world, tmp_path):
+    table, texts, folder = world
+    honest = load_student_pseudo(folder, folder / "external.parquet", [0, 1, 2], texts)
+    # The leak: every held-out essay of fold 0 again, under new ids, labelled with its true score.
+    held = table[table["fold"] == 0]
+    leak = pd.DataFrame({"essay_id": [f"leak{i}" for i in range(len(held))],
+                         "full_text": [texts[i].upper() + "  " for i in held.index], "prompt_name": "x"})
+    leaky_dir = tmp_path / "leaky"
+    leaky_dir.mkdir()
+    external = pd.concat([pd.read_parquet(folder / "external.parquet"), leak], ignore_index=True)
+    external.to_parquet(leaky_dir / "external.parquet")
+    for k in range(3):
+        one_hot = np.eye(6)[held["score"].to_numpy() - 1]
+        extra = pseudo_frame(leak["essay_id"], one_hot, "teacher", k)
+        pd.concat([pd.read_parquet(folder / f"fold_{k}.parquet"), extra]).to_parquet(leaky_dir / f"fold_{k}.parquet")
+    guarded = load_student_pseudo(leaky_dir, leaky_dir / "external.parquet", [0, 1, 2], texts)
+    assert sorted(guarded.essay_ids) == sorted(honest.essay_ids)  # every smuggled copy was dropped
+    a = fit_student(world, honest, tmp_path / "honest")
+    b = fit_student(world, guarded, tmp_path / "guarded")
+    pd.testing.assert_frame_equal(a.oof, b.oof)  # the held-out QWK cannot have been raised by the leak
+    assert a.metrics["n_pseudo_rows"] == len(honest.essay_ids)
+
+
+@pytest.mark.slow
+def test_students_read_only_their_own_folds_labels(world, tmp_path, monkeypatch):
+    _table, texts, folder = world
+    pseudo = load_student_pseudo(folder, folder / "external.parquet", [0, 1, 2], texts)
+    seen = []
+    real_collator = training.EssayCollator
+
+    class Spy(real_collator):
+        def __call__(self, items):
+            seen.extend(tuple(np.round(item["target"], 6)) for item in items if isinstance(item.get("target"), list))
+            return super().__call__(items)
+
+    monkeypatch.setattr(training, "EssayCollator", Spy)
+    fit_student(world, pseudo, tmp_path / "s", fold=1)
+    own = {tuple(np.round(row, 6)) for row in pseudo.labels[1].tolist()}
+    others = {tuple(np.round(row, 6)) for k in (0, 2) for row in pseudo.labels[k].tolist()} - own
+    soft_seen = {t for t in seen if max(t) < 1.0}  # one-hot rows are the labelled essays
+    assert soft_seen and soft_seen <= own and not soft_seen & others
+
+
+@pytest.mark.slow
+def test_a_killed_student_resumes_to_the_same_result(world, tmp_path):
+    _table, texts, folder = world
+    pseudo = load_student_pseudo(folder, folder / "external.parquet", [0, 1, 2], texts)
+    spec = replace(STUDENT, pseudo_labels="concat", pseudo_weight=0.3, epochs=2.0, checkpoint_every=2)
+    whole = fit_student(world, pseudo, tmp_path / "whole", spec)
+    with pytest.raises(Interrupted):
+        fit_student(world, pseudo, tmp_path / "killed", spec, stop_after_steps=3)
+    resumed = fit_student(world, pseudo, tmp_path / "killed", spec)
+    np.testing.assert_allclose(resumed.oof["pred"], whole.oof["pred"], rtol=0, atol=1e-6)
+
+
+def test_bad_pseudo_files_are_refused(world, tmp_path):
+    _, texts, folder = world
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    frame = pd.read_parquet(bad / "fold_1.parquet")
+    frame.assign(teacher_fold=0).to_parquet(bad / "fold_1.parquet")
+    with pytest.raises(PipelineError, match="teacher fold"):
+        load_student_pseudo(bad, bad / "external.parquet", [0, 1, 2], texts)
+    frame.assign(prob_1=frame["prob_1"] + 0.5).to_parquet(bad / "fold_1.parquet")
+    with pytest.raises(PipelineError, match="probability distributions"):
+        load_student_pseudo(bad, bad / "external.parquet", [0, 1, 2], texts)
+    (bad / "fold_2.parquet").unlink()
+    with pytest.raises(PipelineError, match="run the pseudo_label stage"):
+        load_student_pseudo(bad, bad / "external.parquet", [0, 1, 2], texts)
+
+
+# ------------------------------------------------------------------------------------------------
+# The stages on the demo
+
+
+@pytest.mark.slow
+def test_mlm_pseudo_label_and_student_stages(trained_output, demo_input, tmp_path):
+    folder, _ = demo_input
+    out = tmp_path / "out"
+    shutil.copytree(trained_output, out)
+    common = [f"paths.input={folder}", f"paths.output={out}"]
+    mlm = run_mlm(common)
+    assert mlm.returncode == 0, mlm.stderr[-3000:]
+    metrics = json.loads((out / "mlm" / "metrics.json").read_text())
+    assert metrics["held_out_loss_after"] < metrics["held_out_loss_before"]
+
+    labelled = run_cli("01_pseudo_label", *common)
+    assert labelled.returncode == 0, labelled.stderr[-3000:]
+    external = pd.read_parquet(out / "prepare" / "external.parquet")
+    for k in range(4):
+        frame = pd.read_parquet(out / "pseudo" / f"fold_{k}.parquet")
+        assert set(frame["teacher_fold"]) == {k} and len(frame) == len(external)
+        np.testing.assert_allclose(frame[PROB_COLUMNS].sum(axis=1), 1.0, atol=1e-6)
+    report = pd.read_csv(out / "pseudo" / "report.csv")
+    assert {"prompt_name", "pseudo_mean", "train_mean", "pseudo_3", "train_3"} <= set(report.columns)
+
+    student = run_cli("02_train", *common, *TINY_TRAIN, "train.models.2.max_length=64",
+                      "train.models.2.epochs=1.0", "train.model=tiny-student", "train.folds=[0]")
+    assert student.returncode == 0, student.stderr[-3000:]
+    fold_metrics = json.loads((out / "train" / "tiny-student" / "fold_0" / "metrics.json").read_text())
+    assert fold_metrics["n_pseudo_rows"] == len(external)
+    config = json.loads((out / "train" / "tiny-student" / "fold_0" / "train_config.json").read_text())
+    assert config["backbone"] == str(out / "mlm" / "backbone") and config["pseudo"] is not None
+
+
+def run_mlm(common):
+    return subprocess.run([sys.executable, "01_pseudo_label/mlm.py", *common, "pseudo.mlm_epochs=2.0",
+                           "pseudo.mlm_max_length=64"], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.slow
+def test_a_student_without_pseudo_labels_is_told_to_run_the_stage(prepared_output, demo_input, tmp_path):
+    folder, _ = demo_input
+    shutil.copytree(prepared_output / "prepare", tmp_path / "prepare")
+    result = run_cli("02_train", f"paths.input={folder}", f"paths.output={tmp_path}", "train.model=tiny-student",
+                     "train.models.2.backbone=")
+    assert result.returncode == 2 and "run the pseudo_label stage" in result.stderr
