@@ -284,3 +284,16 @@ def test_the_notebook_fails_clearly_when_a_library_is_too_old(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "this Kaggle image lacks numpy (found" in result.stderr and "needs >= 999.0" in result.stderr
+
+
+@pytest.mark.slow
+def test_several_devices_share_the_batches_and_agree_with_one(trained_output, demo_input):
+    # Two "devices" (both the CPU here; two GPUs on Kaggle) each take every other batch on its own thread.
+    folder, _ = demo_input
+    texts = pd.read_csv(folder / "test.csv")["full_text"].tolist()
+    fold_dir = ArtifactSet.open(trained_output).fold_dirs["tiny-ordinal"][1]
+    ids, collator = TokenCache(texts).get(fold_dir)
+    one, one_probs = predict_fold_model(fold_dir, ids, collator, [torch.device("cpu")], "auto", batch_tokens=256)
+    two, two_probs = predict_fold_model(fold_dir, ids, collator, [torch.device("cpu")] * 2, "auto", batch_tokens=256)
+    np.testing.assert_allclose(two, one, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(two_probs, one_probs, atol=1e-6, rtol=0)
