@@ -231,7 +231,8 @@ class EnsembleParams:
 
 @dataclass
 class InferParams:
-    batch_tokens: int = _help("Token budget per inference batch (essays sorted by length).", 16384)
+    batch_tokens: int = _help("Token budget per inference batch on GPU (essays sorted by length; 4096 at most "
+                              "on CPU).", 16384)
     artifacts: str = _help(
         "Root holding train/<model>/fold_<k>/ and ensemble/artifacts/; empty: paths.output locally, "
         "<kaggle_root>/input/<artifacts_dataset> on Kaggle.", "")
