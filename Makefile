@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # The DAG's final stages (dvc runs everything they need).
 DEMO_STAGES ?= infer thresholds
 
-.PHONY: install demo test lint demo-data benchmarks kaggle clean
+.PHONY: install demo report test lint demo-data benchmarks kaggle clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,10 @@ install: $(STAMP)
 
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro $(DEMO_STAGES)
+	$(BIN)/python -m common.run_report --output output
 	@echo
 	@echo "Demo run finished. Reports:"
+	@echo "  output/report/index.html         the run report (make report rebuilds it)"
 	@echo "  output/prepare/metrics.json      origin, prompt clusters, folds  (dvc metrics show)"
 	@echo "  output/prepare/plots/            score share per fold and per prompt  (dvc plots show)"
 	@echo "  output/train/<model>/            per-fold models, oof.parquet, metrics.json, log.csv"
@@ -33,6 +35,10 @@ demo: install
 	@echo "  output/ensemble/metrics.json     nested QWK per method and the one selected"
 	@test -f output/submission.csv && echo "  output/submission.csv            the submission" || \
 		echo "  output/submission.csv            not yet: stages after '$(lastword $(DEMO_STAGES))' are not built"
+
+# The run report of the last run: one self-contained HTML page.
+report: install
+	$(BIN)/python -m common.run_report --output output
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from common.config import Params, ParamsError, parse_cli
 from common.data import InputError
@@ -13,19 +17,47 @@ from common.logs import setup_logging
 log = logging.getLogger("aes")
 
 
+RUNTIME_LOG = "runtime.jsonl"
+"""One line per successful stage run under paths.output: stage, arguments, seconds (the run report reads it)."""
+
+
 class PipelineError(RuntimeError):
     """An expected failure a stage reports as one message (no traceback): the message says the fix."""
+
+
+def _stage_name(main: Callable) -> str:
+    """`02_train` for 02_train/run.py, `01_pseudo_label/mlm` for 01_pseudo_label/mlm.py."""
+    try:
+        path = Path(inspect.getfile(main))
+    except TypeError:
+        return getattr(main, "__name__", "stage")
+    return path.parent.name if path.stem == "run" else f"{path.parent.name}/{path.stem}"
+
+
+def record_runtime(output_dir: Path, stage: str, args: Sequence[str], seconds: float) -> None:
+    """Append one line to <output>/runtime.jsonl (a single short write: safe from parallel stages)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"stage": stage, "args": list(args), "seconds": round(seconds, 2),
+                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    with open(output_dir / RUNTIME_LOG, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
 
 
 def run_stage(main: Callable[[Params], None], description: str, argv: Sequence[str] | None = None) -> int:
     """Parse params, run `main(params)`, and turn expected failures into a one-paragraph message + exit 2."""
     setup_logging()
+    start = time.perf_counter()
     try:
         params = parse_cli(argv, description=description)
         main(params)
     except (ParamsError, InputError, PipelineError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 2
+    try:
+        record_runtime(params.output_dir, _stage_name(main), sys.argv[1:] if argv is None else argv,
+                       time.perf_counter() - start)
+    except OSError as exc:  # a read-only output folder must not fail a finished stage
+        log.warning("runtime not recorded: %s", exc)
     return 0
 
 
