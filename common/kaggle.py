@@ -5,6 +5,7 @@
         dataset-metadata.json
         code/         common/ (the library, as source), 05_infer/run.py, params.yaml (this run's)
         train/<model>/fold_<k>/   what each fold model needs to predict (weights, configs, tokenizer)
+        backbones/    the base backbone of LoRA models (their folds point at it by a relative path)
         ensemble/artifacts/       ensemble.json, stacker, text vocabulary
         wheels/       newer wheels of the libraries the Kaggle image may have too old (optional)
         requirements.json         the oldest version of each library the artifacts work with
@@ -56,6 +57,38 @@ FOLD_FILES_SKIPPED = {"oof.parquet", "log.csv", "metrics.json"}
 def _copy_fold(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, ignore=lambda folder, names: [n for n in names if Path(folder) == src
                                                             and n in FOLD_FILES_SKIPPED])
+
+
+def _local_folder(name_or_path: str) -> Path:
+    """A backbone's local folder: the path itself, or its snapshot in the Hugging Face cache."""
+    if Path(name_or_path).is_dir():
+        return Path(name_or_path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name_or_path, local_files_only=True))
+    except Exception as exc:  # any hub error means: not available offline
+        raise FileNotFoundError(f"LoRA base backbone {name_or_path!r} is neither a folder nor in the Hugging Face "
+                                "cache, so it cannot be shipped to Kaggle") from exc
+
+
+def _ship_lora_base(fold_src: Path, fold_dst: Path, dataset: Path, shipped: dict[str, str]) -> None:
+    """Copy a LoRA fold's base backbone into dataset/backbones/ (once) and point the fold at it.
+
+    The copied scorer.json names the base by a path relative to the fold folder, which EssayScorer.load
+    resolves wherever Kaggle mounts the dataset.
+    """
+    config = json.loads((fold_src / "scorer.json").read_text(encoding="utf-8"))
+    if config.get("lora_r", 0) <= 0:
+        return
+    base = config["backbone"]
+    if base not in shipped:
+        slug = f"base_{len(shipped)}"
+        shutil.copytree(_local_folder(base), dataset / "backbones" / slug,
+                        ignore=shutil.ignore_patterns("*.msgpack", "*.h5", "flax_model*", "tf_model*", ".git*"))
+        shipped[base] = slug
+    config["backbone"] = f"../../../backbones/{shipped[base]}"
+    (fold_dst / "scorer.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def _copy_code(dst: Path, params: Params) -> None:
@@ -196,9 +229,11 @@ def build_bundle(params: Params, out: Path, wheels: bool = True, python_version:
     user = params.infer.kaggle_user
     with staged_dir(out) as tmp:
         dataset = tmp / "dataset"
+        bases: dict[str, str] = {}
         for name, dirs in artifacts.fold_dirs.items():
             for fold_dir in dirs:
                 _copy_fold(fold_dir, dataset / "train" / name / fold_dir.name)
+                _ship_lora_base(fold_dir, dataset / "train" / name / fold_dir.name, dataset, bases)
         shutil.copytree(artifacts.root / ENSEMBLE_DIR, dataset / ENSEMBLE_DIR)
         _copy_code(dataset / "code", params)
         requirements = dict(REQUIREMENTS)

@@ -297,3 +297,31 @@ def test_several_devices_share_the_batches_and_agree_with_one(trained_output, de
     two, two_probs = predict_fold_model(fold_dir, ids, collator, [torch.device("cpu")] * 2, "auto", batch_tokens=256)
     np.testing.assert_allclose(two, one, atol=1e-6, rtol=0)
     np.testing.assert_allclose(two_probs, one_probs, atol=1e-6, rtol=0)
+
+
+def test_a_lora_models_base_backbone_travels_with_the_bundle(tmp_path, monkeypatch):
+    from common.kaggle import _ship_lora_base
+    from common.models import EssayScorer, ScorerConfig
+
+    monkeypatch.chdir(REPO)  # the model names its base relative to where it was trained
+    torch.manual_seed(0)
+    model = EssayScorer(ScorerConfig(backbone="input/tiny-deberta-v2", head="classification", lora_r=4))
+    with torch.no_grad():
+        model.head.fc.weight.normal_()  # a trained-looking head: a re-initialised one would differ
+    src = tmp_path / "run" / "train" / "m" / "fold_0"
+    model.save(src)
+    dataset = tmp_path / "dataset"
+    dst = dataset / "train" / "m" / "fold_0"
+    shutil.copytree(src, dst)
+    _ship_lora_base(src, dst, dataset, {})
+    assert (dataset / "backbones" / "base_0" / "config.json").is_file()
+    assert json.loads((dst / "scorer.json").read_text())["backbone"] == "../../../backbones/base_0"
+
+    ids = torch.randint(5, 1000, (3, 20))
+    mask = torch.ones_like(ids)
+    expected, _ = model.predict(ids, mask)
+    monkeypatch.chdir(tmp_path)  # elsewhere: input/tiny-deberta-v2 no longer resolves from here
+    moved = tmp_path / "mounted"
+    shutil.move(str(dataset), moved)  # Kaggle mounts the dataset wherever it likes
+    got, _ = EssayScorer.load(moved / "train" / "m" / "fold_0").predict(ids, mask)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)

@@ -297,11 +297,21 @@ class EssayScorer(nn.Module):
         log.info("saved %s scorer to %s", "LoRA" if self.config.lora_r > 0 else "fully fine-tuned", directory)
 
     @classmethod
-    def load(cls, directory: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-             ) -> EssayScorer:
-        """A saved scorer in eval mode on `device`; `dtype=torch.float16` (or bf16) is for inference only."""
+    def load(cls, directory: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+             base_backbone: str | None = None) -> EssayScorer:
+        """A saved scorer in eval mode on `device`; `dtype=torch.float16` (or bf16) is for inference only.
+
+        A LoRA scorer needs its base backbone: `base_backbone` if given, else `config.backbone`, where a
+        relative path is tried against `directory` first (a bundle that ships the base beside the
+        adapters) and then against the working directory.
+        """
         directory = Path(directory)
         config = read_config(directory / CONFIG_FILE)
+        if config.lora_r > 0:
+            base = base_backbone or config.backbone
+            if not Path(base).is_absolute() and (directory / base / "config.json").is_file():
+                base = str((directory / base).resolve())
+            config = dataclasses.replace(config, backbone=base)
         # Weights come from the files: no re-init, no checkpointing, adapters attached below.
         build = dataclasses.replace(config, reinit_layers=0, gradient_checkpointing=False, lora_r=0)
         if config.lora_r == 0:
