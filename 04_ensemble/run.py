@@ -2,7 +2,8 @@
 
 Run from the repository root: python 04_ensemble/run.py [dotted.key=value ...]
 Reads output/prepare/folds.parquet, output/train/<model>/oof.parquet and the train essays; writes
-output/ensemble/: artifacts/ (ensemble.json, stacker/, text_vocabulary.json: all 05_infer needs),
+output/ensemble/: artifacts/ (ensemble.json, stacker/, text_vocabulary.json, prompt_assigner.npz: all 05_infer
+needs),
 metrics.json and plots/.
 """
 
@@ -23,7 +24,7 @@ def main(params: Params) -> None:
     out, p = params.output_dir, params.ensemble
     oofs = load_oof_predictions(out / "train", out / "prepare" / "folds.parquet", p.models)
     texts = None
-    if p.text_features:
+    if p.text_features or p.prompt_features:
         prep = params.prepare
         train = load_competition_data(params.input_dir, prep.train_file, prep.test_file,
                                       prep.sample_submission_file).train
@@ -33,7 +34,8 @@ def main(params: Params) -> None:
                 f"{params.input_dir / prep.train_file} lacks {int(texts.isna().sum())} essays of folds.parquet: "
                 "re-run 00_prepare on the same inputs")
         texts = texts.tolist()
-    result = build_ensemble(oofs, texts, p.select_on, p.stacker_objective, p.n_trials, p.prompt_mix, params.seed)
+    result = build_ensemble(oofs, texts, p.select_on, p.stacker_objective, p.n_trials, p.prompt_mix, params.seed,
+                            prompt_features=p.prompt_features, text_features=p.text_features)
 
     with staged_dir(out / "ensemble") as tmp:
         art = tmp / "artifacts"
@@ -50,12 +52,16 @@ def main(params: Params) -> None:
             "stacker_dir": "stacker" if "stacker" in result.methods else None,
             "feature_columns": result.feature_columns,
             "text_features": result.featurizer is not None,
+            "prompt_features": result.prompt_assigner is not None,
+            "prompt_stats": result.prompt_stats,
         }
         write_json(art / "ensemble.json", spec)
         if "stacker" in result.methods:
             result.methods["stacker"].stacker.save(art / "stacker")
         if result.featurizer is not None:
             write_json(art / "text_vocabulary.json", sorted(result.featurizer.vocabulary_))
+        if result.prompt_assigner is not None:
+            result.prompt_assigner.save(art)
         write_json(tmp / "metrics.json", result.metrics)
         plot_bars({n: m.figures["qwk_nested"] for n, m in result.methods.items()}, tmp / "plots" / "methods.png",
                   "Nested QWK per method (all rows)", "QWK")

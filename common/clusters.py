@@ -30,6 +30,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from scipy import sparse
@@ -281,3 +282,81 @@ def _by_size(labels: np.ndarray) -> np.ndarray:
     rank = np.empty(len(clusters), dtype=np.int64)
     rank[order] = np.arange(len(clusters))
     return rank[inverse]
+
+
+class PromptAssigner:
+    """Assigns new essays to the prompt clusters found on the train essays (for 05_infer's test essays).
+
+    A linear SVM on the sublinear TF-IDF of the topic words (the same words as `recover_prompts`),
+    fitted on essays and their cluster labels. It is saved as plain arrays (vocabulary, idf, weights),
+    not a pickle, so it loads under any scikit-learn version (Kaggle's image pins its own), and the
+    transform at load time is a fixed-vocabulary count plus three array operations.
+
+    Attributes after `fit` (or `load`): `vocabulary_` (words), `idf_`, `coef_` (n_clusters, n_words) or
+    (1, n_words) for two clusters, `intercept_`, `classes_` (the cluster ids).
+    """
+
+    FILE = "prompt_assigner.npz"
+
+    def __init__(self, seed: int = 42):
+        self.seed = seed
+
+    def fit(self, texts: Sequence[str], labels: np.ndarray) -> PromptAssigner:
+        labels = np.asarray(labels)
+        if len(texts) != len(labels):
+            raise ValueError(f"PromptAssigner.fit: {len(texts)} texts but {len(labels)} labels")
+        vectorizer = TfidfVectorizer(
+            token_pattern=WORD_PATTERN, stop_words="english", min_df=min(5, max(1, len(texts) // 100)),
+            max_df=0.9, sublinear_tf=True, dtype=np.float32,
+        )
+        tfidf = vectorizer.fit_transform(texts)
+        self.vocabulary_ = vectorizer.get_feature_names_out().astype(str)
+        self.idf_ = vectorizer.idf_.astype(np.float64)
+        self.classes_ = np.unique(labels)
+        if len(self.classes_) == 1:
+            self.coef_, self.intercept_ = np.zeros((1, tfidf.shape[1])), np.zeros(1)
+            return self
+        with threadpool_limits(limits=1):
+            svm = LinearSVC(C=1.0, random_state=self.seed).fit(tfidf, labels)
+        self.coef_, self.intercept_ = svm.coef_.astype(np.float64), svm.intercept_.astype(np.float64)
+        return self
+
+    def _tfidf(self, texts: Sequence[str]) -> sparse.csr_matrix:
+        from sklearn.feature_extraction.text import CountVectorizer
+
+        counts = CountVectorizer(token_pattern=WORD_PATTERN, vocabulary=list(self.vocabulary_)).transform(
+            [text if isinstance(text, str) else "" for text in texts]).astype(np.float64)
+        counts.data = 1.0 + np.log(counts.data)  # sublinear tf
+        return normalize(counts.multiply(self.idf_).tocsr())
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        """Cluster id of every essay (an essay without topic words goes to the largest-scoring cluster)."""
+        if not hasattr(self, "classes_"):
+            raise RuntimeError("PromptAssigner: call fit or load first")
+        if len(self.classes_) == 1:
+            return np.full(len(texts), self.classes_[0])
+        decision = np.asarray(self._tfidf(texts) @ self.coef_.T) + self.intercept_
+        if decision.shape[1] == 1:
+            return self.classes_[(decision[:, 0] > 0).astype(int)]
+        return self.classes_[decision.argmax(axis=1)]
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / self.FILE
+        np.savez_compressed(path, vocabulary=self.vocabulary_, idf=self.idf_, coef=self.coef_,
+                            intercept=self.intercept_, classes=self.classes_)
+        return path
+
+    @classmethod
+    def load(cls, folder: Path) -> PromptAssigner:
+        path = folder / cls.FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no prompt assigner; re-run 04_ensemble")
+        with np.load(path, allow_pickle=False) as arrays:
+            assigner = cls()
+            assigner.vocabulary_, assigner.idf_ = arrays["vocabulary"], arrays["idf"]
+            assigner.coef_, assigner.intercept_ = arrays["coef"], arrays["intercept"]
+            assigner.classes_ = arrays["classes"]
+        if assigner.coef_.shape[1] != len(assigner.vocabulary_):
+            raise ValueError(f"{path}: {assigner.coef_.shape[1]} weights for {len(assigner.vocabulary_)} words")
+        return assigner

@@ -219,6 +219,10 @@ class EnsembleParams:
         "Rows whose nested QWK picks the ensemble method: all rows, or other-origin rows only.", "all"
     )
     text_features: bool = _help("Give the LightGBM stacker text features beside model predictions.", True)
+    prompt_features: bool = _help(
+        "Give the LightGBM stacker the essay's recovered prompt cluster (one 0/1 column per cluster; test essays "
+        "are assigned by a classifier fitted on the train clusters), so each prompt gets its own scale.", True
+    )
     stacker_objective: Literal["regression", "qwk"] = _help(
         "LightGBM stacker objective: plain L2 regression or the QWK-shaped surrogate.", "regression"
     )

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from common.clusters import PromptAssigner
 from common.config import Params
 from common.data import InputError, read_csv_checked
 from common.ensemble import LGBMStacker
@@ -216,6 +217,8 @@ class ArtifactSet:
                         missing.append(str(stacker_dir / file))
             if self.spec.get("text_features") and not (self.root / ENSEMBLE_DIR / "text_vocabulary.json").is_file():
                 missing.append(str(self.root / ENSEMBLE_DIR / "text_vocabulary.json"))
+            if self.spec.get("prompt_features") and not (self.root / ENSEMBLE_DIR / PromptAssigner.FILE).is_file():
+                missing.append(str(self.root / ENSEMBLE_DIR / PromptAssigner.FILE))
         if missing:
             raise ArtifactError(
                 "artifacts missing, so no submission was written:\n  " + "\n  ".join(missing)
@@ -380,7 +383,12 @@ def ensemble_scores(artifacts: ArtifactSet, predictions: TestPredictions, texts:
         if spec.get("text_features"):
             words = json.loads((artifacts.root / ENSEMBLE_DIR / "text_vocabulary.json").read_text(encoding="utf-8"))
             text_frame = TextFeaturizer.from_vocabulary(words).transform(texts)
-        X = stacker_features(predictions.preds, predictions.probs, text_frame)
+        prompts = None
+        if spec.get("prompt_features"):
+            prompts = PromptAssigner.load(artifacts.root / ENSEMBLE_DIR).predict(texts)
+            log.info("test essays per prompt cluster: %s",
+                     {int(k): int(n) for k, n in zip(*np.unique(prompts, return_counts=True), strict=True)})
+        X = stacker_features(predictions.preds, predictions.probs, text_frame, prompts, spec.get("prompt_stats"))
         stacker = LGBMStacker.load(artifacts.root / ENSEMBLE_DIR / (spec.get("stacker_dir") or "stacker"))
         continuous = stacker.predict(X[stacker.feature_names_])
     else:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from common.clusters import PromptAssigner
 from common.ensemble import (
     GreedyBlender,
     LGBMStacker,
@@ -63,6 +64,8 @@ class EnsembleResult:
     featurizer: TextFeaturizer | None
     feature_columns: list[str]
     metrics: dict[str, Any]
+    prompt_assigner: PromptAssigner | None = None
+    prompt_stats: PromptStats | None = None
 
 
 def _figures(y: np.ndarray, other: np.ndarray, nested: np.ndarray, insample: np.ndarray,
@@ -99,11 +102,20 @@ def _blend(name: str, oofs: OOFSet, w: np.ndarray | None) -> MethodResult:
     )
 
 
-def stacker_features(preds: Mapping[str, np.ndarray], probs: Mapping[str, pd.DataFrame],
-                     text_frame: pd.DataFrame | None) -> pd.DataFrame:
-    """Stacker inputs: one column per model prediction, class probabilities, text features.
+PromptStats = dict[str, dict[str, list[float]]]
+"""Per-prompt statistics of the stacker's prediction and text columns: {column: {cluster: [mean, std]}}."""
 
-    The same function builds them from OOF predictions (04_ensemble) and from test predictions (05_infer).
+
+def stacker_features(preds: Mapping[str, np.ndarray], probs: Mapping[str, pd.DataFrame],
+                     text_frame: pd.DataFrame | None, prompts: np.ndarray | None = None,
+                     prompt_stats: PromptStats | None = None) -> pd.DataFrame:
+    """Stacker inputs: one column per model prediction, class probabilities, text features, and, when
+    `prompts` (the prompt cluster of each row) and `prompt_stats` are given, prompt features: one 0/1
+    column `prompt__<k>` per cluster k of the stats, and `z__<column>`, each prediction and text feature
+    standardised within its row's cluster (an essay long for its prompt, a score high for its prompt).
+
+    The same function builds them from OOF predictions (04_ensemble) and from test predictions (05_infer),
+    the latter with the stats saved from the former.
     """
     parts = [pd.DataFrame({f"pred__{name}": values for name, values in preds.items()})]
     parts.extend(frame.add_prefix(f"{name}__").reset_index(drop=True) for name, frame in probs.items())
@@ -112,7 +124,39 @@ def stacker_features(preds: Mapping[str, np.ndarray], probs: Mapping[str, pd.Dat
     frame = pd.concat(parts, axis=1)
     # LightGBM refuses JSON punctuation in feature names; model names may hold any character.
     frame.columns = [re.sub(r"[^\w.\-]", "_", c) for c in frame.columns]
-    return frame
+    if prompts is None or prompt_stats is None:
+        return frame
+    prompts = np.asarray(prompts).astype(str)
+    classes = sorted(next(iter(prompt_stats.values())), key=int)
+    unknown = sorted({str(p) for p in prompts} - set(classes))
+    if unknown:
+        raise ValueError(f"prompt clusters {unknown} have no statistics (known: {classes})")
+    extra = {f"prompt__{k}": (prompts == k).astype(np.float64) for k in classes}
+    for column, per_cluster in prompt_stats.items():
+        if column not in frame:
+            raise ValueError(f"prompt statistics name column {column!r}, which the stacker features lack")
+        mean = np.array([per_cluster[k][0] for k in prompts])
+        std = np.array([per_cluster[k][1] for k in prompts])
+        extra[f"z__{column}"] = (frame[column].to_numpy(dtype=np.float64) - mean) / std
+    return pd.concat([frame, pd.DataFrame(extra)], axis=1)
+
+
+def fit_prompt_stats(X: pd.DataFrame, prompts: np.ndarray, classes: Sequence[int]) -> PromptStats:
+    """Mean and standard deviation of every `pred__` and `text__` column of X within each prompt cluster.
+
+    classes: every cluster test essays may be assigned to; one without rows in X gets the statistics of all
+    rows. No label is used. A cluster with a single row, or a constant column, gets standard deviation 1.
+    """
+    prompts = np.asarray(prompts).astype(str)
+    stats: PromptStats = {}
+    for column in [c for c in X.columns if c.startswith(("pred__", "text__"))]:
+        values = X[column].to_numpy(dtype=np.float64)
+        stats[column] = {}
+        for k in sorted({str(int(c)) for c in classes}, key=int):
+            v = values[prompts == k] if (prompts == k).any() else values
+            std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+            stats[column][k] = [float(v.mean()), std if std > 1e-12 else 1.0]
+    return stats
 
 
 def _stacker(
@@ -168,25 +212,45 @@ def build_ensemble(
     n_trials: int,
     prompt_mix: dict[str, float],
     seed: int,
+    prompt_features: bool = False,
+    text_features: bool = True,
 ) -> EnsembleResult:
     """Score mean / greedy / scipy blends and the stacker nested, select one, refit it on all rows.
 
     Args:
         oofs: labels, folds, origins and every model's OOF predictions.
-        texts: train essays in `oofs.folds` row order for text features, or None to use predictions only.
+        texts: train essays in `oofs.folds` row order, or None to use predictions only.
         select_on: "all" or "other": whose nested QWK picks the method.
         stacker_objective: LightGBM objective, "regression" or "qwk".
         n_trials: optuna trials per stacker tuning (0: default LightGBM parameters).
         prompt_mix: target share per prompt name for weighting rows; empty for unweighted.
         seed: seeds the stacker and its tuning.
+        text_features: give the stacker `TextFeaturizer`'s features of `texts` (when texts are given).
+        prompt_features: give the stacker the essay's prompt cluster (one 0/1 column per cluster) and every
+            prediction and text feature standardised within the cluster, so it can score each prompt on its
+            own scale. The clusters come from a `PromptAssigner` fitted on `texts` and
+            `oofs.folds["prompt_cluster"]` (no score is used), which 05_infer applies to the test essays; the
+            per-cluster means and deviations (`EnsembleResult.prompt_stats`, no score used either) are taken
+            over all train rows and reused for the test essays. Needs `texts`.
     """
     w = prompt_mix_weights(oofs.folds["prompt_name"].to_numpy(), prompt_mix) if prompt_mix else None
     methods = {name: _blend(name, oofs, w) for name in BLENDERS}
     featurizer, text_frame = None, None
-    if texts is not None:
+    if texts is not None and text_features:
         featurizer = TextFeaturizer().fit(texts)
         text_frame = featurizer.transform(texts)
     X = stacker_features(oofs.preds, oofs.probs, text_frame)
+    assigner, prompt_stats = None, None
+    if prompt_features:
+        if texts is None:
+            raise ValueError("build_ensemble: prompt_features needs the train texts")
+        assigner = PromptAssigner(seed=seed).fit(texts, oofs.folds["prompt_cluster"].to_numpy())
+        prompts = assigner.predict(texts)
+        agreement = float(np.mean(prompts == oofs.folds["prompt_cluster"].to_numpy()))
+        log.info("prompt assigner: %d clusters, agrees with 00_prepare's clusters on %.1f%% of the train essays",
+                 len(assigner.classes_), 100 * agreement)
+        prompt_stats = fit_prompt_stats(X, prompts, assigner.classes_)
+        X = stacker_features(oofs.preds, oofs.probs, text_frame, prompts, prompt_stats)
     if len(np.unique(oofs.fold)) >= 4:
         methods["stacker"] = _stacker(X, oofs, w, stacker_objective, n_trials, seed)
     else:
@@ -212,7 +276,9 @@ def build_ensemble(
         "n_other": int(oofs.other.sum()),
         "weighted_by_prompt_mix": bool(prompt_mix),
     }
-    return EnsembleResult(methods, selected, featurizer, list(X.columns), metrics)
+    if assigner is not None:
+        metrics["prompt_assigner_agreement"] = agreement
+    return EnsembleResult(methods, selected, featurizer, list(X.columns), metrics, assigner, prompt_stats)
 
 
 def _fmt(value: float | None) -> str:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from common.clusters import ClusterResult, name_clusters, recover_prompts
+from common.clusters import ClusterResult, PromptAssigner, name_clusters, recover_prompts
 
 ASAP_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "asap_sets_1-6.csv.gz"
 TOPIC_SIZES = (150, 100, 70, 40)
@@ -182,3 +182,33 @@ def test_recover_prompts_on_asap_slice() -> None:
     result = recover_prompts(sample["full_text"].tolist(), seed=0)
     assert result.n_clusters == sample["prompt_id"].nunique()
     assert adjusted_rand_score(sample["prompt_id"], result.labels) >= 0.95
+
+
+def test_prompt_assigner_labels_unseen_essays_of_each_topic() -> None:
+    texts, truth = _topic_essays(seed=5)
+    cut = 2 * len(texts) // 3
+    assigner = PromptAssigner(seed=0).fit(texts[:cut], truth[:cut])
+    assert list(assigner.classes_) == [0, 1, 2, 3]
+    assert np.mean(assigner.predict(texts[cut:]) == truth[cut:]) >= 0.97
+
+
+def test_prompt_assigner_saves_plain_arrays_and_reloads_identically(tmp_path) -> None:
+    texts, truth = _topic_essays(seed=6)
+    for labels in (truth, (truth > 0).astype(int)):  # several clusters, and two (one weight row)
+        assigner = PromptAssigner(seed=0).fit(texts, labels)
+        path = assigner.save(tmp_path / "art")
+        with np.load(path, allow_pickle=False) as arrays:  # no pickled objects inside
+            assert set(arrays.files) == {"vocabulary", "idf", "coef", "intercept", "classes"}
+        loaded = PromptAssigner.load(tmp_path / "art")
+        np.testing.assert_array_equal(loaded.predict(texts), assigner.predict(texts))
+        assert np.mean(loaded.predict(texts) == labels) >= 0.97
+    assert PromptAssigner(seed=0).fit(texts, np.zeros(len(texts), int)).predict(["anything"]).tolist() == [0]
+
+
+def test_prompt_assigner_errors_are_clear(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="re-run 04_ensemble"):
+        PromptAssigner.load(tmp_path)
+    with pytest.raises(ValueError, match="3 texts but 2 labels"):
+        PromptAssigner().fit(["a b", "c d", "e f"], np.array([0, 1]))
+    with pytest.raises(RuntimeError, match="fit or load"):
+        PromptAssigner().predict(["text"])

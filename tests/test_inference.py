@@ -12,13 +12,16 @@ import pandas as pd
 import pytest
 import torch
 
+from common.clusters import PromptAssigner
 from common.config import load_params
 from common.data import InputError
+from common.ensemble import LGBMStacker
 from common.inference import (
     ArtifactError,
     ArtifactSet,
     TokenCache,
     autocast_dtype,
+    ensemble_scores,
     estimate_runtime,
     inference_devices,
     make_submission,
@@ -27,7 +30,13 @@ from common.inference import (
     resolve_paths,
     validate_submission,
 )
+from common.inference import (
+    TestPredictions as ModelPredictions,
+)
+from common.oof import load_oof_predictions
+from common.selection import fit_prompt_stats, stacker_features
 from common.stage import PipelineError
+from common.text_features import TextFeaturizer
 from tests.conftest import REPO, run_cli
 
 # Refuses every connection attempt before the stage runs: the stage must not need the network.
@@ -184,6 +193,36 @@ def test_a_missing_fold_fails_before_any_work_and_writes_nothing(artifacts_copy,
                      f"infer.artifacts={artifacts_copy}")
     assert result.returncode == 2 and "Traceback" not in result.stderr and "fold_2" in result.stderr
     assert not (tmp_path / "out" / "submission.csv").exists()
+
+
+@pytest.mark.slow
+def test_the_stacker_gets_in_inference_the_features_it_was_trained_on(artifacts_copy, trained_output, demo_input):
+    """05 rebuilds the stacker's inputs (text features from the saved vocabulary, prompt clusters from the
+    saved assigner, per-prompt standardisation from the saved statistics) exactly as 04 built them."""
+    folder, _ = demo_input
+    spec_file = artifacts_copy / "ensemble" / "artifacts" / "ensemble.json"
+    spec = json.loads(spec_file.read_text())
+    assert spec["prompt_features"] and spec["text_features"]
+    spec["selected"], spec["thresholds"] = "stacker", spec["methods"]["stacker"]["thresholds"]
+    spec_file.write_text(json.dumps(spec))
+    artifacts = ArtifactSet.open(artifacts_copy)
+    oofs = load_oof_predictions(trained_output / "train", trained_output / "prepare" / "folds.parquet",
+                                artifacts.models)
+    texts = oofs.folds[["essay_id"]].merge(pd.read_csv(folder / "train.csv"), on="essay_id")["full_text"].tolist()
+    continuous, scores = ensemble_scores(artifacts, ModelPredictions(oofs.preds, oofs.probs, {}), texts)
+
+    prompts = PromptAssigner(seed=42).fit(texts, oofs.folds["prompt_cluster"].to_numpy()).predict(texts)
+    plain = stacker_features(oofs.preds, oofs.probs, TextFeaturizer().fit(texts).transform(texts))
+    X = stacker_features(oofs.preds, oofs.probs, TextFeaturizer().fit(texts).transform(texts), prompts,
+                         fit_prompt_stats(plain, prompts, np.unique(oofs.folds["prompt_cluster"])))
+    assert list(X.columns) == spec["feature_columns"]
+    stacker = LGBMStacker.load(artifacts_copy / "ensemble" / "artifacts" / "stacker")
+    np.testing.assert_allclose(continuous, stacker.predict(X), rtol=0, atol=1e-9)
+    assert set(np.unique(scores)) <= set(range(1, 7))
+
+    (artifacts_copy / "ensemble" / "artifacts" / "prompt_assigner.npz").unlink()
+    with pytest.raises(ArtifactError, match=r"prompt_assigner\.npz"):
+        ArtifactSet.open(artifacts_copy)
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from common.oof import OOFSet
-from common.selection import build_ensemble, stacker_features
+from common.selection import build_ensemble, fit_prompt_stats, stacker_features
 
 
 def synthetic_oofs(seed: int = 0, n: int = 400) -> OOFSet:
@@ -31,8 +31,13 @@ def synthetic_oofs(seed: int = 0, n: int = 400) -> OOFSet:
     return OOFSet(folds=folds, preds=preds, probs={"fair": prob_frame})
 
 
+TOPIC_WORDS = {0: "venus planet", 1: "mars rover", 2: "driverless cars"}
+
+
 def texts_for(oofs: OOFSet) -> list[str]:
-    return [("word " * int(10 * s + 5)) + "end." for s in oofs.y]
+    """Essays whose length follows the score and whose topic words follow the prompt cluster."""
+    clusters = oofs.folds["prompt_cluster"].to_numpy()
+    return [f"{TOPIC_WORDS[c]} " + ("word " * int(10 * s + 5)) + "end." for s, c in zip(oofs.y, clusters, strict=True)]
 
 
 def run(oofs: OOFSet, texts=None, **kwargs):
@@ -81,7 +86,7 @@ def test_nested_predictions_never_use_the_held_out_labels():
     scrambled.folds.loc[held, "score"] = rng.permutation(oofs.folds.loc[held, "score"].to_numpy()[::-1])
     assert (scrambled.y[held] != oofs.y[held]).any()
     texts = texts_for(oofs)  # the same texts for both runs: only labels change
-    a, b = run(oofs, texts), run(scrambled, texts)
+    a, b = run(oofs, texts, prompt_features=True), run(scrambled, texts, prompt_features=True)
     for name in a.methods:
         np.testing.assert_allclose(a.methods[name].nested_pred[held], b.methods[name].nested_pred[held],
                                    err_msg=f"{name} used held-out labels")
@@ -118,3 +123,53 @@ def test_prompt_mix_weights_change_the_scores():
     weighted = run(oofs, None, n_trials=0, prompt_mix={"Venus": 0.8, "Mars": 0.1, "Cars": 0.1})
     assert weighted.metrics["weighted_by_prompt_mix"] is True
     assert plain.methods["greedy"].figures["qwk_nested"] != weighted.methods["greedy"].figures["qwk_nested"]
+
+
+def test_prompt_features_let_the_stacker_score_each_prompt_on_its_own_scale():
+    """Models that rank essays well but ignore that each prompt scores on its own scale (offsets -1, 0, +1):
+    with the recovered prompt cluster as a feature, the nested stacker corrects the offsets."""
+    rng = np.random.default_rng(11)
+    n = 600
+    cluster = rng.integers(0, 3, n)
+    quality = rng.normal(3.5, 0.9, n)
+    y = np.clip(np.rint(quality + np.array([-1.0, 0.0, 1.0])[cluster]), 1, 6).astype(int)
+    folds = pd.DataFrame({"essay_id": [f"e{i}" for i in range(n)], "score": y, "fold": np.arange(n) % 4,
+                          "prompt_cluster": cluster, "origin": "other"})
+    folds["prompt_name"] = folds["prompt_cluster"].map({0: "Venus", 1: "Mars", 2: "Cars"})
+    oofs = OOFSet(folds=folds, preds={"model": quality + rng.normal(0, 0.3, n)}, probs={})
+    texts = [f"{TOPIC_WORDS[c]} essay number {i} ends here." for i, c in enumerate(cluster)]
+
+    plain = run(oofs, texts, n_trials=0, text_features=False)
+    aware = run(oofs, texts, n_trials=0, text_features=False, prompt_features=True)
+    assert plain.prompt_assigner is None and not [c for c in plain.feature_columns if c.startswith("prompt__")]
+    assert [c for c in aware.feature_columns if c.startswith("prompt__")] == ["prompt__0", "prompt__1", "prompt__2"]
+    assert "z__pred__model" in aware.feature_columns and set(aware.prompt_stats) == {"pred__model"}
+    assert aware.metrics["prompt_assigner_agreement"] == 1.0
+    gain = aware.methods["stacker"].figures["qwk_nested"] - plain.methods["stacker"].figures["qwk_nested"]
+    assert gain > 0.05, gain
+
+
+def test_prompt_features_need_texts():
+    with pytest.raises(ValueError, match="prompt_features needs the train texts"):
+        run(synthetic_oofs(), None, prompt_features=True)
+
+
+def test_prompt_statistics_standardise_each_prompt_on_its_own():
+    X = pd.DataFrame({"pred__m": [1.0, 3.0, 10.0, 14.0, 5.0], "text__words": [100.0, 300.0, 50.0, 50.0, 80.0],
+                      "m__prob_1": [0.1, 0.2, 0.3, 0.4, 0.5]})
+    prompts = np.array([0, 0, 1, 1, 1])
+    stats = fit_prompt_stats(X, prompts, classes=[0, 1, 2])
+    assert set(stats) == {"pred__m", "text__words"}  # class probabilities are not standardised
+    assert stats["pred__m"]["0"] == [2.0, pytest.approx(np.sqrt(2.0))]
+    assert stats["text__words"]["1"][1] == pytest.approx(np.std([50.0, 50.0, 80.0], ddof=1))
+    assert stats["pred__m"]["2"] == [pytest.approx(6.6), pytest.approx(np.std(X["pred__m"], ddof=1))]  # no rows
+    frame = stacker_features({"m": np.array([2.0, 8.0])}, {}, pd.DataFrame({"words": [200.0, 60.0]}),
+                             np.array([0, 2]), stats)
+    assert list(frame.columns) == ["pred__m", "text__words", "prompt__0", "prompt__1", "prompt__2",
+                                   "z__pred__m", "z__text__words"]
+    np.testing.assert_allclose(frame["z__pred__m"], [0.0, (8.0 - 6.6) / np.std(X["pred__m"], ddof=1)])
+    np.testing.assert_allclose(frame[["prompt__0", "prompt__1", "prompt__2"]], [[1, 0, 0], [0, 0, 1]])
+    with pytest.raises(ValueError, match=r"prompt clusters \['7'\] have no statistics"):
+        stacker_features({"m": np.array([2.0])}, {}, None, np.array([7]), {"pred__m": stats["pred__m"]})
+    with pytest.raises(ValueError, match="lack"):
+        stacker_features({"m": np.array([2.0])}, {}, None, np.array([0]), stats)

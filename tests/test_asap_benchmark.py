@@ -1,0 +1,64 @@
+"""Fast checks of benchmarks/asap_real.py's data handling (no training): the split, the inputs it writes,
+the ten-count baseline features, and the clean skip when the ASAP file is absent."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "asap_real.py"
+
+
+@pytest.fixture(scope="module")
+def asap_real():
+    spec = importlib.util.spec_from_file_location("asap_real", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def essays() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    n = 240
+    prompts = np.repeat(np.arange(1, 7), n // 6)
+    scores = rng.integers(1, 7, n)
+    texts = [f"Essay {i} about topic {p}. It has @PERSON1 and words, commas." for i, p in enumerate(prompts)]
+    return pd.DataFrame({"essay_id": np.arange(n), "prompt_id": prompts, "full_text": texts,
+                         "raw_score": scores, "score": scores})
+
+
+def test_split_keeps_prompts_and_disjoint_ids(asap_real, essays):
+    train, test = asap_real.split_essays(essays, n_train=120, n_test=30, seed=0)
+    assert len(train) == 120 and len(test) == 30
+    assert not set(train["essay_id"]) & set(test["essay_id"])
+    assert set(train["prompt_id"]) == set(range(1, 7))
+    assert train["essay_id"].str.startswith("asap_").all()
+
+
+def test_inputs_follow_competition_schema(asap_real, essays, tmp_path):
+    train, test = asap_real.split_essays(essays, n_train=0, n_test=0, seed=0)
+    asap_real.write_competition_inputs(train, test, tmp_path)
+    assert list(pd.read_csv(tmp_path / "train.csv").columns) == ["essay_id", "full_text", "score"]
+    assert list(pd.read_csv(tmp_path / "test.csv").columns) == ["essay_id", "full_text"]
+    sub = pd.read_csv(tmp_path / "sample_submission.csv")
+    assert list(sub.columns) == ["essay_id", "score"] and len(sub) == len(test)
+
+
+def test_ten_counts(asap_real):
+    frame = asap_real.ten_counts(["One two, three. Elephants @CAPS1 run!"], np.array([3]))
+    assert frame.shape == (1, 10)
+    row = frame.iloc[0]
+    assert row["words"] == 6 and row["sentences"] == 2 and row["commas"] == 1
+    assert row["long_words"] == 1 and row["at_tokens"] == 1 and row["prompt_id"] == 3
+
+
+def test_skips_without_data(asap_real, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["asap_real.py", "--data", str(tmp_path / "absent.csv.gz")])
+    assert asap_real.main() == 0
+    assert "skipping" in capsys.readouterr().out
