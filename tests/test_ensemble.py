@@ -275,3 +275,14 @@ def test_tune_stacker_returns_usable_params() -> None:
                          "bagging_fraction", "lambda_l2"}
     assert best == tune_stacker(X, y, folds, **settings)
     LGBMStacker(params=best, n_estimators=60, early_stopping_rounds=10, num_threads=1).fit_oof(X, y, folds)
+
+
+def test_stacker_feature_importance_ranks_the_good_model_first() -> None:
+    X, y, folds = stacker_data()
+    with pytest.raises(RuntimeError, match="fit_oof or load"):
+        fast_stacker().feature_importance()
+    stacker = fast_stacker()
+    stacker.fit_oof(X, y, folds)
+    importance = stacker.feature_importance()
+    assert set(importance) == set(X.columns) and sum(importance.values()) == pytest.approx(1.0)
+    assert next(iter(importance)) == "good" and importance["good"] > importance["noise_a"] + importance["noise_b"]
