@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -63,15 +64,46 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_staging(final: Path) -> list[Path]:
+    """Remove the temporary folders that killed processes left beside `final` (`.<name>.tmp-<pid>-*` and
+    `.<name>.old-<pid>` whose process is gone); a live process's folders are kept. Returns what was removed."""
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(?:tmp|old)-(\d+)(?:-.*)?$")
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for sibling in final.parent.iterdir():
+        match = pattern.match(sibling.name)
+        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            if sibling.is_dir():
+                shutil.rmtree(sibling, ignore_errors=True)
+            else:
+                sibling.unlink(missing_ok=True)
+            removed.append(sibling)
+    return removed
+
+
 @contextlib.contextmanager
 def staged_dir(final: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside `final`; on success it replaces `final` whole.
 
-    On any exception the temporary folder is removed and `final` is left as it was.
+    On any exception the temporary folder is removed and `final` is left as it was. A process killed
+    outright (SIGKILL, out of memory) cannot clean up: the next `staged_dir` for the same folder removes
+    what it left (the folder names carry the process id).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    remove_stale_staging(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
         if final.exists():

@@ -1,5 +1,10 @@
 """Crash-safe writes: atomic files and staged output folders."""
 
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -42,3 +47,29 @@ def test_staged_dir_replaces_the_folder_whole(tmp_path):
         (tmp / "new.txt").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stage"]
+
+
+def test_staged_dir_clears_what_a_killed_process_left(tmp_path):
+    final = tmp_path / "fold_0"
+    script = ("import os, signal, sys\nfrom common.io import staged_dir\n"
+              f"with staged_dir({str(final)!r}) as tmp:\n"
+              "    (tmp / 'half.bin').write_bytes(b'x')\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    killed = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1])
+    assert killed.returncode == -signal.SIGKILL
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".fold_0.tmp-")]
+    assert len(left) == 1 and (left[0] / "half.bin").exists() and not final.exists()
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        kept = [tmp_path / f".fold_0.tmp-{alive.pid}-busy", tmp_path / ".fold_1.tmp-1-other", tmp_path / ".fold_0.tmp-x"]
+        for folder in kept:
+            folder.mkdir()
+        with staged_dir(final) as tmp:
+            (tmp / "done.txt").write_text("ok")
+        assert not left[0].exists()  # the dead process's folder is gone ...
+        assert all(folder.exists() for folder in kept)  # ... a live one's, another target's and foreign names stay
+        assert (final / "done.txt").read_text() == "ok"
+    finally:
+        alive.kill()
+        alive.wait()
