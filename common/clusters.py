@@ -293,7 +293,8 @@ class PromptAssigner:
     transform at load time is a fixed-vocabulary count plus three array operations.
 
     Attributes after `fit` (or `load`): `vocabulary_` (words), `idf_`, `coef_` (n_clusters, n_words) or
-    (1, n_words) for two clusters, `intercept_`, `classes_` (the cluster ids).
+    (1, n_words) for two clusters, `intercept_`, `classes_` (the cluster ids), `fallback_` (the largest
+    cluster, for essays without a topic word). The word pattern is saved too and checked on load.
     """
 
     FILE = "prompt_assigner.npz"
@@ -312,7 +313,8 @@ class PromptAssigner:
         tfidf = vectorizer.fit_transform(texts)
         self.vocabulary_ = vectorizer.get_feature_names_out().astype(str)
         self.idf_ = vectorizer.idf_.astype(np.float64)
-        self.classes_ = np.unique(labels)
+        self.classes_, sizes = np.unique(labels, return_counts=True)
+        self.fallback_ = self.classes_[int(np.argmax(sizes))]
         if len(self.classes_) == 1:
             self.coef_, self.intercept_ = np.zeros((1, tfidf.shape[1])), np.zeros(1)
             return self
@@ -330,21 +332,28 @@ class PromptAssigner:
         return normalize(counts.multiply(self.idf_).tocsr())
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
-        """Cluster id of every essay (an essay without topic words goes to the largest-scoring cluster)."""
+        """Cluster id of every essay; an essay without any topic word goes to the largest train cluster."""
         if not hasattr(self, "classes_"):
             raise RuntimeError("PromptAssigner: call fit or load first")
+        if len(texts) == 0:
+            return np.empty(0, dtype=self.classes_.dtype)
         if len(self.classes_) == 1:
             return np.full(len(texts), self.classes_[0])
-        decision = np.asarray(self._tfidf(texts) @ self.coef_.T) + self.intercept_
+        tfidf = self._tfidf(texts)
+        decision = np.asarray(tfidf @ self.coef_.T) + self.intercept_
         if decision.shape[1] == 1:
-            return self.classes_[(decision[:, 0] > 0).astype(int)]
-        return self.classes_[decision.argmax(axis=1)]
+            labels = self.classes_[(decision[:, 0] > 0).astype(int)]
+        else:
+            labels = self.classes_[decision.argmax(axis=1)]
+        labels[tfidf.getnnz(axis=1) == 0] = self.fallback_
+        return labels
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / self.FILE
         np.savez_compressed(path, vocabulary=self.vocabulary_, idf=self.idf_, coef=self.coef_,
-                            intercept=self.intercept_, classes=self.classes_)
+                            intercept=self.intercept_, classes=self.classes_, fallback=np.asarray(self.fallback_),
+                            word_pattern=np.asarray(WORD_PATTERN))
         return path
 
     @classmethod
@@ -353,10 +362,16 @@ class PromptAssigner:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no prompt assigner; re-run 04_ensemble")
         with np.load(path, allow_pickle=False) as arrays:
+            missing = {"vocabulary", "idf", "coef", "intercept", "classes", "fallback", "word_pattern"} - set(arrays.files)
+            if missing:
+                raise ValueError(f"{path}: lacks {sorted(missing)}; re-run 04_ensemble with this code")
+            if str(arrays["word_pattern"]) != WORD_PATTERN:
+                raise ValueError(f"{path}: saved for the word pattern {str(arrays['word_pattern'])!r}, this code uses "
+                                 f"{WORD_PATTERN!r}; re-run 04_ensemble with this code")
             assigner = cls()
             assigner.vocabulary_, assigner.idf_ = arrays["vocabulary"], arrays["idf"]
             assigner.coef_, assigner.intercept_ = arrays["coef"], arrays["intercept"]
-            assigner.classes_ = arrays["classes"]
+            assigner.classes_, assigner.fallback_ = arrays["classes"], arrays["fallback"][()]
         if assigner.coef_.shape[1] != len(assigner.vocabulary_):
             raise ValueError(f"{path}: {assigner.coef_.shape[1]} weights for {len(assigner.vocabulary_)} words")
         return assigner

@@ -8,10 +8,12 @@ of its work succeeded, so a crash or a validation error never leaves a half-writ
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,6 +66,12 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+"""Staging folders carry this host's tag: process ids are only checked on the host that made them."""
+_OWN_STAGING: set[str] = set()
+"""Staging folders this process made and has not finished with (never cleaned as stale)."""
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -75,21 +83,33 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_staging(final: Path) -> list[Path]:
-    """Remove the temporary folders that killed processes left beside `final` (`.<name>.tmp-<pid>-*` and
-    `.<name>.old-<pid>` whose process is gone); a live process's folders are kept. Returns what was removed."""
-    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(?:tmp|old)-(\d+)(?:-.*)?$")
-    removed = []
-    if not final.parent.is_dir():
-        return removed
-    for sibling in final.parent.iterdir():
+    """Clear what killed processes of this host left beside `final`: `.<name>.tmp-<host>-<pid>-*` folders
+    are removed, and a `.<name>.old-<host>-<pid>-*` folder (the previous output, moved aside just before the
+    new one was renamed in) is put back as `final` when `final` is missing, removed otherwise.
+
+    Folders of another live process, the ones this process is using, another host's and other names are
+    kept; a folder with this process's id that it did not make was left by an earlier process with the same
+    (reused) id. POSIX only: elsewhere nothing is removed. Returns the folders removed or restored.
+    """
+    if os.name != "posix" or not final.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(tmp|old)-{_HOST}-(\d+)-.+$")
+    touched = []
+    for sibling in sorted(final.parent.iterdir()):
         match = pattern.match(sibling.name)
-        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
-            if sibling.is_dir():
-                shutil.rmtree(sibling, ignore_errors=True)
-            else:
-                sibling.unlink(missing_ok=True)
-            removed.append(sibling)
-    return removed
+        if not match or str(sibling) in _OWN_STAGING:
+            continue
+        pid = int(match.group(2))
+        if pid != os.getpid() and _pid_alive(pid):  # our own id on a folder we did not make: a reused id
+            continue
+        if match.group(1) == "old" and not final.exists():
+            os.replace(sibling, final)
+        elif sibling.is_dir():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+        touched.append(sibling)
+    return touched
 
 
 @contextlib.contextmanager
@@ -97,22 +117,34 @@ def staged_dir(final: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside `final`; on success it replaces `final` whole.
 
     On any exception the temporary folder is removed and `final` is left as it was. A process killed
-    outright (SIGKILL, out of memory) cannot clean up: the next `staged_dir` for the same folder removes
-    what it left (the folder names carry the process id).
+    outright (SIGKILL, out of memory) cannot clean up: the next `staged_dir` for the same folder clears
+    what it left (`remove_stale_staging`; the folder names carry the host and process id).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+    prefix = f".{final.name}.%s-{_HOST}-{os.getpid()}-"
+    tmp = Path(tempfile.mkdtemp(prefix=prefix % "tmp", dir=final.parent))
+    _OWN_STAGING.add(str(tmp))
+    old = None
     try:
         yield tmp
         if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            old = Path(tempfile.mkdtemp(prefix=prefix % "old", dir=final.parent))  # a unique name ...
+            old.rmdir()  # ... to move the previous output to
+            _OWN_STAGING.add(str(old))
             os.replace(final, old)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                os.replace(old, final)
+                raise
             shutil.rmtree(old)
         else:
             os.replace(tmp, final)
     finally:
+        _OWN_STAGING.discard(str(tmp))
+        if old is not None:
+            _OWN_STAGING.discard(str(old))
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -198,7 +198,8 @@ def test_prompt_assigner_saves_plain_arrays_and_reloads_identically(tmp_path) ->
         assigner = PromptAssigner(seed=0).fit(texts, labels)
         path = assigner.save(tmp_path / "art")
         with np.load(path, allow_pickle=False) as arrays:  # no pickled objects inside
-            assert set(arrays.files) == {"vocabulary", "idf", "coef", "intercept", "classes"}
+            assert set(arrays.files) == {"vocabulary", "idf", "coef", "intercept", "classes", "fallback",
+                                         "word_pattern"}
         loaded = PromptAssigner.load(tmp_path / "art")
         np.testing.assert_array_equal(loaded.predict(texts), assigner.predict(texts))
         assert np.mean(loaded.predict(texts) == labels) >= 0.97
@@ -212,3 +213,18 @@ def test_prompt_assigner_errors_are_clear(tmp_path) -> None:
         PromptAssigner().fit(["a b", "c d", "e f"], np.array([0, 1]))
     with pytest.raises(RuntimeError, match="fit or load"):
         PromptAssigner().predict(["text"])
+
+
+def test_prompt_assigner_edge_cases(tmp_path) -> None:
+    texts, truth = _topic_essays(seed=7)
+    assigner = PromptAssigner(seed=0).fit(texts, truth)
+    assert assigner.predict([]).shape == (0,)
+    largest = np.bincount(truth).argmax()
+    # no topic word at all (empty, digits, placeholders only): the largest train cluster
+    assert assigner.predict(["", "123 456", "@CAPS1 @PERSON2"]).tolist() == [largest] * 3
+    path = assigner.save(tmp_path)
+    with np.load(path) as arrays:
+        changed = dict(arrays) | {"word_pattern": np.asarray(r"\w+")}
+    np.savez(path, **changed)
+    with pytest.raises(ValueError, match="word pattern"):
+        PromptAssigner.load(tmp_path)

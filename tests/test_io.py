@@ -1,5 +1,6 @@
 """Crash-safe writes: atomic files and staged output folders."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -8,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from common.io import atomic_write, staged_dir, write_json, write_parquet
+from common import io
+from common.io import atomic_write, remove_stale_staging, staged_dir, write_json, write_parquet
 
 
 def test_atomic_write_leaves_nothing_on_error(tmp_path):
@@ -62,7 +64,10 @@ def test_staged_dir_clears_what_a_killed_process_left(tmp_path):
 
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        kept = [tmp_path / f".fold_0.tmp-{alive.pid}-busy", tmp_path / ".fold_1.tmp-1-other", tmp_path / ".fold_0.tmp-x"]
+        kept = [tmp_path / f".fold_0.tmp-{io._HOST}-{alive.pid}-busy",  # a live process's
+                tmp_path / f".fold_1.tmp-{io._HOST}-1-other",  # another target's
+                tmp_path / f".fold_0.tmp-0badc0de-{left[0].name.split('-')[2]}-x",  # another host's
+                tmp_path / ".fold_0.tmp-x"]  # not a staging name
         for folder in kept:
             folder.mkdir()
         with staged_dir(final) as tmp:
@@ -73,3 +78,28 @@ def test_staged_dir_clears_what_a_killed_process_left(tmp_path):
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_a_killed_swap_gets_the_previous_output_back(tmp_path):
+    """Killed between moving the previous output aside and renaming the new one in: the next run puts the
+    previous output back first, so it survives even if that run fails too."""
+    final = tmp_path / "ensemble"
+    dead = tmp_path / f".ensemble.old-{io._HOST}-4194305-abc"  # above Linux's largest pid: never alive
+    dead.mkdir()
+    (dead / "ensemble.json").write_text("previous")
+    with pytest.raises(RuntimeError), staged_dir(final):
+        raise RuntimeError("this run fails too")
+    assert (final / "ensemble.json").read_text() == "previous" and not dead.exists()
+
+
+def test_folders_of_a_reused_process_id_are_stale(tmp_path):
+    final = tmp_path / "fold_0"
+    mine_not_made_here = tmp_path / f".fold_0.tmp-{io._HOST}-{os.getpid()}-old"
+    mine_not_made_here.mkdir()
+    assert remove_stale_staging(final) == [mine_not_made_here] and not mine_not_made_here.exists()
+    with staged_dir(final) as tmp:  # the folder in use is never stale, even for a nested call
+        assert remove_stale_staging(final) == [] and tmp.exists()
+        (tmp / "a.txt").write_text("a")
+    with staged_dir(final) as tmp:  # replacing an existing output leaves no sibling behind
+        (tmp / "b.txt").write_text("b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fold_0"] and (final / "b.txt").exists()
