@@ -41,12 +41,11 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from common.ensemble import LGBMStacker, tune_stacker  # noqa: E402
 from common.metrics import qwk  # noqa: E402
 from common.oof import load_oof_predictions  # noqa: E402
-from common.selection import build_ensemble  # noqa: E402
+from common.selection import build_ensemble, stacker_method  # noqa: E402
 from common.text_features import TextFeaturizer  # noqa: E402
-from common.thresholds import ThresholdSearcher, nested_threshold_predictions, round_scores  # noqa: E402
+from common.thresholds import nested_threshold_predictions, round_scores  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "asap_sets_1-6.csv.gz"
 PARAMS_FILE = REPO_ROOT / "benchmarks" / "asap_params.yaml"
@@ -161,21 +160,11 @@ def baseline_scores(frame: pd.DataFrame, y: np.ndarray, seed: int, folds: np.nda
     return scores
 
 
-def text_lgbm_scores(texts: list[str], y: np.ndarray, folds: np.ndarray, n_trials: int, seed: int) -> np.ndarray:
-    """Nested held-out scores of LightGBM on text features alone, fitted like 04_ensemble's stacker.
-
-    For each fold f: optuna tuning, the inner-CV boosters and the thresholds all see the other folds only.
-    """
+def text_lgbm_scores(texts: list[str], oofs, n_trials: int, seed: int) -> np.ndarray:
+    """Nested held-out scores of 04_ensemble's stacker on text features alone (no model prediction, no prompt):
+    for each fold, optuna tuning, the inner-CV boosters and the thresholds all see the other folds only."""
     X = TextFeaturizer().fit(texts).transform(texts).add_prefix("text__")
-    scores = np.zeros(len(y), dtype=np.int64)
-    for fold in np.unique(folds):
-        held = folds == fold
-        params = tune_stacker(X[~held], y[~held], folds[~held], n_trials=n_trials, seed=seed) if n_trials else {}
-        stacker = LGBMStacker(params=params, seed=seed)
-        inner_oof = stacker.fit_oof(X[~held], y[~held], folds[~held])
-        searcher = ThresholdSearcher().fit(inner_oof, y[~held])
-        scores[held] = searcher.predict(stacker.predict(X[held]))
-    return scores
+    return stacker_method(X, oofs, None, "regression", n_trials, seed).nested_scores
 
 
 def per_prompt_qwk(y: np.ndarray, scores: np.ndarray, prompts: np.ndarray) -> dict[str, float]:
@@ -245,7 +234,7 @@ def main() -> int:
                             text_features=bool(ensemble_params["text_features"]))
     ensemble = result.methods[result.selected].nested_scores
     columns = {
-        "text-LGBM": per_prompt_qwk(y, text_lgbm_scores(texts, y, folds, n_trials, args.seed), prompts),
+        "text-LGBM": per_prompt_qwk(y, text_lgbm_scores(texts, oofs, n_trials, args.seed), prompts),
         "MiniLM": per_prompt_qwk(y, minilm, prompts),
         "ensemble": per_prompt_qwk(y, ensemble, prompts),
         "10-count baseline": per_prompt_qwk(

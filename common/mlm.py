@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -42,11 +41,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForMaskedLM,
+    DataCollatorForLanguageModeling,
+    PreTrainedTokenizerBase,
+    set_seed,
+)
 
 from common.io import staged_dir, write_json
 from common.optim import build_scheduler
-from common.tokenization import TOKENIZE_CHUNK, LengthGroupedSampler, load_tokenizer, newline_safe
+from common.tokenization import (
+    TOKENIZE_CHUNK,
+    LengthGroupedSampler,
+    batch_width,
+    load_tokenizer,
+    newline_safe,
+    pad_multiple,
+)
 from common.training import resolve_mixed_precision
 
 log = logging.getLogger(__name__)
@@ -183,21 +194,16 @@ class MaskingCollator:
         if tokenizer.pad_token_id is None or tokenizer.mask_token_id is None:
             raise ValueError(f"{type(tokenizer).__name__} has no PAD or no MASK token: masked-language "
                              "modelling needs both (load it with common.tokenization.load_tokenizer)")
-        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
-            raise ValueError(f"pad_to_multiple_of must be >= 1 or None, got {pad_to_multiple_of}")
+        self.multiple = pad_multiple(pad_to_multiple_of)
         replace = {"mask_replace_prob": 1.0, "random_replace_prob": 0.0} if whole_word_masking else {}
         self.masker = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability,
                                                       whole_word_mask=whole_word_masking, **replace)
         self.masker.generator = self.masker.get_generator(seed)
         self.whole_word_masking = whole_word_masking
         self.pad_id = int(tokenizer.pad_token_id)
-        self.multiple = pad_to_multiple_of or 1
 
     def __call__(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
-        if not items:
-            raise ValueError("MaskingCollator got an empty batch")
-        longest = max(len(item["input_ids"]) for item in items)
-        width = -(-longest // self.multiple) * self.multiple
+        width = batch_width(items, self.multiple, "MaskingCollator")
         input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
         words = torch.full((len(items), width), -1, dtype=torch.long)
         attention_mask = torch.zeros((len(items), width), dtype=torch.long)
@@ -319,12 +325,6 @@ def _resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' but torch sees no CUDA GPU: use device='auto' or 'cpu'")
     return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _unique_essays(texts: Sequence[str]) -> list[str]:
@@ -459,7 +459,7 @@ def adapt_backbone(
     started = time.perf_counter()
     torch_device = _resolve_device(device)
     precision = resolve_mixed_precision(mixed_precision, torch_device)
-    _seed_everything(seed)
+    set_seed(seed)
     tokenizer, model, initialised = load_masked_lm(backbone, add_newline_tokens)
 
     essays = _unique_essays(texts)

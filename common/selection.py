@@ -159,10 +159,12 @@ def fit_prompt_stats(X: pd.DataFrame, prompts: np.ndarray, classes: Sequence[int
     return stats
 
 
-def _stacker(
+def stacker_method(
     X: pd.DataFrame, oofs: OOFSet, w: np.ndarray | None, objective: Literal["regression", "qwk"],
     n_trials: int, seed: int,
 ) -> MethodResult:
+    """The LightGBM stacker on features X (rows in `oofs` order): nested held-out scores and figures, and
+    the stacker refitted on every row with its thresholds, for inference."""
     y, folds = oofs.y, oofs.fold
     fold_ids = np.unique(folds)
 
@@ -252,7 +254,7 @@ def build_ensemble(
         prompt_stats = fit_prompt_stats(X, prompts, assigner.classes_)
         X = stacker_features(oofs.preds, oofs.probs, text_frame, prompts, prompt_stats)
     if len(np.unique(oofs.fold)) >= 4:
-        methods["stacker"] = _stacker(X, oofs, w, stacker_objective, n_trials, seed)
+        methods["stacker"] = stacker_method(X, oofs, w, stacker_objective, n_trials, seed)
     else:
         log.warning("stacker skipped: nested stacking needs at least 4 folds (held out, inner CV of 3)")
 

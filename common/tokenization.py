@@ -175,6 +175,21 @@ class EssayDataset(torch.utils.data.Dataset):
         return [len(ids) for ids in self.input_ids]
 
 
+def pad_multiple(pad_to_multiple_of: int | None) -> int:
+    """The multiple a collator rounds batch widths up to (1 for None); refuses values below 1."""
+    if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+        raise ValueError(f"pad_to_multiple_of must be >= 1 or None, got {pad_to_multiple_of}")
+    return pad_to_multiple_of or 1
+
+
+def batch_width(items: Sequence[dict], multiple: int, collator: str) -> int:
+    """Width of a dynamically padded batch: its longest `input_ids`, rounded up to `multiple`."""
+    if not items:
+        raise ValueError(f"{collator} got an empty batch")
+    longest = max(len(item["input_ids"]) for item in items)
+    return -(-longest // multiple) * multiple
+
+
 class EssayCollator:
     """List of {"input_ids", "target"?, "index"?} -> dict of tensors (dynamic padding).
 
@@ -187,17 +202,12 @@ class EssayCollator:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = 8):
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no PAD token: load it with common.tokenization.load_tokenizer")
-        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
-            raise ValueError(f"pad_to_multiple_of must be >= 1 or None, got {pad_to_multiple_of}")
         self.pad_id = int(tokenizer.pad_token_id)
         self.left = tokenizer.padding_side == "left"
-        self.multiple = pad_to_multiple_of or 1
+        self.multiple = pad_multiple(pad_to_multiple_of)
 
     def __call__(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
-        if not items:
-            raise ValueError("EssayCollator got an empty batch")
-        longest = max(len(item["input_ids"]) for item in items)
-        width = -(-longest // self.multiple) * self.multiple
+        width = batch_width(items, self.multiple, "EssayCollator")
         ids, mask = [], []
         for item in items:
             n, pad = len(item["input_ids"]), width - len(item["input_ids"])

@@ -10,6 +10,8 @@ import pytest
 from common.demo import DEMO_FILES, make_demo_frames
 
 REPO = Path(__file__).resolve().parents[1]
+BACKBONE = str(REPO / "input" / "tiny-deberta-v2")
+"""The tiny demo backbone (tokenizer + random DeBERTa-v2) bundled in input/."""
 
 
 def run_cli(stage: str, *overrides: str) -> subprocess.CompletedProcess:

@@ -23,9 +23,8 @@ from common.mlm import (
     masked_lm_loss,
 )
 from common.tokenization import NEWLINE_TOKEN, load_tokenizer, newline_safe, tokenize_essays
+from tests.conftest import BACKBONE, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-BACKBONE = str(REPO / "input" / "tiny-deberta-v2")
 FAST = {"max_length": 64, "batch_size": 16, "device": "cpu"}
 
 

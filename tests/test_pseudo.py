@@ -28,11 +28,7 @@ from common.pseudo import (
 )
 from common.stage import PipelineError
 from common.training import Interrupted, _batch_loss, tokenize_train, train_fold
-from tests.conftest import TINY_TRAIN, fold_table, run_cli
-
-REPO = Path(__file__).resolve().parents[1]
-BACKBONE = str(REPO / "input" / "tiny-deberta-v2")
-
+from tests.conftest import BACKBONE, REPO, TINY_TRAIN, fold_table, run_cli
 
 # ------------------------------------------------------------------------------------------------
 # Soft labels

@@ -18,8 +18,8 @@ from common.tokenization import (
     newline_safe,
     tokenize_essays,
 )
+from tests.conftest import BACKBONE
 
-BACKBONE = str(Path(__file__).resolve().parents[1] / "input" / "tiny-deberta-v2")
 ESSAY = "Cars are useful.\n\nBut they pollute the air. \n\n In conclusion, cars."
 
 

@@ -1,7 +1,6 @@
 """The training engine on the tiny backbone: heads, fold discipline, resume, determinism, faults."""
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,10 +9,8 @@ import pytest
 from common import training
 from common.config import ModelParams
 from common.training import Interrupted, TrainingError, tokenize_train, train_fold
-from tests.conftest import fold_table
+from tests.conftest import BACKBONE, REPO, fold_table
 
-REPO = Path(__file__).resolve().parents[1]
-BACKBONE = str(REPO / "input" / "tiny-deberta-v2")
 pytestmark = pytest.mark.slow
 
 BASE = ModelParams(
