@@ -9,6 +9,7 @@ import logging
 from common.config import Params
 from common.data import load_competition_data
 from common.io import staged_dir, write_json, write_parquet
+from common.layout import stage_timings
 from common.prepare import prepare
 from common.reports import plot_score_distribution
 from common.stage import exit_with
@@ -22,6 +23,7 @@ def main(params: Params) -> None:
         params.input_dir, p.train_file, p.test_file, p.sample_submission_file, p.external_file
     )
     result = prepare(data, p, seed=params.seed)
+    seconds = result.metrics.pop("seconds")  # changes from run to run: kept out of metrics.json
     out = params.output_dir / "prepare"
     with staged_dir(out) as tmp:
         write_parquet(tmp / "folds.parquet", result.folds)
@@ -32,6 +34,7 @@ def main(params: Params) -> None:
         plot_score_distribution(
             result.folds, "prompt_name", tmp / "plots" / "score_by_prompt.png", "Score share per prompt cluster"
         )
+    write_json(stage_timings(params.output_dir, "prepare"), {"seconds": seconds})
     log.info("wrote %s (%d train essays in %d folds)", out, len(result.folds), p.n_folds)
 
 

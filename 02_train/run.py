@@ -1,60 +1,71 @@
 """Stage 02_train: per-fold transformer training writing out-of-fold predictions.
 
 Run from the repository root: python 02_train/run.py [dotted.key=value ...]
-  train.model=NAME    train only that model
-  train.folds=[0,2]   train only those folds (e.g. one process per GPU); OOF is collected once all exist
-  train.step=fit      train without collecting; train.step=collect: only collect (dvc runs one `train`
-                      stage per model and fold, then one `oof` stage per model)
-Writes output/train/<model>/fold_<k>/ (model, tokenizer, config, oof, log), and when every fold is
-there output/train/<model>/oof.parquet and metrics.json. Killed runs resume from output/checkpoints/.
-Data parallel on several GPUs: accelerate launch --num_processes 2 02_train/run.py [...]
+  train.model=NAME      train only that model (of train.models or train.students)
+  train.folds=[0,2]     train only those folds; the OOF file is written once every fold exists
+  train.fold_workers=4  train 4 folds at once, one process per GPU (0: one per visible GPU)
+  train.step=fit        train without collecting; train.step=collect: only write the OOF file
+Writes output/train/<model>/folds/fold_<k>/ (model, tokenizer, config, held-out predictions, log), then
+output/train/<model>/oof.parquet, metrics.json and log.csv. A fold already trained with the same settings
+on the same folds and essays is kept; a killed run resumes from output/checkpoints/. A model with
+mlm.epochs > 0 first adapts its backbone by masked-language modelling (cached in output/mlm/).
+Data parallel, every GPU on one fold: accelerate launch --num_processes 2 02_train/run.py [...]
 """
 
 import logging
 from pathlib import Path
 
-import torch
-
 from common.config import Params
-from common.data import load_competition_data
-from common.oof import read_folds
-from common.pseudo import load_student_pseudo
-from common.stage import exit_with
-from common.train_stage import train_model
+from common.stage import PipelineError, exit_with
 
 log = logging.getLogger("aes.train")
 
 
 def main(params: Params) -> None:
-    out, t = params.output_dir, params.train
+    import torch
+
+    from common.data import load_competition_data
+    from common.layout import pseudo_dir
+    from common.oof import read_folds
+    from common.pseudo import load_student_pseudo, read_external
+    from common.train_stage import adapted_backbone, is_main_process, train_in_workers, train_model
+
+    out, t, prep = params.output_dir, params.train, params.prepare
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     folds = read_folds(out / "prepare" / "folds.parquet")
-    texts: list[str] = []
+    fold_ids = sorted(folds["fold"].unique().tolist())
+    if len(fold_ids) != prep.n_folds:
+        raise PipelineError(f"{out / 'prepare' / 'folds.parquet'} has {len(fold_ids)} folds but prepare.n_folds="
+                            f"{prep.n_folds}: re-run 00_prepare (python 00_prepare/run.py) or set prepare.n_folds="
+                            f"{len(fold_ids)}")
+    data = texts = None
     if t.step != "collect":
-        prep = params.prepare
-        train = load_competition_data(params.input_dir, prep.train_file, prep.test_file,
-                                      prep.sample_submission_file).train
-        column = folds[["essay_id"]].merge(train, on="essay_id", how="left")["full_text"]
+        data = load_competition_data(params.input_dir, prep.train_file, prep.test_file, prep.sample_submission_file)
+        column = folds[["essay_id"]].merge(data.train, on="essay_id", how="left")["full_text"]
         if column.isna().any():
-            raise FileNotFoundError(
+            raise PipelineError(
                 f"{params.input_dir / prep.train_file} lacks essays of folds.parquet: re-run 00_prepare")
         texts = column.tolist()
-    pseudo = None
-    for spec in t.models:
-        if t.model and spec.name != t.model:
+    for name, spec in t.all_models.items():
+        if t.model and name != t.model:
             continue
-        if spec.pseudo_labels != "none" and pseudo is None and t.step != "collect":
-            pseudo = load_student_pseudo(out / "pseudo", out / "prepare" / "external.parquet",
-                                         sorted(folds["fold"].unique().tolist()), texts)
         backbone = spec.backbone or params.backbone
-        if backbone == "mlm":  # the domain-adapted backbone of the mlm stage
-            backbone = str(out / "mlm" / "backbone")
-            if not Path(backbone, "config.json").is_file():
-                raise FileNotFoundError(f"{backbone} not found: run the mlm stage (python 01_pseudo_label/mlm.py) "
-                                        f"before training {spec.name}")
-        train_model(spec, backbone, folds, texts, out, params.seed, t.folds, t.device, t.step,
-                    pseudo if spec.pseudo_labels != "none" else None)
+        if t.step != "collect" and spec.mlm.epochs > 0:
+            external = read_external(out / "prepare" / "external.parquet")
+            mlm_texts = [*data.train["full_text"], *data.test["full_text"], *external["full_text"]]
+            backbone = adapted_backbone(spec, backbone, mlm_texts, out, params.seed, t.device)
+        todo = t.folds or fold_ids
+        if t.step != "collect" and t.fold_workers != 1 and len(todo) > 1:
+            train_in_workers(params, name, todo, Path(__file__))
+            if is_main_process() and t.step == "all" and not t.folds:
+                train_model(spec, backbone, folds, [], out, params.seed, [], t.device, "collect")
+            continue
+        pseudo = None
+        if t.step != "collect" and spec.pseudo_labels != "none":
+            pseudo = load_student_pseudo(pseudo_dir(out, name), out / "prepare" / "external.parquet", fold_ids, texts)
+        train_model(spec, backbone, folds, texts or [], out, params.seed, t.folds, t.device, t.step, pseudo)
+
 
 if __name__ == "__main__":
     exit_with(main, __doc__)

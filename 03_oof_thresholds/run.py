@@ -19,7 +19,7 @@ log = logging.getLogger("aes.thresholds")
 
 def main(params: Params) -> None:
     out = params.output_dir
-    oofs = load_oof_predictions(out / "train", out / "prepare" / "folds.parquet", params.ensemble.models)
+    oofs = load_oof_predictions(out / "train", out / "prepare" / "folds.parquet", params.ensemble.models or list(params.train.all_models))
     summary = {}
     with staged_dir(out / "thresholds") as tmp:
         for name in oofs.names:

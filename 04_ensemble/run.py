@@ -22,7 +22,7 @@ log = logging.getLogger("aes.ensemble")
 
 def main(params: Params) -> None:
     out, p = params.output_dir, params.ensemble
-    oofs = load_oof_predictions(out / "train", out / "prepare" / "folds.parquet", p.models)
+    oofs = load_oof_predictions(out / "train", out / "prepare" / "folds.parquet", p.models or list(params.train.all_models))
     texts = None
     if p.text_features or p.prompt_features:
         prep = params.prepare

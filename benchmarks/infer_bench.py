@@ -51,7 +51,7 @@ def main() -> int:
     parser.add_argument("--essays", type=int, default=360)
     args = parser.parse_args()
     train_dir = REPO / args.output / "train"
-    fold_dirs = sorted(p for p in train_dir.glob("*/fold_0") if (p / "scorer.json").is_file())
+    fold_dirs = sorted(p for p in train_dir.glob("*/folds/fold_0") if (p / "scorer.json").is_file())
     if not fold_dirs:
         print(f"no trained fold models under {train_dir}: run `make demo` first; skipped")
         return 0
@@ -71,7 +71,7 @@ def main() -> int:
             fast_s = time.perf_counter() - start
             gap = float(np.max(np.abs(fast - slow)))
             padding = 1 - sum(len(x) for x in ids) / (len(ids) * max_length)
-            print(f"{fold_dir.parent.name} max_length {max_length} (fixed padding wastes {padding:.0%}):")
+            print(f"{fold_dir.parents[1].name} max_length {max_length} (fixed padding wastes {padding:.0%}):")
             print(f"  naive (fixed padding, file order, fp32)  {len(ids) / naive_s:8.1f} essays/s")
             print(f"  05_infer path                             {len(ids) / fast_s:8.1f} essays/s")
             print(f"  speed-up {naive_s / fast_s:.2f}x (target >= 3x); max |prediction gap| {gap:.1e}")

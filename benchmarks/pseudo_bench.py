@@ -23,11 +23,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER = "tiny-regression"
-# The student (train.models.2) as the teacher's config, with pseudo-labels as each variant asks.
+# Each variant is a student with the teacher's config and pseudo-labels as the variant asks.
+TEACHER_CONFIG = "max_length: 384, epochs: 3.0, lr: 0.002, head_lr: 0.005, layerwise_lr_decay: 1.0, eval_every: 10"
 VARIANTS = {
-    "two_stage": ["train.models.2.backbone=", "train.models.2.pseudo_labels=two_stage"],
-    "concat": ["train.models.2.backbone=", "train.models.2.pseudo_labels=concat", "train.models.2.pseudo_weight=0.5"],
-    "two_stage + MLM backbone": ["train.models.2.backbone=mlm", "train.models.2.pseudo_labels=two_stage"],
+    "two_stage": "pseudo_labels: two_stage",
+    "concat": "pseudo_labels: concat, pseudo_weight: 0.5",
+    "two_stage + MLM backbone": "pseudo_labels: two_stage, mlm: {epochs: 2.0, max_length: 256, lr: 0.001}",
 }
 
 
@@ -48,15 +49,15 @@ def main() -> int:
     common = [f"paths.output={out}"]
     run("00_prepare/run.py", *common)
     seconds = {"teacher": run("02_train/run.py", *common, f"train.model={TEACHER}")}
-    seconds["mlm"] = run("01_pseudo_label/mlm.py", *common)
-    seconds["pseudo-labels"] = run("01_pseudo_label/run.py", *common)
     figures = {"no pseudo-labels (teacher)": json.loads((out / "train" / TEACHER / "metrics.json").read_text())}
-    for i, (variant, overrides) in enumerate(VARIANTS.items()):
+    for i, (variant, settings) in enumerate(VARIANTS.items()):
         name = f"student-{i}"
-        seconds[variant] = run("02_train/run.py", *common, *overrides, f"train.models.2.name={name}",
-                               f"train.dvc_students=[{name}]", f"train.model={name}")
+        student = [f"train.students={{{name}: {{teacher: {TEACHER}, {TEACHER_CONFIG}, {settings}}}}}",
+                   f"train.model={name}"]
+        seconds[f"{variant} pseudo-labels"] = run("01_pseudo_label/run.py", *common, *student)
+        seconds[variant] = run("02_train/run.py", *common, *student)
         figures[variant] = json.loads((out / "train" / name / "metrics.json").read_text())
-    mlm = json.loads((out / "mlm" / "metrics.json").read_text())
+    mlm = figures["two_stage + MLM backbone"]["mlm"]
     print(f"demo: {out}; MLM held-out loss {mlm['held_out_loss_before']:.3f} -> {mlm['held_out_loss_after']:.3f}")
     base = figures["no pseudo-labels (teacher)"]
     print(f"{'variant':30s} {'OOF QWK':>8s} {'other':>8s} {'gain':>8s}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 class ParamsError(ValueError):
@@ -59,29 +63,34 @@ class PrepareParams:
 
 
 @dataclass
+class MlmParams:
+    """Masked-language-model domain adaptation of one model's backbone before it is fine-tuned."""
+
+    epochs: float = _help("Epochs of MLM over the train, test and external essays before fine-tuning (0: off). "
+                          "The adapted backbone is cached under <paths.output>/mlm/<fingerprint>/, so models "
+                          "with the same backbone and MLM settings share one run.", 0.0)
+    probability: float = _help("Share of tokens masked.", 0.15)
+    whole_word: bool = _help("Mask whole words instead of single tokens.", False)
+    max_length: int = _help("Tokens per MLM chunk (long essays are split into chunks).", 512)
+    batch_size: int = _help("Chunks per MLM batch.", 16)
+    lr: float = _help("MLM learning rate (deberta-v3: ~5e-5; the demo's tiny random backbone needs ~1e-3).", 5e-5)
+    held_out_share: float = _help("Share of essays held out to report MLM loss before and after.", 0.05)
+
+
+@dataclass
 class PseudoParams:
-    # MLM domain adaptation (stage mlm): writes <paths.output>/mlm/backbone, used by models whose
-    # backbone is "mlm". The demo's tiny random backbone needs a high learning rate; deberta-v3 ~5e-5.
-    mlm_probability: float = _help("Share of tokens masked in MLM domain adaptation.", 0.15)
-    mlm_epochs: float = _help("Epochs of MLM domain adaptation over train + test + external essays.", 2.0)
-    mlm_whole_word: bool = _help("Mask whole words instead of single tokens.", False)
-    mlm_max_length: int = _help("Tokens per MLM chunk (long essays are split into chunks).", 256)
-    mlm_batch_size: int = _help("Chunks per MLM batch.", 16)
-    mlm_lr: float = _help("MLM learning rate.", 1e-3)
-    mlm_held_out_share: float = _help("Share of essays held out to report MLM loss before and after.", 0.05)
-    mlm_add_newline_tokens: bool = _help("Add the newline token (as the models that use the result do).", True)
-    # Soft pseudo-labels (stage pseudo_label)
-    teacher: str = _help(
-        "Model of train.models whose fold-k model labels the external essays for fold k's students.",
-        "tiny-regression")
     regression_sigma: float = _help(
         "Spread (in score points) of the normal distribution a regression teacher's prediction becomes.", 0.6)
 
 
 @dataclass
 class ModelParams:
-    name: str = _help("Unique model name; artifacts go to output/train/<name>/.")
-    backbone: str = _help("Backbone name or folder; empty uses the top-level backbone.", "")
+    """One model: its key in train.models / train.students is its name (artifacts in output/train/<name>/)."""
+
+    name: str = _help("Set from the model's key in train.models / train.students (not written in params).", "")
+    backbone: str = _help("Hugging Face name or local folder of the backbone; empty: the top-level backbone.", "")
+    mlm: MlmParams = _help("MLM domain adaptation of the backbone before fine-tuning (off unless mlm.epochs > 0).",
+                           factory=MlmParams)
     # Model
     head: Literal["regression", "classification", "ordinal"] = _help("Prediction head.", "regression")
     regression_loss: Literal["mse", "smooth_l1"] = _help("Loss of the regression head.", "mse")
@@ -97,7 +106,7 @@ class ModelParams:
     lora_alpha: int = _help("LoRA alpha.", 16)
     lora_dropout: float = _help("LoRA dropout.", 0.05)
     # Tokenisation
-    max_length: int = _help("Tokens kept per essay (truncation beyond).", 512)
+    max_length: int = _help("Tokens kept per essay (truncation beyond).", 1024)
     add_newline_tokens: bool = _help("Add newline tokens (DeBERTa drops newlines) and resize embeddings.", True)
     padding_side: Literal["right", "left"] = _help("Side padding goes on.", "right")
     truncation_side: Literal["right", "left"] = _help("Side truncation cuts from.", "right")
@@ -131,6 +140,9 @@ class ModelParams:
         "Rows of the training folds for the main stage (held-out fold never used).", "all"
     )
     # Pseudo-labelled external essays (output/pseudo/fold_<k>.parquet, from a teacher that never saw fold k)
+    teacher: str = _help(
+        "Students only: the model (of train.models) whose fold-k model labels the external essays for this "
+        "student's fold k.", "")
     pseudo_labels: Literal["none", "two_stage", "concat"] = _help(
         "none; two_stage: a first stage on the fold's pseudo-labelled essays (soft labels: KL divergence, "
         "MSE on the expectation for regression), then the stages above; concat: pseudo rows join every "
@@ -145,64 +157,73 @@ class ModelParams:
 
 @dataclass
 class TrainParams:
-    models: list[ModelParams] = _help(
-        "Named model configs trained fold by fold (the defaults are the demo's tiny models).",
-        factory=lambda: [
-            ModelParams(name="tiny-regression", lr=2e-3, head_lr=5e-3, layerwise_lr_decay=1.0, max_length=384,
-                        epochs=3.0, eval_every=10),
-            ModelParams(name="tiny-ordinal", head="ordinal", pooling="attention", lr=2e-3, head_lr=5e-3,
-                        layerwise_lr_decay=1.0, max_length=384, epochs=3.0, stage1_rows="persuade",
-                        stage1_epochs=1.0, eval_every=10),
-            ModelParams(name="tiny-student", backbone="mlm", lr=2e-3, head_lr=5e-3, layerwise_lr_decay=1.0,
-                        max_length=384, epochs=3.0, pseudo_labels="two_stage", pseudo_epochs=1.0, eval_every=10),
-        ],
+    models: dict[str, ModelParams] = _help(
+        "Models trained on the labelled folds, keyed by name; each lists only what differs from the typed "
+        "defaults (dvc.yaml: one train@<name> stage each).",
+        factory=lambda: {"deberta-v3-large": ModelParams()},
+    )
+    students: dict[str, ModelParams] = _help(
+        "Models that also train on soft pseudo-labels of the external essays made by their `teacher` (dvc.yaml: "
+        "pseudo_label@<name>, then student@<name>). Same keys as train.models.",
+        factory=dict,
     )
     model: str = _help("Train only this model (dvc's per-model stages set it); empty: every model.", "")
-    folds: list[int] = _help("Folds to train; empty: every fold in folds.parquet.", factory=list)
+    folds: list[int] = _help("Folds to train (by hand, e.g. a first try on fold 0); empty: every fold.", factory=list)
     step: Literal["all", "fit", "collect"] = _help(
-        "all: train the folds, then write the model's oof.parquet once every fold exists; fit: train only "
-        "(dvc's per-fold stages); collect: only write oof.parquet and metrics.json (every fold must exist).",
+        "all: train the folds, then write the model's oof.parquet once every fold exists; fit: train only; "
+        "collect: only write oof.parquet and metrics.json (every fold must exist).",
         "all",
     )
-    dvc_models: list[str] = _help(
-        "Models without pseudo-labels that dvc.yaml trains, one `train` stage per model and fold.",
-        factory=lambda: ["tiny-regression", "tiny-ordinal"],
-    )
-    dvc_students: list[str] = _help(
-        "Models with pseudo-labels that dvc.yaml trains after the pseudo_label stage (`student` stages).",
-        factory=lambda: ["tiny-student"],
-    )
-    dvc_folds: list[int] = _help(
-        "Folds dvc.yaml trains as separate stages: 0 .. prepare.n_folds - 1 (the oof stage lists them too).",
-        factory=lambda: [0, 1, 2, 3],
+    fold_workers: int = _help(
+        "Folds trained at once, one process each. On CUDA each process gets its own GPU (CUDA_VISIBLE_DEVICES; "
+        "0: one process per visible GPU), on CPU a share of the cores. 1: one fold after the other (and the "
+        "way to run under accelerate launch / torchrun, where every process works on the same fold).",
+        1,
     )
     device: Literal["auto", "cpu", "cuda"] = _help("Where to train; auto picks CUDA when present.", "auto")
     num_threads: int = _help("CPU threads for torch (0: torch's default).", 0)
 
     def __post_init__(self) -> None:
-        names = [m.name for m in self.models]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ParamsError(f"train.models: model name(s) {twice} listed twice; every model needs its own name")
-        if self.model and self.model not in names:
-            raise ParamsError(f"train.model={self.model!r} is not in train.models ({', '.join(names)})")
-        listed_lists = [*self.dvc_models, *self.dvc_students]
-        if listed_lists and sorted(listed_lists) != sorted(names):
-            listed = set(listed_lists)
-            problems = [f"missing {sorted(set(names) - listed)}" if set(names) - listed else "",
-                        f"unknown {sorted(listed - set(names))}" if listed - set(names) else "",
-                        "a name listed twice" if len(listed) < len(listed_lists) else ""]
-            raise ParamsError(
-                "train.dvc_models + train.dvc_students must list every name in train.models once (dvc.yaml runs "
-                f"one stage per name there): {', '.join(p for p in problems if p)}"
-            )
-        by_name = {m.name: m for m in self.models}
-        wrong = [n for n in self.dvc_models if n in by_name and by_name[n].pseudo_labels != "none"]
-        wrong += [n for n in self.dvc_students if n in by_name and by_name[n].pseudo_labels == "none"]
-        if wrong:
-            raise ParamsError(
-                f"train: {wrong} listed on the wrong side: models with pseudo_labels go in train.dvc_students "
-                "(they run after the pseudo_label stage), the others in train.dvc_models")
+        bad = [n for n in {**self.models, **self.students} if not MODEL_NAME.fullmatch(n)]
+        if bad:
+            raise ParamsError(f"train: model name(s) {bad}: use letters, digits, '-' and '_' only (a name is a "
+                              "dotted-key part and a folder name)")
+        both = sorted(set(self.models) & set(self.students))
+        if both:
+            raise ParamsError(f"train: model name(s) {both} are both in train.models and train.students; every "
+                              "model needs its own name")
+        for name, spec in {**self.models, **self.students}.items():
+            if spec.name and spec.name != name:
+                raise ParamsError(f"train: model {name!r} says name: {spec.name!r}; a model's name is its key, drop "
+                                  "the name key")
+            spec.name = name
+        for name, spec in self.models.items():
+            if spec.pseudo_labels != "none" or spec.teacher:
+                raise ParamsError(
+                    f"train.models.{name}: pseudo_labels={spec.pseudo_labels!r}, teacher={spec.teacher!r}: a model "
+                    f"that trains on pseudo-labels goes under train.students (dvc runs it after pseudo_label@{name})")
+        for name, spec in self.students.items():
+            if spec.pseudo_labels == "none":
+                raise ParamsError(f"train.students.{name}: set pseudo_labels to two_stage or concat (a model without "
+                                  "pseudo-labels goes under train.models)")
+            if spec.teacher not in self.models:
+                known = ", ".join(self.models) or "none"
+                reason = ("is a student itself (its labels would feed on pseudo-labels)" if spec.teacher in self.students
+                          else "is not in train.models")
+                raise ParamsError(f"train.students.{name}.teacher={spec.teacher!r} {reason}; the teacher must be a "
+                                  f"model of train.models ({known})")
+        if self.model and self.model not in self.all_models:
+            raise ParamsError(f"train.model={self.model!r} is not in train.models or train.students "
+                              f"({', '.join(self.all_models) or 'none'})")
+        if self.fold_workers < 0:
+            raise ParamsError(f"train.fold_workers={self.fold_workers}: use 1 (one fold at a time), N > 1 folds at "
+                              "once, or 0 (one per visible GPU)")
+
+    @property
+    def all_models(self) -> dict[str, ModelParams]:
+        """Every model by name: train.models first, then train.students (the order they train in)."""
+        return {**self.models, **self.students}
+
 
 @dataclass
 class ThresholdsParams:
@@ -212,7 +233,7 @@ class ThresholdsParams:
 @dataclass
 class EnsembleParams:
     models: list[str] = _help(
-        "Models to post-process (03 and 04); empty means every model under output/train with an oof.parquet.",
+        "Models to post-process (03 and 04); empty: every model of train.models and train.students.",
         factory=list,
     )
     select_on: Literal["all", "other"] = _help(
@@ -259,24 +280,22 @@ class Params:
     seed: int = _help("Seed of every random choice in the pipeline.", 42)
     backbone: str = _help(
         "Default backbone: a Hugging Face name (microsoft/deberta-v3-large) or a local model folder.",
-        "input/tiny-deberta-v2",
+        "microsoft/deberta-v3-large",
     )
     paths: PathsParams = _help("Where stages read and write.", factory=PathsParams)
     prepare: PrepareParams = _help("Stage 00_prepare.", factory=PrepareParams)
-    pseudo: PseudoParams = _help("Stage 01_pseudo_label.", factory=PseudoParams)
+    pseudo: PseudoParams = _help("Stage 01_pseudo_label (pseudo-labels for train.students).", factory=PseudoParams)
     train: TrainParams = _help("Stage 02_train.", factory=TrainParams)
     thresholds: ThresholdsParams = _help("Stage 03_oof_thresholds.", factory=ThresholdsParams)
     ensemble: EnsembleParams = _help("Stage 04_ensemble.", factory=EnsembleParams)
     infer: InferParams = _help("Stage 05_infer.", factory=InferParams)
 
     def __post_init__(self) -> None:
-        models = {m.name: m for m in self.train.models}
-        students = [m.name for m in self.train.models if m.pseudo_labels != "none"]
-        if students and self.pseudo.teacher not in models:
-            raise ParamsError(f"pseudo.teacher={self.pseudo.teacher!r} is not in train.models ({', '.join(models)})")
-        if students and models[self.pseudo.teacher].pseudo_labels != "none":
-            raise ParamsError(f"pseudo.teacher={self.pseudo.teacher!r} trains on pseudo-labels itself; the teacher "
-                              "must be a model without them (its labels would otherwise feed on themselves)")
+        n_folds = self.prepare.n_folds
+        outside = sorted(k for k in set(self.train.folds) if not 0 <= k < n_folds)
+        if outside:
+            raise ParamsError(f"train.folds={self.train.folds}: fold(s) {outside} do not exist with "
+                              f"prepare.n_folds={n_folds} (folds are 0 .. {n_folds - 1})")
 
     @property
     def input_dir(self) -> Path:
@@ -477,24 +496,54 @@ def load_params(path: str | Path | None = "params.yaml", overrides: typing.Seque
         raise ParamsError(f"{exc}{source}") from None
 
 
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return "required"
+
+
 def describe(cls: type = Params, prefix: str = "") -> list[str]:
-    """One line per leaf parameter: dotted key, type, default and help."""
+    """One line per leaf parameter: dotted key, type, default and help.
+
+    A mapping of models (train.models, train.students) gets one line of its own, then the per-model keys
+    once, as `train.models.<name>.KEY`.
+    """
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = _join(prefix, f.name)
         tp = hints[f.name]
+        if cls is ModelParams and f.name == "name":
+            continue
         if dataclasses.is_dataclass(tp):
             lines.extend(describe(tp, key))
             continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = "required"
-        lines.append(f"  {key} ({_type_name(tp)}, default {default!r}): {f.metadata.get('help', '')}")
+        if typing.get_origin(tp) is dict and dataclasses.is_dataclass(typing.get_args(tp)[1]):
+            names = list(_default(f))
+            lines.append(f"  {key} (mapping: name -> model, default {names}): {f.metadata.get('help', '')}")
+            if key == "train.models":
+                lines.extend(describe(typing.get_args(tp)[1], f"{key}.<name>"))
+            continue
+        lines.append(f"  {key} ({_type_name(tp)}, default {_default(f)!r}): {f.metadata.get('help', '')}")
     return lines
+
+
+EXAMPLES = """examples:
+  python 02_train/run.py train.model=tiny-regression train.models.tiny-regression.lr=1e-5
+                         one field of one model (train.students.<name>.KEY the same way)
+  python 02_train/run.py train.model=tiny-regression train.folds=[0]   one fold only
+  python 00_prepare/run.py prepare.n_folds=5 paths.input=/data/aes2 paths.output=runs/five-folds"""
+
+
+def plain(params: Any) -> Any:
+    """Plain data that `load_params` reads back into an equal Params (models without their name key)."""
+    data = dataclasses.asdict(params)
+    for group in ("models", "students"):
+        for spec in data.get("train", {}).get(group, {}).values():
+            spec.pop("name", None)
+    return data
 
 
 def parse_cli(argv: typing.Sequence[str] | None = None, description: str = "") -> Params:
@@ -502,9 +551,57 @@ def parse_cli(argv: typing.Sequence[str] | None = None, description: str = "") -
     parser = argparse.ArgumentParser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="parameters (override with dotted.key=value):\n" + "\n".join(describe()),
+        epilog="parameters (override with dotted.key=value):\n" + "\n".join(describe()) + "\n\n" + EXAMPLES,
     )
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides applied on top of the file")
     args = parser.parse_args(argv)
     return load_params(args.params, args.overrides)
+
+
+def write_params_file(source: str | Path, target: str | Path, overrides: typing.Sequence[str] = ()) -> Params:
+    """Validate `source` with `overrides` and write it to `target` as the run's params file.
+
+    For a DVC run on other data: `paths.input` must hold the competition files and `paths.output` must be
+    a folder inside the repository (DVC 3 tracks no output outside it).
+    """
+    params = load_params(source, overrides)
+    data_dir, prep = Path(params.paths.input), params.prepare
+    names = [prep.train_file, prep.test_file, prep.sample_submission_file, prep.external_file]
+    missing = [n for n in names if n and not (data_dir / n).is_file()]
+    if missing:
+        raise ParamsError(f"paths.input={params.paths.input}: {', '.join(missing)} not found there. Put the "
+                          "competition files (and the PERSUADE corpus) in that folder, or set "
+                          "prepare.external_file= for a run without the corpus")
+    root = Path(target).resolve().parent
+    output = (root / params.paths.output).resolve()
+    if output != root and root not in output.parents:
+        raise ParamsError(f"paths.output={params.paths.output} is outside the repository ({root}); DVC keeps "
+                          "outputs inside it: use a folder such as runs/first")
+    text = Path(source).read_text(encoding="utf-8")
+    header = "".join(line for line in text.splitlines(keepends=True)[:40] if line.startswith("#"))
+    body = yaml.safe_dump(plain(params), sort_keys=False, width=110)
+    Path(target).write_text(f"# Written from {source} with {' '.join(overrides) or 'no overrides'}\n{header}{body}",
+                            encoding="utf-8")
+    return params
+
+
+def main(argv: typing.Sequence[str] | None = None) -> int:
+    """python -m common.config --from FILE [--to params.yaml] [dotted.key=value ...]"""
+    parser = argparse.ArgumentParser(description="Write a validated params file for a run (make competition).")
+    parser.add_argument("--from", dest="source", required=True, help="params file to start from")
+    parser.add_argument("--to", dest="target", default="params.yaml", help="file to write (default: params.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. paths.input=/data/aes2")
+    args = parser.parse_args(argv)
+    try:
+        params = write_params_file(args.source, args.target, args.overrides)
+    except ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.target}: {len(params.train.all_models)} model(s) ({', '.join(params.train.all_models)}), "
+          f"data {params.paths.input}, outputs {params.paths.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,7 @@ combines score, origin and prompt cluster, so every fold gets a similar mix of a
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from typing import Literal
 
@@ -112,3 +113,13 @@ def fold_summary(folds: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> d
         "score_share_max_deviation": round(max_dev, 4),
         "duplicate_groups_split": split_groups,
     }
+
+
+def folds_fingerprint(folds: pd.DataFrame) -> str:
+    """Hash of a folds table's essay ids, scores, folds and origins: which essay is held out where.
+
+    A trained fold records it, so a model trained on another folds table (00_prepare re-run with other
+    data or settings) is recognised as such.
+    """
+    columns = folds[["essay_id", "score", "fold", "origin"]].astype(str)
+    return hashlib.sha256(columns.to_csv(index=False).encode()).hexdigest()[:16]

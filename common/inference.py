@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from common import layout
 from common.clusters import PromptAssigner
 from common.config import Params
 from common.data import InputError, read_csv_checked
@@ -198,7 +199,7 @@ class ArtifactSet:
         for name in self.models:
             dirs = []
             for k in self.folds:
-                fold_dir = self.root / "train" / name / f"fold_{k}"
+                fold_dir = layout.fold_dir(self.root, name, k)
                 dirs.append(fold_dir)
                 for required in ("scorer.json", "train_config.json", "tokenizer_config.json"):
                     if not (fold_dir / required).is_file():

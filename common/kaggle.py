@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from pathlib import Path
 import nbformat
 import yaml
 
+from common import layout
 from common.config import Params, to_dict
 from common.inference import ENSEMBLE_DIR, ArtifactSet
 from common.io import staged_dir, write_json
@@ -87,7 +89,7 @@ def _ship_lora_base(fold_src: Path, fold_dst: Path, dataset: Path, shipped: dict
         shutil.copytree(_local_folder(base), dataset / "backbones" / slug,
                         ignore=shutil.ignore_patterns("*.msgpack", "*.h5", "flax_model*", "tf_model*", ".git*"))
         shipped[base] = slug
-    config["backbone"] = f"../../../backbones/{shipped[base]}"
+    config["backbone"] = Path(os.path.relpath(dataset / "backbones" / shipped[base], fold_dst)).as_posix()
     (fold_dst / "scorer.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
@@ -231,9 +233,9 @@ def build_bundle(params: Params, out: Path, wheels: bool = True, python_version:
         dataset = tmp / "dataset"
         bases: dict[str, str] = {}
         for name, dirs in artifacts.fold_dirs.items():
-            for fold_dir in dirs:
-                _copy_fold(fold_dir, dataset / "train" / name / fold_dir.name)
-                _ship_lora_base(fold_dir, dataset / "train" / name / fold_dir.name, dataset, bases)
+            for k, fold_dir in zip(artifacts.folds, dirs, strict=True):
+                _copy_fold(fold_dir, layout.fold_dir(dataset, name, k))
+                _ship_lora_base(fold_dir, layout.fold_dir(dataset, name, k), dataset, bases)
         shutil.copytree(artifacts.root / ENSEMBLE_DIR, dataset / ENSEMBLE_DIR)
         _copy_code(dataset / "code", params)
         requirements = dict(REQUIREMENTS)

@@ -96,18 +96,23 @@ class StudentPseudo:
     labels: dict[int, np.ndarray]  # fold -> (m, 6)
 
 
+def read_external(path: Path) -> pd.DataFrame:
+    """external.parquet of 00_prepare: the corpus essays that match no train essay."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run 00_prepare first (python 00_prepare/run.py)")
+    return pd.read_parquet(path)
+
+
 def load_student_pseudo(pseudo_dir: Path, external_path: Path, fold_ids: Sequence[int],
                         train_texts: Sequence[str]) -> StudentPseudo:
     """Read fold_<k>.parquet for every fold, check it, and drop any essay that is a train essay."""
-    if not external_path.is_file():
-        raise FileNotFoundError(f"{external_path} not found: run 00_prepare first")
-    external = pd.read_parquet(external_path).set_index("essay_id")
+    external = read_external(external_path).set_index("essay_id")
     frames = {}
     for k in fold_ids:
         path = pseudo_dir / f"fold_{k}.parquet"
         if not path.is_file():
-            raise PipelineError(f"{path} not found: run the pseudo_label stage (python 01_pseudo_label/run.py) "
-                                "before training a model with pseudo_labels")
+            raise PipelineError(f"{path} not found: make the student's pseudo-labels first (python "
+                                f"01_pseudo_label/run.py train.model={pseudo_dir.name})")
         frame = pd.read_parquet(path)
         problems = []
         if set(frame.get("teacher_fold", pd.Series([k])).unique()) != {k}:

@@ -24,7 +24,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from common.folds import folds_fingerprint
 from common.io import atomic_write
+from common.layout import stage_timings
 from common.stage import RUNTIME_LOG
 
 SECTIONS = ("data", "folds", "models", "ensemble", "confusion", "groups", "thresholds", "weights", "curves",
@@ -94,14 +96,35 @@ def _models(out: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((out / "thresholds").glob("*.json"))}
 
 
+def other_runs(out: Path) -> dict[str, str]:
+    """Model folders under train/ that this run's folds did not make: name -> why (the report skips them)."""
+    folds_path = out / "prepare" / "folds.parquet"
+    current = folds_fingerprint(pd.read_parquet(folds_path)) if folds_path.is_file() else None
+    found = {}
+    for folder in sorted(p for p in (out / "train").glob("*") if p.is_dir()):
+        made_on = (_json(folder / "metrics.json") or {}).get("folds_fingerprint")
+        if made_on is None:
+            found[folder.name] = "no OOF metrics"
+        elif made_on != current:
+            found[folder.name] = "trained on other folds (from another run)"
+    return found
+
+
+def _other_runs_note(out: Path) -> str:
+    stale = other_runs(out)
+    if not stale:
+        return ""
+    items = ", ".join(f"<b>{html.escape(n)}</b> ({html.escape(why)})" for n, why in stale.items())
+    return f'<p class="stale">Not part of this run, so not shown: {items}.</p>'
+
+
 def section_models(out: Path) -> str:
     models = _models(out)
     if not models:
         return _missing("03_oof_thresholds has not run: no output/thresholds/<model>.json")
     rows = []
     for name, m in models.items():
-        train_metrics = _json(out / "train" / name / "metrics.json") or {}
-        seconds = sum(f.get("seconds", 0) for f in train_metrics.get("folds", {}).values())
+        seconds = sum((_json(p) or {}).get("seconds", 0) for p in (out / "timings" / name).glob("fold_*.json"))
         rows.append({"model": name, "rounded": m["qwk_rounded"], "in-sample": m["qwk_insample"],
                      "nested": m["qwk_nested"], "rounded (other)": m.get("qwk_rounded_other"),
                      "nested (other)": m.get("qwk_nested_other"), "train seconds": seconds})
@@ -109,7 +132,7 @@ def section_models(out: Path) -> str:
     folds.columns = ["model", *[f"fold {c}" for c in folds.columns[1:]]]
     return ("<p>OOF QWK of each model: rounded predictions, thresholds fitted on all rows (in-sample), and "
             "thresholds fitted on the other folds (nested, the honest figure).</p>"
-            + _table(pd.DataFrame(rows)) + "<h3>Nested QWK per fold</h3>" + _table(folds))
+            + _table(pd.DataFrame(rows)) + "<h3>Nested QWK per fold</h3>" + _table(folds) + _other_runs_note(out))
 
 
 def section_ensemble(out: Path) -> str:
@@ -162,7 +185,10 @@ def section_weights(out: Path) -> str:
 
 def section_curves(out: Path) -> str:
     parts = []
+    stale = other_runs(out)
     for log_path in sorted((out / "train").glob("*/log.csv")):
+        if log_path.parent.name in stale:
+            continue
         log = pd.read_csv(log_path)
         fig, (ax_loss, ax_qwk) = plt.subplots(1, 2, figsize=(9, 3))
         for fold, group in log.groupby("fold"):
@@ -173,22 +199,26 @@ def section_curves(out: Path) -> str:
         ax_qwk.set(title="held-out QWK (rounded)", xlabel="step")
         ax_qwk.legend(fontsize=7)
         parts.append(_fig(fig))
-    return "".join(parts) or _missing("02_train has not written any log.csv")
+    return ("".join(parts) or _missing("02_train has not written any log.csv")) + _other_runs_note(out)
 
 
 def section_pseudo(out: Path) -> str:
     parts = []
-    mlm = _json(out / "mlm" / "metrics.json")
-    if mlm:
-        parts.append(f"<p>MLM domain adaptation: held-out loss {mlm['held_out_loss_before']:.4f} -> "
-                     f"{mlm['held_out_loss_after']:.4f} on {mlm['n_essays']} essays in {mlm['seconds']:.0f} s.</p>")
-    report = out / "pseudo" / "report.csv"
-    if report.is_file():
+    stale = other_runs(out)
+    for folder in sorted(p for p in (out / "train").glob("*") if p.is_dir() and p.name not in stale):
+        mlm = (_json(folder / "metrics.json") or {}).get("mlm")
+        if mlm:
+            parts.append(f"<p>{html.escape(folder.name)}: MLM domain adaptation, held-out loss "
+                         f"{mlm['held_out_loss_before']:.4f} -> {mlm['held_out_loss_after']:.4f} on "
+                         f"{mlm['n_essays']} essays.</p>")
+    for report in sorted((out / "pseudo").glob("*/report.csv")):
+        student = report.parent.name
         frame = pd.read_csv(report)
         keep = ["prompt_name", "n_pseudo", "n_train", "pseudo_mean", "train_mean"]
-        parts.append("<p>Pseudo-labels (last fold's teacher) vs train scores, per prompt:</p>"
-                     + _table(frame[[c for c in keep if c in frame.columns]], 3))
-        parts += [_img(p) for p in sorted((out / "pseudo" / "plots").glob("*.png"))]
+        teacher = (_json(report.parent / "metrics.json") or {}).get("teacher", "?")
+        parts.append(f"<p>Pseudo-labels of {html.escape(student)} (teacher {html.escape(str(teacher))}, last fold) "
+                     "vs train scores, per prompt:</p>" + _table(frame[[c for c in keep if c in frame.columns]], 3))
+        parts += [_img(p) for p in sorted((report.parent / "plots").glob("*.png"))]
     return "".join(parts) or _missing("01_pseudo_label has not run")
 
 
@@ -197,12 +227,14 @@ def section_inference(out: Path) -> str:
     if metrics is None:
         return _missing("05_infer has not run locally")
     estimate = metrics["runtime_estimate"]
+    timings = _json(stage_timings(out, "infer")) or {}
     counts = pd.DataFrame(sorted(metrics["score_counts"].items()), columns=["score", "essays"])
-    return (f"<p>{metrics['n_essays']} test essays in {metrics['seconds']:.1f} s on {', '.join(metrics['devices'])}. "
+    took = f" in {timings['seconds']:.1f} s" if "seconds" in timings else ""
+    here = (f", {timings['this_device_hours']:.2f} h on this machine" if "this_device_hours" in timings else "")
+    return (f"<p>{metrics['n_essays']} test essays{took} on {', '.join(metrics['devices'])}. "
             f"{estimate['n_essays']} essays with {estimate['n_fold_models']} fold models: "
-            f"{estimate['t4_hours']:.2f} h on a T4 (FLOP estimate), "
-            f"{estimate['this_device_hours']:.2f} h on this machine; Kaggle limit {estimate['limit_hours']:.0f} h.</p>"
-            + _table(counts))
+            f"{estimate['t4_hours']:.2f} h on a T4 (FLOP estimate){here}; Kaggle limit "
+            f"{estimate['limit_hours']:.0f} h.</p>" + _table(counts))
 
 
 def section_runtime(out: Path) -> str:

@@ -1,87 +1,136 @@
 """Stage 02_train's logic: every requested fold of one model, then its OOF file and metrics.
 
-A fold whose folder already holds predictions made with the same settings is skipped, so re-running
-the stage after a crash only trains what is missing (and `train_fold` resumes the fold that was
-interrupted from its checkpoint).
+A fold counts as trained only when its folder holds predictions made with the same fingerprint (settings,
+backbone, seed, the current folds and essays, its pseudo-labels: `training.fold_fingerprint`), so re-running
+the stage after a crash only trains what is missing (and `train_fold` resumes the interrupted fold from its
+checkpoint), while a fold trained on other folds or essays is trained again.
+
+Under `accelerate launch` / `torchrun` every process trains the same fold (data parallel) and only the
+main process writes: the fold folder is staged and renamed by it alone. `train_in_workers` is the other
+kind of parallelism: several folds at once, one process per GPU, each a plain single-fold run of the stage.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
-from common.config import ModelParams
+from common.config import ModelParams, Params, plain
+from common.folds import folds_fingerprint
 from common.io import staged_dir, write_csv, write_json, write_parquet
+from common.layout import checkpoint_dir, fold_dir, mlm_dir, model_dir, timings_file
 from common.metrics import qwk
 from common.pseudo import StudentPseudo
 from common.thresholds import round_scores
-from common.training import TrainingError, pseudo_checksum, tokenize_train, train_fold
+from common.training import TrainingError, fold_fingerprint, tokenize_train, train_fold
 
 log = logging.getLogger(__name__)
 
+TIMINGS = ("seconds", "train_tokens_per_second")
+"""A fold's figures that change from run to run: kept in timings/<model>/fold_<k>.json, outside train/,
+whose hashes dvc.lock tracks (the same params reproduce everything else there)."""
 
-def _done(fold_dir: Path, spec: ModelParams, backbone: str, seed: int, pseudo: float | None) -> bool:
-    config = fold_dir / "train_config.json"
-    if not (config.exists() and (fold_dir / "oof.parquet").exists()):
-        return False
-    saved = json.loads(config.read_text())
-    return (saved.get("model") == asdict(spec) and saved.get("backbone") == backbone and saved.get("seed") == seed
-            and saved.get("pseudo") == pseudo)
+
+def is_main_process() -> bool:
+    """True outside data parallelism and on its rank 0 (torchrun and accelerate launch set RANK)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def trained_fingerprint(folder: Path) -> str | None:
+    """The fingerprint a trained fold folder was made with, or None when it is incomplete or absent."""
+    config = folder / "train_config.json"
+    if not (config.is_file() and (folder / "oof.parquet").is_file() and (folder / "metrics.json").is_file()):
+        return None
+    return json.loads(config.read_text(encoding="utf-8")).get("fingerprint")
 
 
 def train_model(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: list[str], out: Path, seed: int,
                 only_folds: list[int], device: str, step: str = "all", pseudo: StudentPseudo | None = None) -> None:
     """Train the requested folds of `spec` (all when `only_folds` is empty) and collect its OOF file.
 
-    `step` "fit" only trains (dvc's per-fold stages), "collect" only writes the model's OOF file and
-    metrics (every fold must be trained), "all" does both, the OOF file once every fold exists.
+    `step` "fit" only trains, "collect" only writes the model's OOF file and metrics (every fold must be
+    trained on the current folds), "all" does both, the OOF file once every fold exists.
     """
     all_folds = sorted(folds["fold"].unique().tolist())
     missing = sorted(set(only_folds) - set(all_folds))
     if missing:
         raise TrainingError(f"train.folds asks for fold(s) {missing}, but folds.parquet has {all_folds}")
-    model_dir = out / "train" / spec.name
     if step == "collect":
-        if not collect_oof(model_dir, folds):
-            absent = [k for k in all_folds if not (model_dir / f"fold_{k}" / "oof.parquet").exists()]
-            raise TrainingError(
-                f"{spec.name}: fold(s) {absent} of folds.parquet are not trained, so its oof.parquet cannot be "
-                f"written. Train them (python 02_train/run.py train.model={spec.name} train.folds={absent}); "
-                "under dvc, check that train.dvc_folds and the deps of the oof stage in dvc.yaml list every fold."
-            )
+        collect_oof(out, spec.name, folds, required=True)
         return
     tokenizer, data = tokenize_train(spec, backbone, folds, texts, pseudo)
+    main = is_main_process()
     for fold in only_folds or all_folds:
-        fold_dir = model_dir / f"fold_{fold}"
-        if _done(fold_dir, spec, backbone, seed, pseudo_checksum(data, fold, spec)):
-            log.info("%s fold %d: already trained with these settings, kept", spec.name, fold)
+        final = fold_dir(out, spec.name, fold)
+        if trained_fingerprint(final) == fold_fingerprint(spec, backbone, data, fold, seed):
+            log.info("%s fold %d: already trained with these settings, folds and essays: kept", spec.name, fold)
             continue
-        with staged_dir(fold_dir) as tmp:
-            result = train_fold(spec, backbone, tokenizer, data, fold, tmp, out / "checkpoints" / spec.name /
-                                f"fold_{fold}", seed, device)
+        ckpt = checkpoint_dir(out, spec.name, fold)
+        if not main:  # data parallel: rank 0 alone writes the fold folder
+            train_fold(spec, backbone, tokenizer, data, fold, final, ckpt, seed, device)
+            continue
+        with staged_dir(final) as tmp:
+            result = train_fold(spec, backbone, tokenizer, data, fold, tmp, ckpt, seed, device)
             write_parquet(tmp / "oof.parquet", result.oof)
             write_csv(tmp / "log.csv", result.log)
-            write_json(tmp / "metrics.json", result.metrics)
+            write_json(tmp / "metrics.json", {k: v for k, v in result.metrics.items() if k not in TIMINGS})
+        write_json(timings_file(out, spec.name, fold),
+                   {k: result.metrics[k] for k in TIMINGS})
         log.info("%s fold %d: held-out QWK (rounded) %.4f in %.0f s", spec.name, fold,
                  result.metrics["qwk_rounded"], result.metrics["seconds"])
-    if step == "all":
-        collect_oof(model_dir, folds)
+    if main and not only_folds:
+        prune_folds(out, spec.name, all_folds)
+    if main and step == "all":
+        collect_oof(out, spec.name, folds)
 
 
-def collect_oof(model_dir: Path, folds: pd.DataFrame) -> bool:
-    """Write `oof.parquet` and `metrics.json` for the model once every fold is trained."""
+def prune_folds(out: Path, name: str, keep: list[int]) -> None:
+    """Remove fold folders of `name` that the current folds.parquet no longer has (after n_folds shrank)."""
+    parent = model_dir(out, name) / "folds"
+    wanted = {fold_dir(out, name, k).name for k in keep}
+    for stale in sorted(parent.glob("fold_*")) if parent.is_dir() else []:
+        if stale.is_dir() and stale.name not in wanted:
+            log.info("%s: removing %s (folds.parquet has folds %s)", name, stale, keep)
+            shutil.rmtree(stale)
+
+
+def collect_oof(out: Path, name: str, folds: pd.DataFrame, required: bool = False) -> bool:
+    """Write the model's `oof.parquet`, `metrics.json` and `log.csv` once every fold is trained on these folds.
+
+    A fold trained on another folds table (00_prepare re-run since) counts as missing. With `required`, a
+    missing fold is an error naming the command that trains it; otherwise it is logged and False returned.
+    """
     fold_ids = sorted(folds["fold"].unique().tolist())
-    parts = [model_dir / f"fold_{k}" / "oof.parquet" for k in fold_ids]
-    if not all(p.exists() for p in parts):
-        absent = [k for k, p in zip(fold_ids, parts, strict=True) if not p.exists()]
-        log.info("%s: fold(s) %s not trained yet; OOF file written once they are", model_dir.name, absent)
+    current = folds_fingerprint(folds)
+    absent, stale = [], []
+    for k in fold_ids:
+        folder = fold_dir(out, name, k)
+        if trained_fingerprint(folder) is None:
+            absent.append(k)
+        elif json.loads((folder / "train_config.json").read_text(encoding="utf-8")).get("folds") != current:
+            stale.append(k)
+    if absent or stale:
+        what = ", ".join(p for p in (f"fold(s) {absent} not trained" if absent else "",
+                                     f"fold(s) {stale} trained on other folds (00_prepare ran since)" if stale
+                                     else "") if p)
+        if required:
+            raise TrainingError(f"{name}: {what}, so its oof.parquet cannot be written. Train them: python "
+                                f"02_train/run.py train.model={name}")
+        log.info("%s: %s; OOF file written once every fold is trained", name, what)
         return False
-    oof = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    folder = model_dir(out, name)
+    oof = pd.concat([pd.read_parquet(fold_dir(out, name, k) / "oof.parquet") for k in fold_ids], ignore_index=True)
     merged = folds[["essay_id", "score", "origin"]].merge(oof, on="essay_id", how="inner")
     other = (merged["origin"] == "other").to_numpy()
     scores = round_scores(merged["pred"].to_numpy())
@@ -89,13 +138,164 @@ def collect_oof(model_dir: Path, folds: pd.DataFrame) -> bool:
     metrics = {
         "qwk_rounded": qwk(y, scores),
         "qwk_rounded_other": qwk(y[other], scores[other]) if other.any() else None,
-        "folds": {str(k): json.loads((model_dir / f"fold_{k}" / "metrics.json").read_text()) for k in fold_ids},
         "rmse": float(np.sqrt(np.mean((merged["pred"].to_numpy() - y) ** 2))),
+        "folds_fingerprint": current,
+        "folds": {str(k): _fold_summary(fold_dir(out, name, k)) for k in fold_ids},
+        "mlm": _mlm_summary(fold_dir(out, name, fold_ids[0])),
     }
-    logs = [pd.read_csv(model_dir / f"fold_{k}" / "log.csv").assign(fold=k) for k in fold_ids]
-    write_parquet(model_dir / "oof.parquet", oof)
-    write_csv(model_dir / "log.csv", pd.concat(logs, ignore_index=True))
-    write_json(model_dir / "metrics.json", metrics)
-    log.info("%s: OOF QWK (rounded) %.4f on all rows, %s on other-origin rows", model_dir.name,
-             metrics["qwk_rounded"], metrics["qwk_rounded_other"])
+    logs = [pd.read_csv(fold_dir(out, name, k) / "log.csv").assign(fold=k) for k in fold_ids]
+    write_parquet(folder / "oof.parquet", oof)
+    write_csv(folder / "log.csv", pd.concat(logs, ignore_index=True))
+    write_json(folder / "metrics.json", metrics)
+    log.info("%s: OOF QWK (rounded) %.4f on all rows, %s on other-origin rows", name, metrics["qwk_rounded"],
+             "n/a" if metrics["qwk_rounded_other"] is None else f"{metrics['qwk_rounded_other']:.4f}")
     return True
+
+
+def _fold_summary(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+
+
+def _mlm_summary(folder: Path) -> dict | None:
+    """Held-out MLM loss before and after, when the fold's backbone was adapted by masked-language modelling."""
+    from common.mlm import METRICS_FILE
+
+    backbone = json.loads((folder / "train_config.json").read_text(encoding="utf-8")).get("backbone", "")
+    path = Path(backbone) / METRICS_FILE
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    return {k: v for k, v in metrics.items() if not k.endswith("seconds")}
+
+
+# --------------------------------------------------------------------------------------------------
+# Backbones adapted by masked-language modelling
+
+
+def mlm_fingerprint(spec: ModelParams, base: str, texts: list[str], seed: int) -> str:
+    """Hash of what an MLM-adapted backbone depends on: base backbone, MLM settings, newline token, essays."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps({"base": base, "mlm": asdict(spec.mlm), "seed": seed,
+                                        "newline": spec.add_newline_tokens}, sort_keys=True).encode())
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def adapted_backbone(spec: ModelParams, base: str, texts: list[str], out: Path, seed: int, device: str) -> str:
+    """The backbone `spec` fine-tunes: `base`, or its MLM-adapted copy when spec.mlm.epochs > 0.
+
+    The adapted copy is made once per (base, MLM settings, essays, seed) and kept under
+    <out>/mlm/<fingerprint>/backbone, so models that share those settings share one MLM run and a re-run
+    finds it done. Under data parallelism the main process adapts, the others wait for it.
+    """
+    if spec.mlm.epochs <= 0:
+        return base
+    from common.mlm import METRICS_FILE, adapt_backbone
+
+    folder = mlm_dir(out, mlm_fingerprint(spec, base, texts, seed))
+    if (folder / METRICS_FILE).is_file():
+        log.info("%s: MLM-adapted backbone found in %s", spec.name, folder)
+        return str(folder)
+    if not is_main_process():
+        _wait_for(folder / METRICS_FILE)
+        return str(folder)
+    m = spec.mlm
+    log.info("%s: MLM domain adaptation of %s on %d essays -> %s", spec.name, base, len(texts), folder)
+    metrics = adapt_backbone(base, texts, folder, mlm_probability=m.probability, whole_word_masking=m.whole_word,
+                             max_length=m.max_length, epochs=m.epochs, batch_size=m.batch_size, lr=m.lr,
+                             held_out_share=m.held_out_share, add_newline_tokens=spec.add_newline_tokens,
+                             seed=seed, device=device)
+    log.info("%s: held-out MLM loss %.4f -> %.4f", spec.name, metrics["held_out_loss_before"],
+             metrics["held_out_loss_after"])
+    return str(folder)
+
+
+def _wait_for(path: Path, timeout_s: float = 7 * 24 * 3600) -> None:
+    start = time.monotonic()
+    while not path.is_file():
+        if time.monotonic() - start > timeout_s:
+            raise TrainingError(f"gave up waiting for the main process to write {path}")
+        time.sleep(5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Several folds at once, one process per GPU
+
+
+def worker_devices(device: str, workers: int) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES value of each worker slot (None: leave it as it is, i.e. CPU workers)."""
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = [g.strip() for g in visible.split(",") if g.strip()] if visible else [
+            str(i) for i in range(torch.cuda.device_count())]
+        n = workers or len(gpus)
+        if n > len(gpus):
+            raise TrainingError(f"train.fold_workers={workers} but only {len(gpus)} GPU(s) are visible ({gpus}); "
+                                "use at most one worker per GPU, or 0 for one per visible GPU")
+        return gpus[:n]
+    return [None] * max(workers, 1)
+
+
+def train_in_workers(params: Params, name: str, folds: list[int], script: Path) -> None:
+    """Train `folds` of model `name` in parallel processes (`python <script> ...`, one fold each).
+
+    Each worker is a plain single-fold, single-process run of the stage with the same params (written to
+    <out>/checkpoints/<name>/params.yaml), its own GPU on CUDA or a share of the CPU cores otherwise, and
+    its log in <out>/checkpoints/<name>/fold_<k>.log. A failed fold does not stop the others; the stage
+    then fails naming it, and a re-run trains only what is missing.
+    """
+    from tqdm.auto import tqdm
+
+    out = params.output_dir
+    slots = worker_devices(params.train.device, params.train.fold_workers)[: len(folds)]
+    work = checkpoint_dir(out, name, 0).parent
+    work.mkdir(parents=True, exist_ok=True)
+    params_file = work / "params.yaml"
+    params_file.write_text(yaml.safe_dump(plain(params), sort_keys=False), encoding="utf-8")
+    threads = params.train.num_threads or max(1, (os.cpu_count() or 1) // len(slots))
+    queue, running, failed = list(folds), {}, []
+    log.info("%s: training folds %s with %d workers (%s)", name, folds, len(slots),
+             ", ".join(f"GPU {s}" for s in slots) if slots[0] is not None else f"CPU, {threads} threads each")
+    with tqdm(total=len(folds), desc=f"{name} folds", unit="fold") as progress:
+        try:
+            while queue or running:
+                for slot, gpu in enumerate(slots):
+                    if slot in running or not queue:
+                        continue
+                    fold = queue.pop(0)
+                    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(script.resolve().parents[1]),
+                                                                        os.environ.get("PYTHONPATH", "")])}
+                    env.pop("RANK", None)
+                    if gpu is not None:
+                        env["CUDA_VISIBLE_DEVICES"] = gpu
+                    cmd = [sys.executable, str(script), "--params", str(params_file), f"train.model={name}",
+                           f"train.folds=[{fold}]", "train.step=fit", "train.fold_workers=1",
+                           f"train.num_threads={threads}"]
+                    handle = open(work / f"fold_{fold}.log", "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+                    running[slot] = (fold, subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT),
+                                     handle)
+                    log.info("%s fold %d: started on %s", name, fold, f"GPU {gpu}" if gpu is not None else "CPU")
+                for slot, (fold, proc, handle) in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    handle.close()
+                    del running[slot]
+                    progress.update(1)
+                    if proc.returncode:
+                        failed.append(fold)
+                        tail = (work / f"fold_{fold}.log").read_text(encoding="utf-8").splitlines()[-15:]
+                        log.error("%s fold %d failed (exit %d); end of %s:\n%s", name, fold, proc.returncode,
+                                  work / f"fold_{fold}.log", "\n".join(tail))
+                time.sleep(0.5)
+        finally:
+            for _, proc, handle in running.values():
+                proc.terminate()
+                proc.wait()
+                handle.close()
+    if failed:
+        raise TrainingError(f"{name}: fold(s) {sorted(failed)} failed in their workers (logs in {work}); the others "
+                            "are kept. Fix the cause and re-run: only the missing folds train again.")

@@ -22,6 +22,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
 from common.config import ModelParams
+from common.folds import folds_fingerprint
 from common.io import atomic_write, write_json
 from common.metrics import qwk
 from common.models import EssayScorer, ScorerConfig
@@ -68,6 +70,8 @@ class TrainData:
     # Pseudo-labelled external essays (students only): token ids (m rows) and soft labels per fold.
     pseudo_ids: list[list[int]] | None = None
     pseudo_labels: dict[int, np.ndarray] | None = None  # fold -> (m, 6), from a teacher that never saw it
+    source: str = ""  # fingerprint of the folds table and essay texts the rows come from (`data_fingerprint`)
+    folds_hash: str = ""  # fingerprint of the folds table alone (`folds_fingerprint`)
 
 
 @dataclass
@@ -122,6 +126,8 @@ def tokenize_train(spec: ModelParams, backbone: str, folds_frame: pd.DataFrame, 
         origins=folds_frame["origin"].to_numpy(),
         pseudo_ids=tokenize(pseudo.texts) if pseudo is not None else None,
         pseudo_labels=pseudo.labels if pseudo is not None else None,
+        source=data_fingerprint(folds_frame, texts, pseudo.texts if pseudo is not None else ()),
+        folds_hash=folds_fingerprint(folds_frame),
     )
     return tokenizer, data
 
@@ -135,11 +141,26 @@ def scorer_config(spec: ModelParams, backbone: str, vocab_size: int) -> ScorerCo
     )
 
 
-def pseudo_checksum(data: TrainData, fold: int, spec: ModelParams) -> float | None:
-    """A number that changes when fold `fold`'s pseudo-labels do (None for a model without them)."""
-    if spec.pseudo_labels == "none" or not data.pseudo_labels or fold not in data.pseudo_labels:
-        return None
-    return round(float(data.pseudo_labels[fold].astype(np.float64).sum()) + len(data.pseudo_ids or []), 6)
+def data_fingerprint(folds_frame: pd.DataFrame, texts: Sequence[str], pseudo_texts: Sequence[str] = ()) -> str:
+    """Hash of the folds table and every essay text (train, then pseudo-labelled) a model trains on."""
+    digest = hashlib.sha256(folds_fingerprint(folds_frame).encode())
+    for text in [*texts, "\0pseudo", *pseudo_texts]:
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def fold_fingerprint(spec: ModelParams, backbone: str, data: TrainData, fold: int, seed: int) -> str:
+    """What a fold's model depends on: settings, backbone, seed, fold, essays and folds, its pseudo-labels.
+
+    A trained fold whose `train_config.json` holds the same fingerprint is kept; a checkpoint with another
+    one is ignored.
+    """
+    pseudo = ""
+    if spec.pseudo_labels != "none" and data.pseudo_labels and fold in data.pseudo_labels:
+        pseudo = hashlib.sha256(np.ascontiguousarray(data.pseudo_labels[fold], np.float32).tobytes()).hexdigest()
+    text = json.dumps({"spec": asdict(spec), "backbone": backbone, "fold": fold, "seed": seed,
+                       "data": data.source, "pseudo": pseudo}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _stage_rows(data: TrainData, fold: int, which: str, with_pseudo: bool = False) -> np.ndarray:
@@ -203,12 +224,6 @@ def _get_rng() -> dict:
         "python": random.getstate(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
-
-
-def _fingerprint(spec: ModelParams, backbone: str, fold: int, seed: int, n_rows: int, pseudo: float = 0.0) -> str:
-    text = json.dumps({"spec": asdict(spec), "backbone": backbone, "fold": fold, "seed": seed, "n": n_rows,
-                       "pseudo": round(pseudo, 6)}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def train_fold(
@@ -276,8 +291,7 @@ def train_fold(
 
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = checkpoint_dir / CHECKPOINT_FILE
-    fingerprint = _fingerprint(spec, backbone, fold, seed, len(all_ids),
-                               float(data.pseudo_labels[fold].sum()) if use_pseudo else 0.0)
+    fingerprint = fold_fingerprint(spec, backbone, data, fold, seed)
     state, resume = _State(), None
     if ckpt_path.exists():
         resume = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -448,7 +462,8 @@ def train_fold(
         model.save(out_dir)
         tokenizer.save_pretrained(out_dir)
         write_json(out_dir / "train_config.json", {"model": asdict(spec), "backbone": backbone, "fold": fold,
-                                                   "seed": seed, "pseudo": pseudo_checksum(data, fold, spec)})
+                                                   "seed": seed, "fingerprint": fingerprint,
+                                                   "folds": data.folds_hash})
         if ckpt_path.exists():
             ckpt_path.unlink()
     accelerator.wait_for_everyone()

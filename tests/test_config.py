@@ -9,9 +9,28 @@ from common.config import ParamsError, load_params, parse_cli
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_repository_params_match_the_typed_defaults():
-    # params.yaml is the documented default run; drift between it and the dataclasses would surprise users.
-    assert load_params(REPO / "params.yaml") == load_params(None)
+def test_typed_defaults_are_a_real_run_and_the_demo_lives_in_params_yaml():
+    defaults = load_params(None)
+    assert defaults.backbone == "microsoft/deberta-v3-large"
+    assert list(defaults.train.models) == ["deberta-v3-large"] and not defaults.train.students
+    spec = defaults.train.models["deberta-v3-large"]
+    assert 1e-5 <= spec.lr <= 3e-5 and spec.max_length >= 1024 and spec.layerwise_lr_decay < 1.0
+    demo = load_params(REPO / "params.yaml")
+    assert demo.backbone == "input/tiny-deberta-v2"
+    assert all(s.lr > 1e-4 for s in demo.train.all_models.values())  # the tiny random backbone's rates
+    # Everything but the demo's own choices is the typed default: no second copy of the defaults to drift.
+    assert demo.prepare == defaults.prepare and demo.thresholds == defaults.thresholds
+
+
+def test_competition_params_are_deberta_v3_two_stage():
+    params = load_params(REPO / "params" / "competition.yaml")
+    assert params.prepare.n_folds == 4
+    for spec in params.train.all_models.values():
+        backbone = spec.backbone or params.backbone
+        assert backbone.startswith("microsoft/deberta-v3-")
+        assert spec.max_length >= 1024 and 1e-5 <= spec.lr <= 2e-5 and spec.layerwise_lr_decay < 1.0
+        assert (spec.stage1_rows, spec.stage2_rows) == ("persuade", "other")
+        assert spec.mixed_precision in ("auto", "fp16", "bf16")
 
 
 def test_override_applies_on_top_of_the_file():
@@ -60,26 +79,54 @@ def test_wrong_type_is_an_error_naming_the_key(override, expected):
 
 def test_numbers_in_scientific_notation_are_floats():
     # YAML 1.1 reads "1e-4" as a string; float fields still accept it.
-    params = load_params(None, ["prepare.near_duplicate_threshold=9e-1", "pseudo.mlm_probability=2e-1"])
+    params = load_params(None, ["prepare.near_duplicate_threshold=9e-1",
+                                "train.models.deberta-v3-large.mlm.probability=2e-1"])
     assert params.prepare.near_duplicate_threshold == pytest.approx(0.9)
-    assert params.pseudo.mlm_probability == pytest.approx(0.2)
+    assert params.train.models["deberta-v3-large"].mlm.probability == pytest.approx(0.2)
 
 
-def test_list_items_are_typed_and_indexable():
-    params = load_params(REPO / "params.yaml", ["train.models.0.max_length=256", "ensemble.models=[a, b]"])
-    assert params.train.models[0].max_length == 256
+def test_models_are_keyed_by_name_and_overridable_one_field_at_a_time():
+    params = load_params(REPO / "params.yaml", ["train.models.tiny-regression.max_length=256", "ensemble.models=[a, b]",
+                                                "train.students.tiny-student.mlm.lr=1e-4"])
+    assert params.train.models["tiny-regression"].max_length == 256
+    assert params.train.models["tiny-regression"].name == "tiny-regression"
+    assert params.train.models["tiny-ordinal"].max_length == 384  # the others keep theirs
+    assert params.train.students["tiny-student"].mlm.lr == pytest.approx(1e-4)
     assert params.ensemble.models == ["a", "b"]
-    with pytest.raises(ParamsError, match="past the end"):
-        load_params(REPO / "params.yaml", ["train.models.5.max_length=256"])
-    with pytest.raises(ParamsError, match=r"train\.models\.0\.heads"):
-        load_params(REPO / "params.yaml", ["train.models.0.heads=regression"])
+    with pytest.raises(ParamsError, match=r"train\.models\.tiny-regression\.heads"):
+        load_params(REPO / "params.yaml", ["train.models.tiny-regression.heads=regression"])
 
 
-def test_model_config_needs_a_name(tmp_path):
+@pytest.mark.parametrize(("text", "message"), [
+    ("train:\n  models:\n    a: {pseudo_labels: two_stage, teacher: b}\n", r"goes under train\.students"),
+    ("train:\n  models: {a: {}}\n  students:\n    s: {teacher: nobody, pseudo_labels: two_stage}\n",
+     r"teacher='nobody' is not in train\.models"),
+    ("train:\n  models: {a: {}}\n  students:\n    s: {teacher: a}\n", "set pseudo_labels"),
+    ("train:\n  models: {a: {}}\n  students:\n    s: {teacher: a, pseudo_labels: concat}\n"
+     "    t: {teacher: s, pseudo_labels: concat}\n", "is a student itself"),
+    ("train:\n  models: {a: {}}\n  students:\n    a: {teacher: a, pseudo_labels: concat}\n", "both in"),
+    ("train:\n  models:\n    a: {name: b}\n", "a model's name is its key"),
+    ("train:\n  models:\n    a.b: {}\n", "letters, digits"),
+    ("train:\n  models:\n    - a\n", "must be a mapping"),
+    ("train:\n  folds: [4]\n", r"do not exist with prepare\.n_folds=4"),
+    ("train:\n  fold_workers: -1\n", "fold_workers"),
+])
+def test_model_mistakes_are_named(tmp_path, text, message):
     path = tmp_path / "params.yaml"
-    path.write_text("train:\n  models:\n    - head: regression\n")
-    with pytest.raises(ParamsError, match=r"missing required key 'train\.models\.0\.name'"):
+    path.write_text(text)
+    with pytest.raises(ParamsError, match=message):
         load_params(path)
+
+
+def test_plain_params_load_back_equal(tmp_path):
+    import yaml
+
+    from common.config import plain
+
+    params = load_params(REPO / "params.yaml")
+    path = tmp_path / "copy.yaml"
+    path.write_text(yaml.safe_dump(plain(params)))
+    assert load_params(path) == params
 
 
 def test_override_syntax_errors():
@@ -107,5 +154,30 @@ def test_cli_help_lists_every_key(capsys):
         parse_cli(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for key in ("paths.input", "paths.output", "prepare.n_folds", "prepare.group_by", "ensemble.select_on"):
+    for key in ("paths.input", "paths.output", "prepare.n_folds", "prepare.group_by", "ensemble.select_on",
+                "train.models.<name>.lr (float, default 2e-05)", "train.models.<name>.mlm.epochs (float",
+                "train.models.<name>.head ('regression' | 'classification' | 'ordinal', default 'regression')",
+                "train.students (mapping", "train.fold_workers (int"):
         assert key in out
+    assert "train.models.tiny-regression.lr=1e-5" in out  # the override syntax of one field of one model
+    assert "ModelParams(" not in out and max(len(line) for line in out.splitlines()) < 400
+
+
+@pytest.mark.parametrize("stage", ["00_prepare/run.py", "01_pseudo_label/run.py", "01_pseudo_label/mlm.py",
+                                   "02_train/run.py", "03_oof_thresholds/run.py", "04_ensemble/run.py",
+                                   "05_infer/run.py"])
+def test_help_and_params_errors_come_before_torch_is_imported(stage):
+    import subprocess
+    import sys
+
+    probe = ("import runpy, sys\n"
+             f"sys.argv = [{stage!r}, *sys.argv[1:]]\n"
+             "try:\n"
+             f"    runpy.run_path({stage!r}, run_name='__main__')\n"
+             "except SystemExit as exc:\n"
+             "    print('exit', exc.code, 'torch' in sys.modules)\n")
+    for args in (["--help"], ["train.models.tiny-regression.lr=fast"]):
+        result = subprocess.run([sys.executable, "-c", probe, *args], cwd=REPO, capture_output=True, text=True,
+                                env={"PYTHONPATH": str(REPO), "PATH": ""}, timeout=120)
+        expected = "exit 0 False" if args == ["--help"] else "exit 2 False"
+        assert expected in result.stdout, result.stdout[-500:] + result.stderr[-2000:]

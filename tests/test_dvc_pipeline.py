@@ -1,5 +1,9 @@
-"""dvc.yaml and params.yaml agree: the per-(model, fold) training stages, the OOF stages and their deps."""
+"""dvc.yaml and params.yaml together: one stage per model, each stale only when its own params change,
+a hub backbone that plans, no pseudo-label stage without a student, the fold count in one place."""
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -7,59 +11,132 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.config import ParamsError, TrainParams, load_params
+from common.config import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_shipped_params_and_dvc_yaml_agree():
-    params = load_params(REPO / "params.yaml")
-    names = [m.name for m in params.train.models]
-    assert sorted([*params.train.dvc_models, *params.train.dvc_students]) == sorted(names)
-    assert params.train.dvc_folds == list(range(params.prepare.n_folds))
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    for collect in ("oof", "student_oof"):
-        fold_deps = [d for d in stages[collect]["do"]["deps"] if "/fold_" in d]
-        assert fold_deps == [f"${{paths.output}}/train/${{item}}/fold_{k}" for k in params.train.dvc_folds]
-    assert stages["train"]["matrix"] == {"model": "${train.dvc_models}", "fold": "${train.dvc_folds}"}
-    assert stages["student"]["matrix"] == {"model": "${train.dvc_students}", "fold": "${train.dvc_folds}"}
-    assert "${paths.output}/pseudo" in stages["student"]["deps"]
-    assert "${paths.output}/pseudo" not in stages["train"]["deps"]  # teachers never wait on their own labels
+def dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """dvc in `cwd`, its stages run by this interpreter on the code in `cwd` (as make demo runs them)."""
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+           "PYTHONPATH": str(cwd)}
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
 
 
-def test_dvc_lists_one_training_stage_per_model_and_fold():
-    listed = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--name-only"], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+LOCK_EVERY_STAGE = """
+from dvc.repo import Repo
+repo = Repo(".")
+with repo.lock:
+    for stage in repo.index.stages:
+        stage.save(allow_missing=True, run_cache=False)  # params and code as they are now; no output yet
+        stage.dump(update_pipeline=False)
+"""
+
+
+@pytest.fixture
+def repo_copy(tmp_path):
+    """The repository's files in a fresh git repository, with a dvc.lock recording today's params."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split()
+    for name in listed:
+        if (REPO / name).is_file() and name != "dvc.lock":
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, tmp_path / name)
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    locked = subprocess.run([sys.executable, "-c", LOCK_EVERY_STAGE], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert locked.returncode == 0, locked.stderr[-2000:]
+    return tmp_path
+
+
+def edit_params(folder: Path, edit) -> None:
+    path = folder / "params.yaml"
+    data = yaml.safe_load(path.read_text())
+    edit(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def stages_with_changed_params(folder: Path) -> dict[str, set[str]]:
+    """Stage name -> the params dvc status reports as changed against dvc.lock."""
+    status = dvc(folder, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    changed: dict[str, set[str]] = {}
+    for stage, entries in json.loads(status.stdout or "{}").items():
+        for entry in entries:
+            for params in (entry.get("changed deps", {}) or {}).values() if isinstance(entry, dict) else []:
+                if isinstance(params, dict):
+                    changed.setdefault(stage, set()).update(params)
+    return changed
+
+
+def test_one_stage_per_model_and_student():
+    listed = dvc(REPO, "stage", "list", "--name-only")
     assert listed.returncode == 0, listed.stderr
     stages = set(listed.stdout.split())
     params = load_params(REPO / "params.yaml")
-    for name in params.train.dvc_models:
-        assert f"oof@{name}" in stages
-        for fold in params.train.dvc_folds:
-            assert f"train@{name}-{fold}" in stages
-    for name in params.train.dvc_students:
-        assert f"student_oof@{name}" in stages
-        for fold in params.train.dvc_folds:
-            assert f"student@{name}-{fold}" in stages
-    assert {"mlm", "pseudo_label"} <= stages
+    assert {f"train@{name}" for name in params.train.models} <= stages
+    assert {f"pseudo_label@{name}" for name in params.train.students} <= stages
+    assert {f"student@{name}" for name in params.train.students} <= stages
+    assert not [s for s in stages if s.startswith(("mlm", "oof"))]  # MLM runs inside its model's stage
 
 
-@pytest.mark.parametrize("dvc_models, message", [
-    (["tiny-regression"], "missing ['tiny-ordinal']"),
-    (["tiny-regression", "tiny-ordinal", "other"], "unknown ['other']"),
-    (["tiny-regression", "tiny-ordinal", "tiny-ordinal"], "listed twice"),
-])
-def test_dvc_models_must_match_the_models(dvc_models, message):
-    with pytest.raises(ParamsError, match=r"train\.dvc_models") as info:
-        TrainParams(dvc_models=dvc_models)
-    assert message in str(info.value)
-    TrainParams(dvc_models=["tiny-ordinal", "tiny-regression"])  # order is free
+def test_the_fold_count_lives_in_prepare_only():
+    text = (REPO / "dvc.yaml").read_text()
+    assert "fold_0" not in text and "dvc_folds" not in text and "dvc_models" not in text
+    stages = yaml.safe_load(text)["stages"]
+    for group in ("train", "student"):
+        outs = stages[group]["do"]["outs"]
+        assert {"${paths.output}/train/${key}/folds": {"persist": True}} in outs
+        assert "prepare.n_folds" in stages[group]["do"]["params"]
 
 
-def test_students_and_teachers_sit_on_their_own_side():
-    with pytest.raises(ParamsError, match="wrong side"):
-        TrainParams(dvc_models=["tiny-regression", "tiny-ordinal", "tiny-student"], dvc_students=[])
-    with pytest.raises(ParamsError, match="teacher"):
-        load_params(REPO / "params.yaml", ["pseudo.teacher=tiny-student"])
-    with pytest.raises(ParamsError, match=r"not in train\.models"):
-        load_params(REPO / "params.yaml", ["pseudo.teacher=nobody"])
+def test_editing_one_model_stales_only_that_model(repo_copy):
+    before = stages_with_changed_params(repo_copy)
+    assert not any(before.values())
+    edit_params(repo_copy, lambda d: d["train"]["models"]["tiny-ordinal"].update(lr=0.001))
+    after = stages_with_changed_params(repo_copy)
+    newly = {stage for stage, keys in after.items() if keys - before.get(stage, set())}
+    assert "train@tiny-ordinal" in newly
+    assert not {s for s in newly if s.startswith(("train@", "student@", "pseudo_label@"))} - {"train@tiny-ordinal"}
+    assert after["train@tiny-ordinal"] - before.get("train@tiny-ordinal", set()) == {"train.models.tiny-ordinal"}
+
+    edit_params(repo_copy, lambda d: d["pseudo"].update(regression_sigma=0.9))
+    again = stages_with_changed_params(repo_copy)
+    newly = {stage for stage, keys in again.items() if keys - after.get(stage, set())}
+    assert newly == {f"pseudo_label@{name}" for name in load_params(repo_copy / "params.yaml").train.students}
+
+
+def test_a_hub_backbone_is_a_param_not_a_path(repo_copy):
+    def hub(data):
+        data["backbone"] = "microsoft/deberta-v3-large"
+        data["train"]["models"]["tiny-regression"]["backbone"] = "microsoft/deberta-v3-base"
+    edit_params(repo_copy, hub)
+    status = dvc(repo_copy, "status", "--json")
+    assert status.returncode == 0 and "microsoft" not in status.stdout.replace("train.models", "")
+    assert {"backbone"} <= stages_with_changed_params(repo_copy)["train@tiny-regression"]
+    prepared = dvc(repo_copy, "repro", "prepare")
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    dry = dvc(repo_copy, "repro", "--dry", "train@tiny-regression")
+    assert dry.returncode == 0, dry.stderr
+    assert "python 02_train/run.py train.model=tiny-regression" in dry.stdout
+
+
+def test_without_students_no_pseudo_label_stage_runs(repo_copy):
+    edit_params(repo_copy, lambda d: d["train"].update(students={}))
+    listed = dvc(repo_copy, "stage", "list", "--name-only")
+    assert listed.returncode == 0, listed.stderr
+    assert not [s for s in listed.stdout.split() if s.startswith(("pseudo_label", "student"))]
+    dry = dvc(repo_copy, "repro", "--dry", "--force")  # --force: plan every stage, none has run yet
+    assert dry.returncode == 0, dry.stderr
+    assert "01_pseudo_label" not in dry.stdout and "train.model=tiny-regression" in dry.stdout
+
+
+def test_the_competition_params_plan(repo_copy):
+    shutil.copy(REPO / "params" / "competition.yaml", repo_copy / "params.yaml")
+    edit_params(repo_copy, lambda d: d["paths"].update(input="input", output="runs/first"))
+    dry = dvc(repo_copy, "repro", "--dry", "--force")
+    assert dry.returncode == 0, dry.stderr
+    params = load_params(repo_copy / "params.yaml")
+    for name in params.train.all_models:
+        assert f"train.model={name}" in dry.stdout

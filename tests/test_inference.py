@@ -183,12 +183,13 @@ def test_the_guard_really_blocks_the_network(tmp_path):
 @pytest.mark.slow
 def test_a_missing_fold_fails_before_any_work_and_writes_nothing(artifacts_copy, demo_input, tmp_path):
     folder, _ = demo_input
-    shutil.rmtree(artifacts_copy / "train" / "tiny-ordinal" / "fold_2")
-    (artifacts_copy / "train" / "tiny-regression" / "fold_1" / "model.safetensors").unlink()
+    shutil.rmtree(artifacts_copy / "train" / "tiny-ordinal" / "folds" / "fold_2")
+    (artifacts_copy / "train" / "tiny-regression" / "folds" / "fold_1" / "model.safetensors").unlink()
     with pytest.raises(ArtifactError) as info:
         ArtifactSet.open(artifacts_copy)
     message = str(info.value)
-    assert "tiny-ordinal/fold_2/scorer.json" in message and "tiny-regression/fold_1/model.safetensors" in message
+    assert "tiny-ordinal/folds/fold_2/scorer.json" in message
+    assert "tiny-regression/folds/fold_1/model.safetensors" in message
     result = run_cli("05_infer", f"paths.input={folder}", f"paths.output={tmp_path / 'out'}",
                      f"infer.artifacts={artifacts_copy}")
     assert result.returncode == 2 and "Traceback" not in result.stderr and "fold_2" in result.stderr
@@ -347,14 +348,14 @@ def test_a_lora_models_base_backbone_travels_with_the_bundle(tmp_path, monkeypat
     model = EssayScorer(ScorerConfig(backbone="input/tiny-deberta-v2", head="classification", lora_r=4))
     with torch.no_grad():
         model.head.fc.weight.normal_()  # a trained-looking head: a re-initialised one would differ
-    src = tmp_path / "run" / "train" / "m" / "fold_0"
+    src = tmp_path / "run" / "train" / "m" / "folds" / "fold_0"
     model.save(src)
     dataset = tmp_path / "dataset"
-    dst = dataset / "train" / "m" / "fold_0"
+    dst = dataset / "train" / "m" / "folds" / "fold_0"
     shutil.copytree(src, dst)
     _ship_lora_base(src, dst, dataset, {})
     assert (dataset / "backbones" / "base_0" / "config.json").is_file()
-    assert json.loads((dst / "scorer.json").read_text())["backbone"] == "../../../backbones/base_0"
+    assert json.loads((dst / "scorer.json").read_text())["backbone"] == "../../../../backbones/base_0"
 
     ids = torch.randint(5, 1000, (3, 20))
     mask = torch.ones_like(ids)
@@ -362,5 +363,5 @@ def test_a_lora_models_base_backbone_travels_with_the_bundle(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)  # elsewhere: input/tiny-deberta-v2 no longer resolves from here
     moved = tmp_path / "mounted"
     shutil.move(str(dataset), moved)  # Kaggle mounts the dataset wherever it likes
-    got, _ = EssayScorer.load(moved / "train" / "m" / "fold_0").predict(ids, mask)
+    got, _ = EssayScorer.load(moved / "train" / "m" / "folds" / "fold_0").predict(ids, mask)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)

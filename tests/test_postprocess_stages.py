@@ -15,6 +15,7 @@ from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 FAST = "ensemble.n_trials=2"
+MODELS = "ensemble.models=[model_a, model_b, noise]"
 
 
 def write_oof(out: Path, name: str, noise: float, seed: int, probs: bool = False) -> pd.DataFrame:
@@ -41,7 +42,7 @@ def run_dir(prepared_output, demo_input, tmp_path_factory):
     write_oof(out, "noise", 3.0, 3)
     folder, _ = demo_input
     for stage in ("03_oof_thresholds", "04_ensemble"):
-        result = run_cli(stage, f"paths.input={folder}", f"paths.output={out}", FAST)
+        result = run_cli(stage, f"paths.input={folder}", f"paths.output={out}", FAST, MODELS)
         assert result.returncode == 0, result.stderr
     return out
 
@@ -122,6 +123,8 @@ def bad_dir(run_dir, tmp_path):
 def expect_failure(out: Path, demo_input, *overrides: str) -> str:
     folder, _ = demo_input
     stderr = ""
+    if not any(o.startswith("ensemble.models=") for o in overrides):
+        overrides = ("ensemble.models=[model_a]", *overrides)
     for stage in ("03_oof_thresholds", "04_ensemble"):
         result = run_cli(stage, f"paths.input={folder}", f"paths.output={out}", FAST, *overrides)
         assert result.returncode == 2, result.stderr
@@ -169,3 +172,16 @@ def test_model_listed_twice(bad_dir, demo_input):
 def test_model_without_oof(bad_dir, demo_input):
     msg = expect_failure(bad_dir, demo_input, "ensemble.models=[model_a, missing]")
     assert "no oof.parquet for model(s) ['missing']" in msg and "['model_a']" in msg
+
+
+def test_model_folders_of_another_run_are_not_read(bad_dir, demo_input):
+    """By default 03 and 04 read the models params names, not every folder under output/train/."""
+    stale = write_oof(bad_dir, "demo-leftover", 0.6, 4)
+    stale.iloc[:-5].to_parquet(bad_dir / "train" / "demo-leftover" / "oof.parquet")  # made on other essays
+    folder, _ = demo_input
+    only_a = ["train.models={model_a: {}}", "train.students={}"]
+    for stage in ("03_oof_thresholds", "04_ensemble"):
+        result = run_cli(stage, f"paths.input={folder}", f"paths.output={bad_dir}", FAST, *only_a)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in (bad_dir / "thresholds").glob("*.json")) == ["model_a.json"]
+    assert json.loads((bad_dir / "ensemble" / "metrics.json").read_text())["models"] == ["model_a"]

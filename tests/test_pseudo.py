@@ -197,46 +197,57 @@ def test_bad_pseudo_files_are_refused(world, tmp_path):
 # The stages on the demo
 
 
+STUDENT_FAST = ["train.students.tiny-student.max_length=64", "train.students.tiny-student.epochs=1.0",
+                "train.students.tiny-student.mlm.max_length=64"]
+
+
 @pytest.mark.slow
 def test_mlm_pseudo_label_and_student_stages(trained_output, demo_input, tmp_path):
     folder, _ = demo_input
     out = tmp_path / "out"
     shutil.copytree(trained_output, out)
-    common = [f"paths.input={folder}", f"paths.output={out}"]
+    common = [f"paths.input={folder}", f"paths.output={out}", *TINY_TRAIN, *STUDENT_FAST]
     mlm = run_mlm(common)
     assert mlm.returncode == 0, mlm.stderr[-3000:]
-    metrics = json.loads((out / "mlm" / "metrics.json").read_text())
+    (adapted,) = (out / "mlm").glob("*/backbone")
+    metrics = json.loads((adapted / "mlm_metrics.json").read_text())
     assert metrics["held_out_loss_after"] < metrics["held_out_loss_before"]
 
     labelled = run_cli("01_pseudo_label", *common)
     assert labelled.returncode == 0, labelled.stderr[-3000:]
     external = pd.read_parquet(out / "prepare" / "external.parquet")
     for k in range(4):
-        frame = pd.read_parquet(out / "pseudo" / f"fold_{k}.parquet")
+        frame = pd.read_parquet(out / "pseudo" / "tiny-student" / f"fold_{k}.parquet")
         assert set(frame["teacher_fold"]) == {k} and len(frame) == len(external)
+        assert set(frame["teacher"]) == {"tiny-regression"}
         np.testing.assert_allclose(frame[PROB_COLUMNS].sum(axis=1), 1.0, atol=1e-6)
-    report = pd.read_csv(out / "pseudo" / "report.csv")
+    report = pd.read_csv(out / "pseudo" / "tiny-student" / "report.csv")
     assert {"prompt_name", "pseudo_mean", "train_mean", "pseudo_3", "train_3"} <= set(report.columns)
 
-    student = run_cli("02_train", *common, *TINY_TRAIN, "train.models.2.max_length=64",
-                      "train.models.2.epochs=1.0", "train.model=tiny-student", "train.folds=[0]")
+    student = run_cli("02_train", *common, "train.model=tiny-student", "train.folds=[0]")
     assert student.returncode == 0, student.stderr[-3000:]
-    fold_metrics = json.loads((out / "train" / "tiny-student" / "fold_0" / "metrics.json").read_text())
-    assert fold_metrics["n_pseudo_rows"] == len(external)
-    config = json.loads((out / "train" / "tiny-student" / "fold_0" / "train_config.json").read_text())
-    assert config["backbone"] == str(out / "mlm" / "backbone") and config["pseudo"] is not None
+    assert "MLM-adapted backbone found" in student.stderr  # the MLM run above, not a second one
+    fold = out / "train" / "tiny-student" / "folds" / "fold_0"
+    assert json.loads((fold / "metrics.json").read_text())["n_pseudo_rows"] == len(external)
+    assert json.loads((fold / "train_config.json").read_text())["backbone"] == str(adapted)
+
+    # Other MLM settings are another adapted backbone; pseudo-label settings do not touch MLM's.
+    assert run_mlm([*common, "pseudo.regression_sigma=0.9"]).returncode == 0
+    assert len(list((out / "mlm").glob("*/backbone"))) == 1
+    assert run_mlm([*common, "train.students.tiny-student.mlm.epochs=1.0"]).returncode == 0
+    assert len(list((out / "mlm").glob("*/backbone"))) == 2
 
 
 def run_mlm(common):
-    return subprocess.run([sys.executable, "01_pseudo_label/mlm.py", *common, "pseudo.mlm_epochs=2.0",
-                           "pseudo.mlm_max_length=64"], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.run([sys.executable, "01_pseudo_label/mlm.py", *common, "train.model=tiny-student"],
+                          cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 @pytest.mark.slow
-def test_a_student_without_pseudo_labels_is_told_to_run_the_stage(prepared_output, demo_input, tmp_path):
+def test_a_student_without_pseudo_labels_is_told_to_make_them(prepared_output, demo_input, tmp_path):
     folder, _ = demo_input
     shutil.copytree(prepared_output / "prepare", tmp_path / "prepare")
     result = run_cli("02_train", f"paths.input={folder}", f"paths.output={tmp_path}", "train.model=tiny-student",
-                     "train.models.2.backbone=")
-    assert result.returncode == 2 and "run the pseudo_label stage" in result.stderr
+                     "train.students.tiny-student.mlm.epochs=0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "python 01_pseudo_label/run.py train.model=tiny-student" in result.stderr

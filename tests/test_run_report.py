@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from common.run_report import SECTIONS, build_report, main
-from tests.conftest import run_cli
+from tests.conftest import NO_STUDENTS, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def test_report_has_every_section_with_the_runs_numbers(trained_output, demo_inp
     folder, _ = demo_input
     out = tmp_path / "out"
     shutil.copytree(trained_output, out)
-    common = [f"paths.input={folder}", f"paths.output={out}"]
+    common = [f"paths.input={folder}", f"paths.output={out}", NO_STUDENTS]
     for stage in ("03_oof_thresholds", "05_infer"):
         result = run_cli(stage, *common)
         assert result.returncode == 0, result.stderr[-2000:]
@@ -54,6 +54,20 @@ def test_report_has_every_section_with_the_runs_numbers(trained_output, demo_inp
     assert "01_pseudo_label has not run" in section(page, "pseudo")  # an absent stage is said, not hidden
     runs = pd.read_json(out / "runtime.jsonl", lines=True)
     assert (runs["seconds"] > 0).all()
+
+
+def test_models_of_another_run_are_skipped_and_named(trained_output, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(trained_output, out)
+    stale = out / "train" / "old-model"
+    shutil.copytree(out / "train" / "tiny-regression", stale)
+    metrics = json.loads((stale / "metrics.json").read_text())
+    (stale / "metrics.json").write_text(json.dumps({**metrics, "folds_fingerprint": "0123456789abcdef"}))
+    page = build_report(out)
+    curves = section(page, "curves")
+    assert curves.count("<img") == 2  # the two models of this run, not the leftover
+    assert "old-model</b> (trained on other folds (from another run))" in curves
+    assert "tiny-regression</b>" not in curves
 
 
 def test_no_run_no_report(tmp_path, capsys):

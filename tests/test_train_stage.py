@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
-FAST = ["train.models.0.max_length=64", "train.models.0.epochs=1.0", "train.device=cpu"]
+FAST = ["train.models.tiny-regression.max_length=64", "train.models.tiny-regression.epochs=1.0", "train.device=cpu"]
 
 
 def test_trains_every_fold_and_collects_the_oof(prepared_output, demo_input, tmp_path):
@@ -19,9 +19,10 @@ def test_trains_every_fold_and_collects_the_oof(prepared_output, demo_input, tmp
     first = run_cli("02_train", *args, "train.folds=[0, 1]", "train.step=fit")
     assert first.returncode == 0, first.stderr[-3000:]
     model_dir = tmp_path / "train" / "tiny-regression"
-    assert sorted(p.name for p in model_dir.iterdir()) == ["fold_0", "fold_1"]
+    assert sorted(p.name for p in (model_dir / "folds").iterdir()) == ["fold_0", "fold_1"]
     early = run_cli("02_train", *args, "train.step=collect")  # folds 2 and 3 are missing
-    assert early.returncode == 2 and "fold(s) [2, 3]" in early.stderr and "train.folds=[2, 3]" in early.stderr
+    assert early.returncode == 2 and "fold(s) [2, 3] not trained" in early.stderr
+    assert "python 02_train/run.py train.model=tiny-regression" in early.stderr
     assert not (model_dir / "oof.parquet").exists()
     second = run_cli("02_train", *args)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -35,11 +36,13 @@ def test_trains_every_fold_and_collects_the_oof(prepared_output, demo_input, tmp
     assert set(metrics["folds"]) == {"0", "1", "2", "3"} and -1 <= metrics["qwk_rounded"] <= 1
     log = pd.read_csv(model_dir / "log.csv")
     assert sorted(log["fold"].unique()) == [0, 1, 2, 3] and log["eval_qwk"].notna().any()
-    fold_dir = model_dir / "fold_0"
+    fold_dir = model_dir / "folds" / "fold_0"
     for name in ("scorer.json", "model.safetensors", "tokenizer.json", "train_config.json", "log.csv"):
         assert (fold_dir / name).exists(), name
     assert not (tmp_path / "checkpoints" / "tiny-regression" / "fold_0" / "checkpoint.pt").exists()
-    assert not [p for p in model_dir.iterdir() if p.name.startswith(".")]
+    assert not [p for p in (model_dir / "folds").iterdir() if p.name.startswith(".")]
+    timings = json.loads((tmp_path / "timings" / "tiny-regression" / "fold_0.json").read_text())
+    assert timings["seconds"] > 0 and "seconds" not in json.loads((fold_dir / "metrics.json").read_text())
 
 
 def test_missing_backbone(prepared_output, demo_input, tmp_path):
@@ -56,17 +59,117 @@ def test_fold_not_in_folds_file(prepared_output, demo_input, tmp_path):
     folder, _ = demo_input
     shutil.copytree(prepared_output / "prepare", tmp_path / "prepare")
     result = run_cli("02_train", f"paths.input={folder}", f"paths.output={tmp_path}", *FAST, "train.folds=[9]")
-    assert result.returncode == 2
-    assert "train.folds asks for fold(s) [9], but folds.parquet has [0, 1, 2, 3]" in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "train.folds=[9]: fold(s) [9] do not exist with prepare.n_folds=4" in result.stderr
 
 
-def test_model_listed_twice(tmp_path):
+def test_a_bad_model_entry_is_named(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text("train:\n  models:\n    - name: a\n    - name: a\n")
+    params.write_text("train:\n  models: {a: {}}\n  students: {a: {teacher: a, pseudo_labels: concat}}\n")
     result = run_cli("02_train", "--params", str(params))
-    assert result.returncode == 2 and "model name(s) ['a'] listed twice" in result.stderr
+    assert result.returncode == 2 and "['a'] are both in train.models and train.students" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_without_folds_it_says_to_run_prepare(tmp_path):
     result = run_cli("02_train", f"paths.output={tmp_path}")
     assert result.returncode == 2 and "run 00_prepare first" in result.stderr
+
+
+@pytest.fixture
+def model_args(prepared_output, demo_input, tmp_path):
+    """Command-line arguments training tiny-regression briefly into tmp_path, which holds 00_prepare's output."""
+    folder, _ = demo_input
+    shutil.copytree(prepared_output / "prepare", tmp_path / "prepare")
+    return [f"paths.input={folder}", f"paths.output={tmp_path}", "train.model=tiny-regression", *FAST]
+
+
+def test_folds_from_another_prepare_run_are_trained_again(model_args, tmp_path):
+    """A fold counts as trained only on the folds and essays it was trained on (00_prepare re-run since)."""
+    args = model_args
+    first = run_cli("02_train", *args, "train.folds=[0]")
+    assert first.returncode == 0, first.stderr[-3000:]
+    same = run_cli("02_train", *args, "train.folds=[0]")
+    assert "fold 0: already trained" in same.stderr
+    folds_path = tmp_path / "prepare" / "folds.parquet"
+    folds = pd.read_parquet(folds_path)
+    folds["fold"] = (folds["fold"] + 1) % 4  # other folds: the old fold-0 model saw today's fold 0
+    folds.to_parquet(folds_path, index=False)
+    collect = run_cli("02_train", *args, "train.step=collect")
+    assert collect.returncode == 2 and "trained on other folds" in collect.stderr
+    again = run_cli("02_train", *args, "train.folds=[0]")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already trained" not in again.stderr
+    oof = pd.read_parquet(tmp_path / "train" / "tiny-regression" / "folds" / "fold_0" / "oof.parquet")
+    assert sorted(oof["essay_id"]) == sorted(folds.loc[folds["fold"] == 0, "essay_id"])
+
+
+def test_folds_file_and_n_folds_must_agree(model_args, tmp_path):
+    result = run_cli("02_train", *model_args, "prepare.n_folds=5")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "has 4 folds but prepare.n_folds=5: re-run 00_prepare" in result.stderr
+    assert not (tmp_path / "train").exists()
+
+
+def _assert_complete_fold(folder):
+    from common.models import EssayScorer
+
+    for name in ("scorer.json", "model.safetensors", "tokenizer.json", "train_config.json", "oof.parquet",
+                 "metrics.json", "log.csv"):
+        assert (folder / name).is_file(), folder / name
+    EssayScorer.load(folder)
+
+
+def test_two_data_parallel_processes_keep_every_fold(model_args, tmp_path):
+    """torchrun with 2 gloo processes through the stage script: rank 0 alone stages and renames each fold."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+         "02_train/run.py", *model_args, "train.folds=[0, 1]", "train.num_threads=1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folds_dir = tmp_path / "train" / "tiny-regression" / "folds"
+    assert sorted(p.name for p in folds_dir.iterdir()) == ["fold_0", "fold_1"]
+    for k in (0, 1):
+        _assert_complete_fold(folds_dir / f"fold_{k}")
+        assert json.loads((folds_dir / f"fold_{k}" / "metrics.json").read_text())["processes"] == 2
+
+
+def test_fold_workers_train_folds_concurrently(model_args, tmp_path):
+    """train.fold_workers=2 on CPU: two folds at a time in their own processes, then the OOF file."""
+    args = model_args
+    result = run_cli("02_train", *args, "train.fold_workers=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "training folds [0, 1, 2, 3] with 2 workers" in result.stderr
+    started = [line for line in result.stderr.splitlines() if "started on CPU" in line]
+    assert len(started) == 4
+    model_dir = tmp_path / "train" / "tiny-regression"
+    for k in range(4):
+        _assert_complete_fold(model_dir / "folds" / f"fold_{k}")
+        assert (tmp_path / "checkpoints" / "tiny-regression" / f"fold_{k}.log").is_file()
+    oof = pd.read_parquet(model_dir / "oof.parquet")
+    assert len(oof) == len(pd.read_parquet(tmp_path / "prepare" / "folds.parquet"))
+    # The workers were real runs of the stage: the same folds by hand are found trained.
+    again = run_cli("02_train", *args)
+    assert again.returncode == 0 and again.stderr.count("already trained") == 4
+
+
+def test_a_failing_worker_fails_the_stage_and_keeps_the_other_folds(model_args, tmp_path):
+    folds = pd.read_parquet(tmp_path / "prepare" / "folds.parquet")
+    # Fold 1's first stage selects no rows: its training rows hold no persuade-origin essay.
+    folds.loc[(folds["fold"] != 1) & (folds["origin"] == "persuade"), "origin"] = "other"
+    folds.to_parquet(tmp_path / "prepare" / "folds.parquet", index=False)
+    result = run_cli("02_train", *model_args, "train.models.tiny-regression.stage1_rows=persuade",
+                     "train.fold_workers=2")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "fold(s) [1] failed in their workers" in result.stderr and "selects no rows" in result.stderr
+    for k in (0, 2, 3):
+        _assert_complete_fold(tmp_path / "train" / "tiny-regression" / "folds" / f"fold_{k}")
+    assert not (tmp_path / "train" / "tiny-regression" / "folds" / "fold_1").exists()
+    assert not (tmp_path / "train" / "tiny-regression" / "oof.parquet").exists()
