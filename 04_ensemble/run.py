@@ -15,14 +15,20 @@ from common.io import staged_dir, write_json
 from common.oof import load_oof_predictions
 from common.reports import plot_bars, plot_confusion
 from common.selection import build_ensemble
-from common.stage import exit_with
+from common.stage import PipelineError, exit_with
 
 log = logging.getLogger("aes.ensemble")
 
 
 def main(params: Params) -> None:
     out, p = params.output_dir, params.ensemble
-    oofs = load_oof_predictions(out / "train", out / "prepare" / "folds.parquet", p.models or list(params.train.all_models))
+    oofs = load_oof_predictions(out / "train", out / "prepare" / "folds.parquet",
+                                p.models or list(params.train.all_models))
+    known = set(oofs.folds["prompt_name"])
+    unknown = sorted(set(p.prompt_mix) - known)
+    if unknown:
+        raise PipelineError(f"ensemble.prompt_mix names prompt(s) {unknown} that folds.parquet does not have; its "
+                            f"prompts: {sorted(known)}. Fix: use those names (or ensemble.prompt_mix={{}})")
     texts = None
     if p.text_features or p.prompt_features:
         prep = params.prepare

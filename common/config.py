@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 import sys
 import types
@@ -215,9 +216,6 @@ class TrainParams:
         if self.model and self.model not in self.all_models:
             raise ParamsError(f"train.model={self.model!r} is not in train.models or train.students "
                               f"({', '.join(self.all_models) or 'none'})")
-        if self.fold_workers < 0:
-            raise ParamsError(f"train.fold_workers={self.fold_workers}: use 1 (one fold at a time), N > 1 folds at "
-                              "once, or 0 (one per visible GPU)")
 
     @property
     def all_models(self) -> dict[str, ModelParams]:
@@ -252,6 +250,12 @@ class EnsembleParams:
         "Target share per prompt name used to weight rows when fitting and scoring; empty: unweighted.",
         factory=dict,
     )
+
+    def __post_init__(self) -> None:
+        shares = self.prompt_mix
+        if shares and (any(not math.isfinite(v) or v < 0 for v in shares.values()) or sum(shares.values()) <= 0):
+            raise ParamsError(f"ensemble.prompt_mix={shares}: shares must be >= 0 with a positive sum, e.g. "
+                              "{Driverless cars: 0.3, Exploring Venus: 0.7}")
 
 
 @dataclass
@@ -304,6 +308,46 @@ class Params:
     @property
     def output_dir(self) -> Path:
         return Path(self.paths.output)
+
+
+# --------------------------------------------------------------------------------------------------
+# Allowed ranges, checked at load (a value outside fails before any work) and shown by --help.
+# "[a, b]" includes both ends, "(a, b)" neither; inf is unbounded.
+
+RANGES: dict[type, dict[str, str]] = {
+    PrepareParams: {"n_folds": "[2, inf)", "near_duplicate_threshold": "(0, 1]", "n_clusters": "[0, inf)",
+                    "max_clusters": "[2, inf)"},
+    MlmParams: {"epochs": "[0, inf)", "probability": "(0, 1)", "max_length": "[8, inf)", "batch_size": "[1, inf)",
+                "lr": "(0, inf)", "held_out_share": "[0, 1)"},
+    PseudoParams: {"regression_sigma": "(0, inf)"},
+    ModelParams: {
+        "dropout": "[0, 1)", "n_dropout_samples": "[1, inf)", "reinit_layers": "[0, inf)", "lora_r": "[0, inf)",
+        "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)", "max_length": "[8, inf)", "epochs": "(0, inf)",
+        "batch_size": "[1, inf)", "effective_batch_size": "[1, inf)", "lr": "(0, inf)", "head_lr": "(0, inf)",
+        "layerwise_lr_decay": "(0, 1]", "weight_decay": "[0, inf)", "warmup_ratio": "[0, 1)",
+        "max_grad_norm": "[0, inf)", "ema_decay": "[0, 1)", "awp_lr": "[0, inf)", "awp_eps": "[0, inf)",
+        "awp_start_epoch": "[0, inf)", "stage1_epochs": "(0, inf)", "pseudo_epochs": "(0, inf)",
+        "pseudo_weight": "(0, inf)", "eval_every": "[0, inf)", "checkpoint_every": "[0, inf)"},
+    TrainParams: {"fold_workers": "[0, inf)", "num_threads": "[0, inf)"},
+    EnsembleParams: {"n_trials": "[1, inf)"},
+    InferParams: {"batch_tokens": "[64, inf)", "expected_essays": "[1, inf)", "time_limit_hours": "(0, inf)"},
+    Params: {"seed": "[0, inf)"},
+}
+
+
+def _in_range(value: float, spec: str) -> bool:
+    low, high = (float(part) for part in spec[1:-1].split(","))
+    above = value >= low if spec[0] == "[" else value > low
+    below = value <= high if spec[-1] == "]" else value < high
+    return above and below
+
+
+def _check_ranges(obj: Any, prefix: str) -> None:
+    for name, spec in RANGES.get(type(obj), {}).items():
+        value = getattr(obj, name)
+        if not _in_range(value, spec):
+            raise ParamsError(f"'{_join(prefix, name)}' = {value!r} is out of range: allowed {spec}. Fix: set it "
+                              "within that range")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -405,7 +449,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     if missing:
         raise ParamsError(f"missing required key '{_join(prefix, missing[0])}'")
     kwargs = {name: _convert(value, hints[name], _join(prefix, name)) for name, value in data.items()}
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    _check_ranges(built, prefix)
+    return built
 
 
 def _join(prefix: str, name: str) -> str:
@@ -526,7 +572,9 @@ def describe(cls: type = Params, prefix: str = "") -> list[str]:
             if key == "train.models":
                 lines.extend(describe(typing.get_args(tp)[1], f"{key}.<name>"))
             continue
-        lines.append(f"  {key} ({_type_name(tp)}, default {_default(f)!r}): {f.metadata.get('help', '')}")
+        allowed = RANGES.get(cls, {}).get(f.name)
+        kind = f"{_type_name(tp)} in {allowed}" if allowed else _type_name(tp)
+        lines.append(f"  {key} ({kind}, default {_default(f)!r}): {f.metadata.get('help', '')}")
     return lines
 
 

@@ -23,15 +23,21 @@ CORPUS_COLUMNS = ("essay_id_comp", "full_text", "holistic_essay_score", "prompt_
 _MAX_ROWS_SHOWN = 5
 _INTEGER = re.compile(r"^\s*[+-]?\d+(\.0*)?\s*$")
 _LETTER = re.compile(r"[^\W\d_]")
+_PLACEHOLDERS = frozenset({"nan", "-nan", "none", "null", "na", "n/a", "#n/a", "#na", "<na>"})
+"""Whole-essay texts (stripped, lower-cased) that a spreadsheet or export writes for a missing value."""
 
 
 class InputError(ValueError):
-    """One or more input files are unusable; the message lists every problem with its fix."""
+    """One or more input files are unusable; the message lists every problem with its fix.
 
-    def __init__(self, problems: list[str]):
+    `what` names the files in the header line ("N problem(s) in <what>:"), e.g. "the OOF predictions".
+    """
+
+    def __init__(self, problems: list[str], what: str = "the input files"):
         self.problems = problems
+        self.what = what
         lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{len(problems)} problem(s) in the input files:\n{lines}")
+        super().__init__(f"{len(problems)} problem(s) in {what}:\n{lines}")
 
 
 @dataclass
@@ -109,13 +115,22 @@ def _check_ids(path: Path, frame: pd.DataFrame, column: str, problems: list[str]
 
 def _check_texts(path: Path, frame: pd.DataFrame, id_column: str, problems: list[str]) -> None:
     texts = frame["full_text"]
-    empty = texts.str.strip() == ""
+    stripped = texts.str.strip()
+    empty = stripped == ""
     if empty.any():
         problems.append(
             f"{path}: empty full_text at {_rows(frame, empty, id_column)}. Fix: remove those rows or restore "
             "their text."
         )
-    no_letters = ~empty & ~texts.map(lambda t: bool(_LETTER.search(t)))
+    placeholder = stripped.str.lower().isin(_PLACEHOLDERS)
+    if placeholder.any():
+        values = ", ".join(repr(v) for v in dict.fromkeys(stripped[placeholder]))
+        problems.append(
+            f"{path}: full_text is a missing-value placeholder ({values}), not an essay, at "
+            f"{_rows(frame, placeholder, id_column)}. Fix: remove those rows or restore their text (the export "
+            "wrote a placeholder where the essay was missing)."
+        )
+    no_letters = ~empty & ~placeholder & ~texts.map(lambda t: bool(_LETTER.search(t)))
     if no_letters.any():
         problems.append(
             f"{path}: full_text holds no words (numbers or symbols only) at "

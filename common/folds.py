@@ -56,7 +56,8 @@ def make_folds(
         raise ValueError(f"prepare.group_by must be 'duplicates' or 'prompt', got {group_by!r}")
     n_groups = len(np.unique(duplicate_groups))
     if n_groups < n_folds:
-        raise ValueError(f"only {n_groups} distinct essays (after grouping duplicates) for {n_folds} folds")
+        raise ValueError(f"only {n_groups} distinct essays (after grouping duplicates) for {n_folds} folds; lower "
+                         "prepare.n_folds")
 
     # Two stratification labels (score x origin, and score x cluster x origin) and a few shuffles each;
     # keep the split whose worst share gap is smallest, score gaps counting double. On small data the

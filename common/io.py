@@ -22,9 +22,36 @@ from typing import Any
 import pandas as pd
 
 
+def _umask() -> int:
+    """The process umask: read from /proc where Linux shows it, else set to 0 and put back at once (another
+    thread creating a file in that instant would get umask 0, hence /proc first)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _file_mode() -> int:
+    """The mode a plain open() would give a new file (0644 under umask 022), not mkstemp's 0600."""
+    return 0o666 & ~_umask()
+
+
+def _dir_mode() -> int:
+    """The mode a plain mkdir would give a new folder (0755 under umask 022), not mkdtemp's 0700."""
+    return 0o777 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success rename it to `path`, on error delete it."""
+    """Yield a temporary path next to `path`; on success rename it to `path`, on error delete it.
+
+    The final file gets the mode a plain open() would give it (0644 under umask 022).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
@@ -32,6 +59,7 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _file_mode())  # the writer may have replaced the file: set the mode last
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -118,7 +146,8 @@ def staged_dir(final: str | Path) -> Iterator[Path]:
 
     On any exception the temporary folder is removed and `final` is left as it was. A process killed
     outright (SIGKILL, out of memory) cannot clean up: the next `staged_dir` for the same folder clears
-    what it left (`remove_stale_staging`; the folder names carry the host and process id).
+    what it left (`remove_stale_staging`; the folder names carry the host and process id). The folder
+    gets the mode a plain mkdir would give it (0755 under umask 022).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -128,6 +157,7 @@ def staged_dir(final: str | Path) -> Iterator[Path]:
     _OWN_STAGING.add(str(tmp))
     old = None
     try:
+        os.chmod(tmp, _dir_mode())
         yield tmp
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=prefix % "old", dir=final.parent))  # a unique name ...

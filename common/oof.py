@@ -21,6 +21,8 @@ from common.thresholds import ThresholdSearcher, round_scores, threshold_report
 OOF_FILE = "oof.parquet"
 OOF_COLUMNS = ("essay_id", "fold", "pred")
 FOLDS_COLUMNS = ("essay_id", "score", "fold", "prompt_cluster", "prompt_name", "origin")
+_OOF = "the OOF predictions"
+"""What `InputError`'s header ("N problem(s) in ...:") names for problems with the models' OOF files."""
 
 
 @dataclass
@@ -60,7 +62,7 @@ def read_folds(path: Path) -> pd.DataFrame:
     folds = pd.read_parquet(path)
     missing = [c for c in FOLDS_COLUMNS if c not in folds.columns]
     if missing:
-        raise InputError([f"{path}: missing column(s) {missing}. Fix: re-run 00_prepare."])
+        raise InputError([f"{path}: missing column(s) {missing}. Fix: re-run 00_prepare."], what="the folds table")
     return folds.reset_index(drop=True)
 
 
@@ -68,14 +70,18 @@ def discover_models(train_dir: Path, names: list[str]) -> list[str]:
     """The models to use: `names` if given (each must exist), else every folder with an OOF file."""
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
-        raise InputError([f"model(s) {duplicated} listed twice in ensemble.models. Fix: list each model once."])
+        raise InputError(
+            [f"model(s) {duplicated} listed twice in ensemble.models. Fix: list each model once."],
+            what="the ensemble's model list",
+        )
     if names:
         missing = [n for n in names if not (train_dir / n / OOF_FILE).exists()]
         if missing:
             found = sorted(p.parent.name for p in train_dir.glob(f"*/{OOF_FILE}"))
             raise InputError(
                 [f"{train_dir}: no {OOF_FILE} for model(s) {missing} (models with OOF predictions: {found}). "
-                 "Fix: train them with 02_train, or correct ensemble.models."]
+                 "Fix: train them with 02_train, or correct ensemble.models."],
+                what=_OOF,
             )
         return list(names)
     found = sorted(p.parent.name for p in train_dir.glob(f"*/{OOF_FILE}"))
@@ -146,7 +152,7 @@ def load_oof_predictions(train_dir: Path, folds_path: Path, names: list[str]) ->
         if prob_cols:
             probs[name] = aligned[prob_cols].astype(np.float64)
     if problems:
-        raise InputError(problems)
+        raise InputError(problems, what=_OOF)
     return OOFSet(folds=folds, preds=preds, probs=probs)
 
 

@@ -19,6 +19,7 @@ from common.config import PrepareParams
 from common.data import CompetitionData
 from common.duplicates import connected_groups, duplicate_pairs, match_origin
 from common.folds import fold_summary, make_folds
+from common.stage import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def prepare(data: CompetitionData, params: PrepareParams, seed: int) -> PrepareR
     timings: dict[str, float] = {}
     train, test, corpus = data.train, data.test, data.corpus
     n_train = len(train)
+    check_data_limits(train, len(test), params)
 
     start = time.perf_counter()
     if corpus is not None:
@@ -76,9 +78,12 @@ def prepare(data: CompetitionData, params: PrepareParams, seed: int) -> PrepareR
 
     start = time.perf_counter()
     scores = train["score"].to_numpy()
-    folds = make_folds(
-        scores, groups, train_clusters, origin, n_folds=params.n_folds, seed=seed, group_by=params.group_by
-    )
+    try:
+        folds = make_folds(
+            scores, groups, train_clusters, origin, n_folds=params.n_folds, seed=seed, group_by=params.group_by
+        )
+    except ValueError as exc:  # too few essays or prompt clusters for the folds asked for
+        raise PipelineError(f"{params.train_file}: {exc}") from None
     timings["folds"] = time.perf_counter() - start
 
     folds_frame = pd.DataFrame(
@@ -122,6 +127,26 @@ def prepare(data: CompetitionData, params: PrepareParams, seed: int) -> PrepareR
         clusters.n_clusters, quality.get("purity"), quality.get("ari"), quality.get("n_known"),
     )
     return PrepareResult(folds=folds_frame, external=external, test_prompts=test_prompts, metrics=metrics)
+
+
+def check_data_limits(train: pd.DataFrame, n_test: int, params: PrepareParams) -> None:
+    """Limits the params must respect on this data, checked before the matching and clustering."""
+    problems = []
+    counts = train["score"].value_counts()
+    if params.n_folds > len(train):
+        problems.append(f"prepare.n_folds={params.n_folds} folds for {len(train)} train essays: every fold needs "
+                        f"held-out essays; use prepare.n_folds <= {len(train)}")
+    elif counts.max() < params.n_folds:
+        fix = (f"use prepare.n_folds <= {counts.max()}" if counts.max() >= 2 else
+               "use a train file with more essays")
+        problems.append(f"no score has {params.n_folds} essays (the most common, {counts.idxmax()}, has "
+                        f"{counts.max()}), so no fold split keeps the score mix; {fix}")
+    if params.n_clusters > len(train) + n_test:
+        problems.append(f"prepare.n_clusters={params.n_clusters} prompt clusters for {len(train) + n_test} essays; "
+                        "use fewer (0 chooses from the data)")
+    if problems:
+        raise PipelineError(f"{params.train_file} ({len(train)} essays, scores {counts.sort_index().to_dict()}) "
+                            "does not fit the params: " + "; ".join(problems))
 
 
 def _finite_or_none(value: float | None) -> float | None:

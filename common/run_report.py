@@ -213,6 +213,8 @@ def section_pseudo(out: Path) -> str:
                          f"{mlm['n_essays']} essays.</p>")
     for report in sorted((out / "pseudo").glob("*/report.csv")):
         student = report.parent.name
+        if student in stale:
+            continue
         frame = pd.read_csv(report)
         keep = ["prompt_name", "n_pseudo", "n_train", "pseudo_mean", "train_mean"]
         teacher = (_json(report.parent / "metrics.json") or {}).get("teacher", "?")

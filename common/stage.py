@@ -5,7 +5,9 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 from common.config import Params, ParamsError, parse_cli
 from common.data import InputError
 from common.logs import setup_logging
+from common.offline import force_offline
 
 log = logging.getLogger("aes")
 
@@ -43,12 +46,31 @@ def record_runtime(output_dir: Path, stage: str, args: Sequence[str], seconds: f
         handle.write(line + "\n")
 
 
+def check_writable(folder: Path) -> None:
+    """Fail at start, not after hours of work, when the stage could not save anything under `folder`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PipelineError(
+            f"paths.output={folder} is not writable ({exc.strerror or exc}), so this stage could save nothing. "
+            "Fix: set paths.output to a writable folder, or fix that folder's permissions or mount") from None
+
+
 def run_stage(main: Callable[[Params], None], description: str, argv: Sequence[str] | None = None) -> int:
-    """Parse params, run `main(params)`, and turn expected failures into a one-paragraph message + exit 2."""
+    """Parse params, run `main(params)`, and turn expected failures into a one-paragraph message + exit 2.
+
+    Hugging Face libraries are kept offline first (no stage downloads anything; a backbone must be a local
+    folder or in the cache), and the output folder is checked for writing before any work.
+    """
+    force_offline()
     setup_logging()
     start = time.perf_counter()
     try:
         params = parse_cli(argv, description=description)
+        check_writable(params.output_dir)
         main(params)
     except (ParamsError, InputError, PipelineError, FileNotFoundError) as exc:
         log.error("%s", exc)

@@ -12,13 +12,16 @@ kind of parallelism: several folds at once, one process per GPU, each a plain si
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -48,11 +51,29 @@ def is_main_process() -> bool:
 
 
 def trained_fingerprint(folder: Path) -> str | None:
-    """The fingerprint a trained fold folder was made with, or None when it is incomplete or absent."""
-    config = folder / "train_config.json"
-    if not (config.is_file() and (folder / "oof.parquet").is_file() and (folder / "metrics.json").is_file()):
+    """The fingerprint a trained fold folder was made with, or None when it is incomplete, unreadable or absent
+    (such a fold trains again)."""
+    needed = ("train_config.json", "oof.parquet", "metrics.json", "scorer.json", "tokenizer_config.json")
+    if not all((folder / name).is_file() for name in needed) or not _weights_readable(folder):
         return None
-    return json.loads(config.read_text(encoding="utf-8")).get("fingerprint")
+    try:
+        return json.loads((folder / "train_config.json").read_text(encoding="utf-8")).get("fingerprint")
+    except ValueError:
+        return None
+
+
+def _weights_readable(folder: Path) -> bool:
+    """The fold's weights header opens (a copy cut short does not): model.safetensors, or a LoRA adapter."""
+    from safetensors import SafetensorError, safe_open
+
+    if (folder / "adapter").is_dir():
+        return True
+    try:
+        with safe_open(str(folder / "model.safetensors"), "pt") as weights:
+            weights.keys()
+    except (SafetensorError, OSError):
+        return False
+    return True
 
 
 def train_model(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: list[str], out: Path, seed: int,
@@ -76,23 +97,93 @@ def train_model(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: li
         if trained_fingerprint(final) == fold_fingerprint(spec, backbone, data, fold, seed):
             log.info("%s fold %d: already trained with these settings, folds and essays: kept", spec.name, fold)
             continue
-        ckpt = checkpoint_dir(out, spec.name, fold)
-        if not main:  # data parallel: rank 0 alone writes the fold folder
-            train_fold(spec, backbone, tokenizer, data, fold, final, ckpt, seed, device)
-            continue
-        with staged_dir(final) as tmp:
-            result = train_fold(spec, backbone, tokenizer, data, fold, tmp, ckpt, seed, device)
-            write_parquet(tmp / "oof.parquet", result.oof)
-            write_csv(tmp / "log.csv", result.log)
-            write_json(tmp / "metrics.json", {k: v for k, v in result.metrics.items() if k not in TIMINGS})
-        write_json(timings_file(out, spec.name, fold),
-                   {k: result.metrics[k] for k in TIMINGS})
-        log.info("%s fold %d: held-out QWK (rounded) %.4f in %.0f s", spec.name, fold,
-                 result.metrics["qwk_rounded"], result.metrics["seconds"])
+        with fold_lock(checkpoint_dir(out, spec.name, fold), f"{spec.name} fold {fold}", main):
+            _train_one_fold(spec, backbone, tokenizer, data, fold, out, seed, device, main)
     if main and not only_folds:
         prune_folds(out, spec.name, all_folds)
     if main and step == "all":
         collect_oof(out, spec.name, folds)
+
+
+def _train_one_fold(spec: ModelParams, backbone: str, tokenizer, data, fold: int, out: Path, seed: int, device: str,
+                    main: bool) -> None:
+    final = fold_dir(out, spec.name, fold)
+    if main:
+        stale_oof = model_dir(out, spec.name) / "oof.parquet"
+        if stale_oof.exists():  # it no longer describes the model once a fold trains again
+            log.info("%s: removing %s while fold %d trains", spec.name, stale_oof, fold)
+            stale_oof.unlink()
+    ckpt = checkpoint_dir(out, spec.name, fold)
+    if not main:  # data parallel: rank 0 alone writes the fold folder
+        train_fold(spec, backbone, tokenizer, data, fold, final, ckpt, seed, device)
+        return
+    with staged_dir(final) as tmp:
+        result = train_fold(spec, backbone, tokenizer, data, fold, tmp, ckpt, seed, device)
+        write_parquet(tmp / "oof.parquet", result.oof)
+        write_csv(tmp / "log.csv", result.log)
+        write_json(tmp / "metrics.json", {k: v for k, v in result.metrics.items() if k not in TIMINGS})
+    write_json(timings_file(out, spec.name, fold), {k: result.metrics[k] for k in TIMINGS})
+    log.info("%s fold %d: held-out QWK (rounded) %.4f in %.0f s", spec.name, fold, result.metrics["qwk_rounded"],
+             result.metrics["seconds"])
+
+
+LOCK_FILE = "lock"
+
+
+@contextlib.contextmanager
+def fold_lock(folder: Path, what: str, take: bool = True) -> Iterator[None]:
+    """One process at a time trains a fold: a lock file in its checkpoint folder names the holder.
+
+    Two runs of the same fold would write one checkpoint in turn and each resume the other's. A lock whose
+    holder is a process of this host that no longer runs (killed) is taken over; any other is an error
+    saying who holds it. `take=False` (data-parallel ranks other than 0) does nothing.
+    """
+    if not take:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_FILE
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder.get("host") == me["host"] and not _running(holder.get("pid")):
+                log.warning("%s: lock %s of process %s, which no longer runs, taken over", what, lock,
+                            holder.get("pid"))
+                lock.unlink(missing_ok=True)
+                continue
+            raise TrainingError(
+                f"{what} is being trained by process {holder.get('pid')} on {holder.get('host')} since "
+                f"{holder.get('since')} (lock {lock}); two runs of one fold would share its checkpoint. Wait "
+                f"for it or stop it; if that process is gone, delete {lock}") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(me, handle)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock_holder(lock: Path) -> dict:
+    try:
+        return json.loads(lock.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _running(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def prune_folds(out: Path, name: str, keep: list[int]) -> None:

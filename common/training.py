@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import math
+import pickle
 import random
 import time
 from collections.abc import Sequence
@@ -211,17 +212,23 @@ def _epoch_batches(lengths: np.ndarray, rows: np.ndarray, batch_size: int, seed:
 
 def _set_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), int(numpy_state["pos"]),
+                         int(numpy_state["has_gauss"]), float(numpy_state["cached_gaussian"])))
+    random.setstate((state["python"]["version"], tuple(state["python"]["state"].tolist()), None))
     if torch.cuda.is_available() and state.get("cuda") is not None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _get_rng() -> dict:
+    """Every RNG state as tensors and plain numbers, so `torch.load(weights_only=True)` reads it back."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, python_state, _ = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64)},
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
 
@@ -292,17 +299,12 @@ def train_fold(
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = checkpoint_dir / CHECKPOINT_FILE
     fingerprint = fold_fingerprint(spec, backbone, data, fold, seed)
-    state, resume = _State(), None
-    if ckpt_path.exists():
-        resume = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if resume.get("fingerprint") != fingerprint:
-            log.warning("%s: checkpoint from other settings ignored; training fold %d from scratch", ckpt_path, fold)
-            resume = None
-        else:
-            state = _State(**resume["state"])
-            model.load_state_dict(resume["model"])
-            log.info("%s fold %d: resuming at stage %d, epoch %d, step %d", spec.name, fold, state.stage,
-                     state.epoch, state.step)
+    state, resume = _State(), _read_checkpoint(ckpt_path, fingerprint)
+    if resume is not None:
+        state = _State(**resume["state"])
+        model.load_state_dict(resume["model"])
+        log.info("%s fold %d: resuming at stage %d, epoch %d, step %d", spec.name, fold, state.stage, state.epoch,
+                 state.step)
 
     best_weights = resume.get("best_weights") if resume else None
     start_time = time.perf_counter() - state.seconds
@@ -464,8 +466,8 @@ def train_fold(
         write_json(out_dir / "train_config.json", {"model": asdict(spec), "backbone": backbone, "fold": fold,
                                                    "seed": seed, "fingerprint": fingerprint,
                                                    "folds": data.folds_hash})
-        if ckpt_path.exists():
-            ckpt_path.unlink()
+        for done in (ckpt_path, ckpt_path.with_suffix(".json")):
+            done.unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     return FoldResult(oof=oof, metrics=metrics, log=pd.DataFrame(state.log_rows))
 
@@ -477,6 +479,28 @@ def _evaluate(model: EssayScorer, ema: EMA | None, collator, data: TrainData, ro
     with context:
         preds, _, loss = predict_rows(model, collator, data, rows, accelerator, batch_size)
     return {"eval_loss": loss, "eval_qwk": qwk(data.scores[rows], round_scores(preds))}
+
+
+def _read_checkpoint(path: Path, fingerprint: str) -> dict | None:
+    """The checkpoint to resume from, or None (none, or made with other settings: training starts afresh).
+
+    Its fingerprint is read from the plain-JSON file beside it first, so a checkpoint of other settings is
+    never unpickled; a matching one is loaded with `weights_only=True` (tensors and plain values only), so
+    a checkpoint.pt copied from elsewhere cannot run code.
+    """
+    meta = path.with_suffix(".json")
+    if not path.exists():
+        return None
+    saved = json.loads(meta.read_text(encoding="utf-8")).get("fingerprint") if meta.is_file() else None
+    if saved != fingerprint:
+        log.warning("%s: checkpoint of other settings (or without %s) ignored; the fold trains from scratch", path,
+                    meta.name)
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise TrainingError(f"{path} cannot be loaded safely ({str(exc).splitlines()[0]}): it holds more than "
+                            "tensors and plain values, or is damaged. Delete it to train the fold from scratch") from None
 
 
 def _save_checkpoint(path: Path, fingerprint: str, state: _State, model: EssayScorer, optimizer, scheduler,
@@ -497,6 +521,7 @@ def _save_checkpoint(path: Path, fingerprint: str, state: _State, model: EssaySc
     }
     with atomic_write(path) as tmp:
         torch.save(payload, tmp)
+    write_json(path.with_suffix(".json"), {"fingerprint": fingerprint, "step": state.global_step})
 
 
 def _eval_weights(model: EssayScorer, ema: EMA | None) -> dict:

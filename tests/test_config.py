@@ -155,9 +155,9 @@ def test_cli_help_lists_every_key(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     for key in ("paths.input", "paths.output", "prepare.n_folds", "prepare.group_by", "ensemble.select_on",
-                "train.models.<name>.lr (float, default 2e-05)", "train.models.<name>.mlm.epochs (float",
+                "train.models.<name>.lr (float in (0, inf), default 2e-05)", "train.models.<name>.mlm.epochs (float in [0, inf)",
                 "train.models.<name>.head ('regression' | 'classification' | 'ordinal', default 'regression')",
-                "train.students (mapping", "train.fold_workers (int"):
+                "train.students (mapping", "train.fold_workers (int in [0, inf)"):
         assert key in out
     assert "train.models.tiny-regression.lr=1e-5" in out  # the override syntax of one field of one model
     assert "ModelParams(" not in out and max(len(line) for line in out.splitlines()) < 400

@@ -83,6 +83,29 @@ def test_empty_text(tmp_path):
     assert "train.csv: empty full_text at row 4 (essay_id 't3')" in msg and "Fix" in msg
 
 
+@pytest.mark.parametrize("placeholder", ["NaN", "nan", " None ", "null", "NA", "N/A"])
+def test_placeholder_text_is_reported_like_an_empty_essay(tmp_path, placeholder):
+    frames = write_inputs(tmp_path)
+    frames["train.csv"].loc[2, "full_text"] = placeholder
+    frames["test.csv"].loc[0, "full_text"] = placeholder
+    save(tmp_path, frames)
+    with pytest.raises(InputError) as err:
+        load(tmp_path)
+    msg = str(err.value)
+    assert len(err.value.problems) == 2
+    assert f"train.csv: full_text is a missing-value placeholder ({placeholder.strip()!r}), not an essay, at row 3 " \
+        "(essay_id 't2')" in msg
+    assert "test.csv: full_text is a missing-value placeholder" in msg and "row 1 (essay_id 'x1')" in msg
+    assert "Fix: remove those rows or restore their text" in msg
+
+
+def test_a_placeholder_word_inside_an_essay_is_fine(tmp_path):
+    frames = write_inputs(tmp_path)
+    frames["train.csv"].loc[2, "full_text"] = "NA\n\nNone of the cars should be banned."
+    save(tmp_path, frames)
+    assert load(tmp_path).train.loc[2, "full_text"].startswith("NA")
+
+
 def test_non_text_essay(tmp_path):
     frames = write_inputs(tmp_path)
     frames["test.csv"].loc[1, "full_text"] = "12345"

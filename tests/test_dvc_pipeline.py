@@ -140,3 +140,16 @@ def test_the_competition_params_plan(repo_copy):
     params = load_params(repo_copy / "params.yaml")
     for name in params.train.all_models:
         assert f"train.model={name}" in dry.stdout
+
+
+def test_a_failing_stage_under_dvc_keeps_the_last_good_output(repo_copy):
+    prepared = dvc(repo_copy, "repro", "prepare")
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    out = repo_copy / "output" / "prepare"
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert {Path("folds.parquet"), Path("metrics.json")} <= set(before) and any(p.suffix == ".png" for p in before)
+    train = repo_copy / "input" / "train.csv"
+    train.write_text(train.read_text().replace(",3\n", ",seven\n", 1))  # a score that is not 1-6
+    failed = dvc(repo_copy, "repro", "prepare")
+    assert failed.returncode != 0 and "score is not an integer at row 1" in failed.stderr
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

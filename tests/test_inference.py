@@ -196,6 +196,92 @@ def test_a_missing_fold_fails_before_any_work_and_writes_nothing(artifacts_copy,
     assert not (tmp_path / "out" / "submission.csv").exists()
 
 
+def truncate(path: Path) -> None:
+    """Cut a file to half its size, as an interrupted copy or upload leaves it."""
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.slow
+def test_a_truncated_fold_model_fails_before_any_model_runs(artifacts_copy, demo_input, tmp_path):
+    folder, _ = demo_input
+    weights = artifacts_copy / "train" / "tiny-ordinal" / "folds" / "fold_3" / "model.safetensors"
+    truncate(weights)  # the last fold of the last model: reached after every other fold model ran
+    result = run_cli("05_infer", f"paths.input={folder}", f"paths.output={tmp_path / 'out'}",
+                     f"infer.artifacts={artifacts_copy}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert f"{weights}: not a readable safetensors file" in result.stderr and "truncated or corrupt" in result.stderr
+    assert "python 02_train/run.py train.model=tiny-ordinal" in result.stderr
+    assert "fold models in" not in result.stderr  # no model ran
+    assert not (tmp_path / "out" / "submission.csv").exists()
+
+
+@pytest.mark.slow
+def test_a_truncated_ensemble_json_is_reported_by_name(artifacts_copy, demo_input, tmp_path):
+    folder, _ = demo_input
+    spec_file = artifacts_copy / "ensemble" / "artifacts" / "ensemble.json"
+    truncate(spec_file)
+    result = run_cli("05_infer", f"paths.input={folder}", f"paths.output={tmp_path / 'out'}",
+                     f"infer.artifacts={artifacts_copy}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert f"{spec_file}: not valid JSON" in result.stderr and "04_ensemble" in result.stderr
+    assert not (tmp_path / "out" / "submission.csv").exists()
+
+
+@pytest.mark.slow
+def test_every_unreadable_file_is_named_in_one_message(artifacts_copy, demo_input, tmp_path):
+    folder, _ = demo_input
+    ensemble_dir = artifacts_copy / "ensemble" / "artifacts"
+    spec = json.loads((ensemble_dir / "ensemble.json").read_text())
+    spec["selected"], spec["thresholds"] = "stacker", spec["methods"]["stacker"]["thresholds"]
+    (ensemble_dir / "ensemble.json").write_text(json.dumps(spec))
+    ArtifactSet.open(artifacts_copy)  # whole: opens
+    booster = ensemble_dir / "stacker" / "fold_1.txt"
+    truncate(booster)  # LightGBM itself crashes the process (lightgbm 4.7) or loads a cut file silently
+    scorer = artifacts_copy / "train" / "tiny-regression" / "folds" / "fold_0" / "scorer.json"
+    scorer.write_text('{"backbone": "input/tiny-deberta-v2", "head": ')
+    # In a subprocess: were LightGBM to see the truncated file, a crash must not take pytest down.
+    result = run_cli("05_infer", f"paths.input={folder}", f"paths.output={tmp_path / 'out'}",
+                     f"infer.artifacts={artifacts_copy}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert f"{booster}: " in result.stderr and f"{scorer}: not valid JSON" in result.stderr
+    assert result.stderr.count("artifacts missing or unreadable") == 1  # one message names both
+    assert "re-run python 04_ensemble/run.py" in result.stderr
+    assert "python 02_train/run.py train.model=tiny-regression" in result.stderr
+    assert "fold models in" not in result.stderr
+    assert not (tmp_path / "out" / "submission.csv").exists()
+
+    (ensemble_dir / "prompt_assigner.npz").write_bytes(b"PK\x03\x04 cut")
+    (ensemble_dir / "text_vocabulary.json").write_text('["a", "b"')
+    with pytest.raises(ArtifactError) as info:
+        ArtifactSet.open(artifacts_copy)
+    message = str(info.value)
+    for path in (booster, scorer, ensemble_dir / "prompt_assigner.npz", ensemble_dir / "text_vocabulary.json"):
+        assert f"{path}: " in message
+
+
+def test_a_lightgbm_model_cut_anywhere_is_refused_before_lightgbm_reads_it(tmp_path):
+    import lightgbm as lgb
+
+    from common.inference import lightgbm_model_problem
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4))
+    booster = lgb.train({"verbose": -1, "num_leaves": 4}, lgb.Dataset(X, X[:, 0]), num_boost_round=3)
+    whole = tmp_path / "model.txt"
+    booster.save_model(whole)
+    assert lightgbm_model_problem(whole) is None
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.txt"
+    for n in range(0, len(data), 7):
+        cut.write_bytes(data[:n])
+        assert lightgbm_model_problem(cut) is not None, n
+    cut.write_bytes(data[:-1])  # LightGBM itself loads this one without a word
+    assert "pandas_categorical" in lightgbm_model_problem(cut)
+
+
 @pytest.mark.slow
 def test_the_stacker_gets_in_inference_the_features_it_was_trained_on(artifacts_copy, trained_output, demo_input):
     """05 rebuilds the stacker's inputs (text features from the saved vocabulary, prompt clusters from the

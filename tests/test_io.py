@@ -103,3 +103,39 @@ def test_folders_of_a_reused_process_id_are_stale(tmp_path):
     with staged_dir(final) as tmp:  # replacing an existing output leaves no sibling behind
         (tmp / "b.txt").write_text("b")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fold_0"] and (final / "b.txt").exists()
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def test_written_files_and_stage_folders_get_ordinary_modes(tmp_path, umask_022):
+    """Not the 0600 / 0700 of the temporary file and folder they were made as."""
+    target = tmp_path / "a.json"
+    write_json(target, {"a": 1})
+    assert target.stat().st_mode & 0o777 == 0o644
+    out = tmp_path / "stage"
+    with staged_dir(out) as tmp:
+        write_parquet(tmp / "folds.parquet", pd.DataFrame({"x": [1]}))
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert (out / "folds.parquet").stat().st_mode & 0o777 == 0o644
+    with staged_dir(out) as tmp:  # replacing an existing output
+        write_json(tmp / "b.json", {})
+    assert out.stat().st_mode & 0o777 == 0o755
+
+
+def test_file_modes_follow_the_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        write_json(tmp_path / "a.json", {})
+        with staged_dir(tmp_path / "stage"):
+            pass
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "stage").stat().st_mode & 0o777 == 0o750

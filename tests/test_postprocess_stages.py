@@ -185,3 +185,12 @@ def test_model_folders_of_another_run_are_not_read(bad_dir, demo_input):
         assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in (bad_dir / "thresholds").glob("*.json")) == ["model_a.json"]
     assert json.loads((bad_dir / "ensemble" / "metrics.json").read_text())["models"] == ["model_a"]
+
+
+def test_an_unknown_prompt_in_the_mix_fails_before_fitting(bad_dir, demo_input):
+    folder, _ = demo_input
+    result = run_cli("04_ensemble", f"paths.input={folder}", f"paths.output={bad_dir}", FAST,
+                     "ensemble.models=[model_a]", "ensemble.prompt_mix={x: 1.0}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "ensemble.prompt_mix names prompt(s) ['x'] that folds.parquet does not have" in result.stderr
+    assert "Driverless cars" in result.stderr and not (bad_dir / "ensemble").exists()

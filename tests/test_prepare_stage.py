@@ -140,3 +140,44 @@ def test_cluster_counts_are_reported(prepared):
     assert clusters["ari"] >= 0.95 and clusters["purity"] >= 0.98
     assert sum(clusters["train_sizes"].values()) == 200
     assert np.isclose(metrics["origin"]["persuade"] / 200, 0.75, atol=0.03)
+
+
+@pytest.mark.parametrize("stage", ["00_prepare", "02_train", "04_ensemble", "05_infer"])
+def test_an_unwritable_output_folder_fails_at_start(demo, tmp_path, stage):
+    folder, _ = demo
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run_cli(stage, f"paths.input={folder}", f"paths.output={blocker / 'out'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"paths.output={blocker / 'out'} is not writable" in result.stderr and "Fix:" in result.stderr
+    assert "INFO" not in result.stderr  # nothing ran before the check
+
+
+def test_data_that_cannot_fill_the_folds_fails_before_matching(demo, tmp_path):
+    folder, _ = demo
+    data = tmp_path / "input"
+    shutil.copytree(folder, data)
+    train = pd.read_csv(data / "train.csv")
+    train.groupby("score").head(1).to_csv(data / "train.csv", index=False)  # one essay per score
+    result = run_cli("00_prepare", f"paths.input={data}", f"paths.output={tmp_path / 'out'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no score has 4 essays" in result.stderr and "use a train file with more essays" in result.stderr
+    assert "prompt clusters" not in result.stderr  # refused before matching and clustering
+    too_many = run_cli("00_prepare", f"paths.input={folder}", f"paths.output={tmp_path / 'out'}", "prepare.n_folds=1000")
+    assert too_many.returncode == 2 and "use prepare.n_folds <= " in too_many.stderr
+    assert not (tmp_path / "out" / "prepare").exists()
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("prepare.n_folds=1", "'prepare.n_folds' = 1 is out of range: allowed [2, inf)"),
+    ("prepare.n_folds=0", "'prepare.n_folds' = 0 is out of range"),
+    ("prepare.n_folds=-3", "'prepare.n_folds' = -3 is out of range"),
+    ("prepare.near_duplicate_threshold=1.5", "'prepare.near_duplicate_threshold' = 1.5 is out of range: allowed (0, 1]"),
+    ("prepare.max_clusters=1", "'prepare.max_clusters' = 1 is out of range: allowed [2, inf)"),
+    ("ensemble.prompt_mix={x: -1.0}", "shares must be >= 0 with a positive sum"),
+])
+def test_out_of_range_params_exit_2_at_load(demo, tmp_path, override, message):
+    folder, _ = demo
+    result = run_cli("00_prepare", f"paths.input={folder}", f"paths.output={tmp_path}", override)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr and "INFO" not in result.stderr

@@ -173,3 +173,76 @@ def test_a_failing_worker_fails_the_stage_and_keeps_the_other_folds(model_args, 
         _assert_complete_fold(tmp_path / "train" / "tiny-regression" / "folds" / f"fold_{k}")
     assert not (tmp_path / "train" / "tiny-regression" / "folds" / "fold_1").exists()
     assert not (tmp_path / "train" / "tiny-regression" / "oof.parquet").exists()
+
+
+NETWORK_PROBE = """
+import runpy, socket, sys
+attempts = []
+def blocked(*args, **kwargs):
+    attempts.append(args)
+    raise OSError("network blocked by the test")
+socket.socket.connect = blocked
+socket.getaddrinfo = blocked
+socket.create_connection = blocked
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as exc:
+    print("exit", exc.code, "network attempts", len(attempts))
+"""
+
+
+def test_a_hub_cached_backbone_trains_with_the_network_blocked(model_args, tmp_path):
+    """A backbone given by hub name and found in the Hugging Face cache: no lookup leaves the machine."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import BACKBONE, REPO
+
+    cache = tmp_path / "hf-cache"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = cache / "models--aes-test--tiny-deberta" / "snapshots" / commit
+    shutil.copytree(BACKBONE, snapshot)
+    (cache / "models--aes-test--tiny-deberta" / "refs").mkdir()
+    (cache / "models--aes-test--tiny-deberta" / "refs" / "main").write_text(commit)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    env.update(PYTHONPATH=str(REPO), HF_HUB_CACHE=str(cache))
+    result = subprocess.run([sys.executable, "-c", NETWORK_PROBE, "02_train/run.py", *model_args,
+                             "backbone=aes-test/tiny-deberta", "train.folds=[0]"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert "exit 0 network attempts 0" in result.stdout, result.stdout + result.stderr[-3000:]
+    config = json.loads((tmp_path / "train" / "tiny-regression" / "folds" / "fold_0" / "train_config.json").read_text())
+    assert config["backbone"] == "aes-test/tiny-deberta"
+
+
+def test_a_fold_another_process_trains_is_refused_and_a_dead_holders_lock_taken_over(model_args, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    lock = tmp_path / "checkpoints" / "tiny-regression" / "fold_0" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": "earlier"}))
+    busy = run_cli("02_train", *model_args, "train.folds=[0]")
+    assert busy.returncode == 2 and "Traceback" not in busy.stderr
+    assert f"tiny-regression fold 0 is being trained by process {os.getpid()}" in busy.stderr
+    assert f"delete {lock}" in busy.stderr and lock.exists()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": int(gone.stdout), "since": "earlier"}))
+    taken = run_cli("02_train", *model_args, "train.folds=[0]")
+    assert taken.returncode == 0, taken.stderr[-2000:]
+    assert "which no longer runs, taken over" in taken.stderr and not lock.exists()
+    _assert_complete_fold(tmp_path / "train" / "tiny-regression" / "folds" / "fold_0")
+
+
+def test_a_fold_with_unreadable_weights_trains_again(model_args, tmp_path):
+    first = run_cli("02_train", *model_args, "train.folds=[0]")
+    assert first.returncode == 0, first.stderr[-2000:]
+    weights = tmp_path / "train" / "tiny-regression" / "folds" / "fold_0" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted copy
+    again = run_cli("02_train", *model_args, "train.folds=[0]")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already trained" not in again.stderr
+    _assert_complete_fold(weights.parent)

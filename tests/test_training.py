@@ -100,6 +100,37 @@ def test_a_killed_run_resumes_to_the_same_result(frame, tmp_path):
     assert not (tmp_path / "killed" / "ckpt" / training.CHECKPOINT_FILE).exists()  # removed once done
 
 
+class _Payload:
+    """Unpickling this runs code: what a checkpoint.pt from an untrusted output folder could hold."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_is_loaded_as_tensors_only(frame, tmp_path):
+    import json
+
+    import torch
+
+    spec = replace(BASE, epochs=2.0, checkpoint_every=2)
+    with pytest.raises(Interrupted):
+        fit(frame, spec, tmp=tmp_path, stop_after_steps=3)
+    ckpt = tmp_path / "ckpt" / training.CHECKPOINT_FILE
+    fingerprint = json.loads(ckpt.with_suffix(".json").read_text())["fingerprint"]
+    assert torch.load(ckpt, weights_only=True)["fingerprint"] == fingerprint  # plain tensors and values only
+    marker = tmp_path / "code-ran"
+    torch.save({"fingerprint": fingerprint, "state": _Payload(marker)}, ckpt)
+    with pytest.raises(TrainingError, match=r"cannot be loaded safely.*Delete it"):
+        fit(frame, spec, tmp=tmp_path)
+    assert not marker.exists()
+    ckpt.with_suffix(".json").write_text(json.dumps({"fingerprint": "other settings"}))
+    result = fit(frame, spec, tmp=tmp_path)  # another fingerprint: never unpickled, the fold trains afresh
+    assert not marker.exists() and np.isfinite(result.oof["pred"]).all()
+
+
 def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(frame, tmp_path, monkeypatch):
     from common.models import heads
 

@@ -206,7 +206,7 @@ class EssayScorer(nn.Module):
         super().__init__()
         self.config = config
         if backbone is None:
-            backbone = AutoModel.from_pretrained(config.backbone, dtype=torch.float32)
+            backbone = AutoModel.from_pretrained(config.backbone, dtype=torch.float32, local_files_only=True)
         if any(p.dtype != torch.float32 for p in backbone.parameters()):
             log.info("converting the backbone to fp32 (training weights are always fp32)")
             backbone = backbone.float()
@@ -315,7 +315,7 @@ class EssayScorer(nn.Module):
         # Weights come from the files: no re-init, no checkpointing, adapters attached below.
         build = dataclasses.replace(config, reinit_layers=0, gradient_checkpointing=False, lora_r=0)
         if config.lora_r == 0:
-            backbone_config = AutoConfig.from_pretrained(directory / BACKBONE_CONFIG_DIR)
+            backbone_config = AutoConfig.from_pretrained(directory / BACKBONE_CONFIG_DIR, local_files_only=True)
             backbone = AutoModel.from_config(backbone_config, dtype=torch.float32)
             model = cls(build, backbone=backbone)
             _load_strict(model, load_file(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE, "model")
