@@ -198,6 +198,11 @@ class TrainParams:
                 raise ParamsError(f"train: model {name!r} says name: {spec.name!r}; a model's name is its key, drop "
                                   "the name key")
             spec.name = name
+            if spec.effective_batch_size % spec.batch_size:
+                group = "models" if name in self.models else "students"
+                raise ParamsError(f"train.{group}.{name}: effective_batch_size={spec.effective_batch_size} is not a "
+                                  f"multiple of batch_size={spec.batch_size} (it is batch_size x processes x "
+                                  "accumulation steps); change one of them")
         for name, spec in self.models.items():
             if spec.pseudo_labels != "none" or spec.teacher:
                 raise ParamsError(

@@ -110,6 +110,7 @@ def test_models_are_keyed_by_name_and_overridable_one_field_at_a_time():
     ("train:\n  models:\n    - a\n", "must be a mapping"),
     ("train:\n  folds: [4]\n", r"do not exist with prepare\.n_folds=4"),
     ("train:\n  fold_workers: -1\n", "fold_workers"),
+    ("train:\n  models:\n    a: {batch_size: 8, effective_batch_size: 12}\n", "is not a multiple of batch_size=8"),
 ])
 def test_model_mistakes_are_named(tmp_path, text, message):
     path = tmp_path / "params.yaml"
