@@ -20,6 +20,7 @@ log = logging.getLogger("aes.pseudo")
 
 def main(params: Params) -> None:
     from common.data import load_competition_data
+    from common.folds import folds_fingerprint
     from common.inference import TokenCache, inference_devices, predict_fold_model
     from common.io import staged_dir, write_csv, write_json, write_parquet
     from common.layout import fold_dir, pseudo_dir
@@ -33,6 +34,7 @@ def main(params: Params) -> None:
         soft_labels,
     )
     from common.reports import plot_bars
+    from common.train_stage import trained_config
 
     out, prep, t = params.output_dir, params.prepare, params.train
     students = {n: s for n, s in t.students.items() if not t.model or n == t.model}
@@ -53,15 +55,20 @@ def main(params: Params) -> None:
     if external.empty:
         raise PipelineError(f"{external_path}: no external essays to pseudo-label")
     fold_ids = sorted(folds["fold"].unique().tolist())
+    current = folds_fingerprint(folds)
     devices = inference_devices(t.device)
     cache = TokenCache(external["full_text"].tolist())
     for student, spec in students.items():
         teacher = spec.teacher
-        missing = [k for k in fold_ids if not (fold_dir(out, teacher, k) / "scorer.json").is_file()]
-        if missing:
-            raise PipelineError(f"teacher {teacher!r} of {student} has no trained model for fold(s) {missing} in "
-                                f"{fold_dir(out, teacher, 0).parent}: train it first (python 02_train/run.py "
-                                f"train.model={teacher})")
+        configs = {k: trained_config(fold_dir(out, teacher, k)) for k in fold_ids}
+        missing = [k for k, c in configs.items() if c is None]
+        stale = [k for k, c in configs.items() if c is not None and c.get("folds") != current]
+        if missing or stale:
+            what = "; ".join(p for p in (f"no trained model for fold(s) {missing}" if missing else "",
+                                         f"fold(s) {stale} trained on other folds (00_prepare ran since), so they "
+                                         "may have seen the essays they would label for" if stale else "") if p)
+            raise PipelineError(f"teacher {teacher!r} of {student}: {what} in {fold_dir(out, teacher, 0).parent}. "
+                                f"Train it first: python 02_train/run.py train.model={teacher}")
         with staged_dir(pseudo_dir(out, student)) as tmp:
             summary = {}
             for k in fold_ids:
@@ -76,7 +83,8 @@ def main(params: Params) -> None:
                          len(frame), teacher, k, frame["expected"].mean())
             write_csv(tmp / "report.csv", distribution_report(frame, external, folds))
             write_json(tmp / "metrics.json", {"student": student, "teacher": teacher, "n_external": len(external),
-                                              "folds": summary, "train_mean_score": float(folds["score"].mean())})
+                                              "folds": summary, "train_mean_score": float(folds["score"].mean()),
+                                              "folds_fingerprint": current})
             shares = frame[PROB_COLUMNS].mean()
             train_shares = folds["score"].value_counts(normalize=True).sort_index()
             plot_bars({**{f"pseudo {c[-1]}": float(v) for c, v in shares.items()},

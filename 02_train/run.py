@@ -13,6 +13,7 @@ Data parallel, every GPU on one fold: accelerate launch --num_processes 2 02_tra
 """
 
 import logging
+import os
 from pathlib import Path
 
 from common.config import Params
@@ -25,10 +26,20 @@ def main(params: Params) -> None:
     import torch
 
     from common.data import load_competition_data
-    from common.layout import pseudo_dir
+    from common.folds import folds_fingerprint
+    from common.layout import mlm_dir, pseudo_dir
     from common.oof import read_folds
     from common.pseudo import load_student_pseudo, read_external
-    from common.train_stage import adapted_backbone, is_main_process, train_in_workers, train_model
+    from common.train_stage import (
+        adapted_backbone,
+        collect_oof,
+        data_parallel,
+        folds_to_train,
+        mlm_fingerprint,
+        prune_folds,
+        train_in_workers,
+        train_model,
+    )
 
     out, t, prep = params.output_dir, params.train, params.prepare
     if t.num_threads:
@@ -50,20 +61,33 @@ def main(params: Params) -> None:
     for name, spec in t.all_models.items():
         if t.model and name != t.model:
             continue
-        backbone = spec.backbone or params.backbone
+        backbone, pseudo = spec.backbone or params.backbone, None
+        if t.step != "collect" and spec.pseudo_labels != "none":
+            pseudo = load_student_pseudo(pseudo_dir(out, name), out / "prepare" / "external.parquet", fold_ids, texts,
+                                         folds_fingerprint(folds), spec.teacher)
         if t.step != "collect" and spec.mlm.epochs > 0:
             external = read_external(out / "prepare" / "external.parquet")
             mlm_texts = [*data.train["full_text"], *data.test["full_text"], *external["full_text"]]
-            backbone = adapted_backbone(spec, backbone, mlm_texts, out, params.seed, t.device)
+            planned = str(mlm_dir(out, mlm_fingerprint(spec, backbone, mlm_texts, params.seed)))
+            if folds_to_train(spec, planned, folds, texts, pseudo, out, params.seed, t.folds or fold_ids):
+                backbone = adapted_backbone(spec, backbone, mlm_texts, out, params.seed, t.device)
+            else:  # every fold is kept: no MLM run (its cache may be gone, e.g. after dvc pull elsewhere)
+                backbone = planned
         todo = t.folds or fold_ids
-        if t.step != "collect" and t.fold_workers != 1 and len(todo) > 1:
-            train_in_workers(params, name, todo, Path(__file__))
-            if is_main_process() and t.step == "all" and not t.folds:
-                train_model(spec, backbone, folds, [], out, params.seed, [], t.device, "collect")
+        workers = t.fold_workers
+        if workers != 1 and data_parallel():
+            log.info("%s: data parallel over %s processes: every process trains each fold together, "
+                     "train.fold_workers=%d not used", name, os.environ["WORLD_SIZE"], workers)
+            workers = 1
+        if t.step != "collect" and workers != 1 and len(todo) > 1:
+            pending = folds_to_train(spec, backbone, folds, texts, pseudo, out, params.seed, todo)
+            if pending:
+                train_in_workers(params, name, pending, Path(__file__))
+            if not t.folds:
+                prune_folds(out, name, fold_ids)
+            if t.step == "all":
+                collect_oof(out, name, folds)
             continue
-        pseudo = None
-        if t.step != "collect" and spec.pseudo_labels != "none":
-            pseudo = load_student_pseudo(pseudo_dir(out, name), out / "prepare" / "external.parquet", fold_ids, texts)
         train_model(spec, backbone, folds, texts or [], out, params.seed, t.folds, t.device, t.step, pseudo)
 
 

@@ -1,7 +1,7 @@
 """Stage 05_infer: offline-safe inference writing submission.csv.
 
 Run from the repository root: python 05_infer/run.py [dotted.key=value ...]
-Locally it reads paths.input/test.csv and the artifacts under paths.output (train/<model>/fold_<k>/,
+Locally it reads paths.input/test.csv and the artifacts under paths.output (train/<model>/folds/fold_<k>/,
 ensemble/artifacts/) and writes output/submission.csv. On Kaggle (<infer.kaggle_root>/input exists) it
 reads the competition folder and the artifacts dataset and writes /kaggle/working/submission.csv.
 Nothing is fetched from the network: the hub-offline variables are set before transformers loads.

@@ -140,7 +140,7 @@ class ModelParams:
     stage2_rows: Literal["all", "persuade", "other"] = _help(
         "Rows of the training folds for the main stage (held-out fold never used).", "all"
     )
-    # Pseudo-labelled external essays (output/pseudo/fold_<k>.parquet, from a teacher that never saw fold k)
+    # Pseudo-labelled external essays (output/pseudo/<student>/fold_<k>.parquet, from a teacher that never saw fold k)
     teacher: str = _help(
         "Students only: the model (of train.models) whose fold-k model labels the external essays for this "
         "student's fold k.", "")
@@ -268,7 +268,7 @@ class InferParams:
     batch_tokens: int = _help("Token budget per inference batch on GPU (essays sorted by length; 4096 at most "
                               "on CPU).", 16384)
     artifacts: str = _help(
-        "Root holding train/<model>/fold_<k>/ and ensemble/artifacts/; empty: paths.output locally, "
+        "Root holding train/<model>/folds/fold_<k>/ and ensemble/artifacts/; empty: paths.output locally, "
         "<kaggle_root>/input/<artifacts_dataset> on Kaggle.", "")
     device: Literal["auto", "cpu", "cuda"] = _help("auto: every visible GPU (split by batches), else the CPU.", "auto")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = _help(
@@ -336,7 +336,7 @@ RANGES: dict[type, dict[str, str]] = {
     TrainParams: {"fold_workers": "[0, inf)", "num_threads": "[0, inf)"},
     EnsembleParams: {"n_trials": "[1, inf)"},
     InferParams: {"batch_tokens": "[64, inf)", "expected_essays": "[1, inf)", "time_limit_hours": "(0, inf)"},
-    Params: {"seed": "[0, inf)"},
+    Params: {"seed": "[0, 4294967295]"},  # numpy's seeds are 32-bit
 }
 
 

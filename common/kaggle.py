@@ -4,7 +4,7 @@
     <out>/dataset/    -> attached to the notebook, mounted at /kaggle/input/<infer.artifacts_dataset>/
         dataset-metadata.json
         code/         common/ (the library, as source), 05_infer/run.py, params.yaml (this run's)
-        train/<model>/fold_<k>/   what each fold model needs to predict (weights, configs, tokenizer)
+        train/<model>/folds/fold_<k>/   what each fold model needs to predict (weights, configs, tokenizer)
         backbones/    the base backbone of LoRA models (their folds point at it by a relative path)
         ensemble/artifacts/       ensemble.json, stacker, text vocabulary
         wheels/       newer wheels of the libraries the Kaggle image may have too old (optional)

@@ -15,6 +15,7 @@ probabilities, or for a regression teacher a normal distribution around its pred
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,8 +105,25 @@ def read_external(path: Path) -> pd.DataFrame:
 
 
 def load_student_pseudo(pseudo_dir: Path, external_path: Path, fold_ids: Sequence[int],
-                        train_texts: Sequence[str]) -> StudentPseudo:
-    """Read fold_<k>.parquet for every fold, check it, and drop any essay that is a train essay."""
+                        train_texts: Sequence[str], folds_hash: str | None = None,
+                        teacher: str | None = None) -> StudentPseudo:
+    """Read fold_<k>.parquet for every fold, check it, and drop any essay that is a train essay.
+
+    With `folds_hash` (of the current folds table) and `teacher`, labels made on other folds or by
+    another teacher are refused: fold k's labels are leak-free only if the teacher's fold k held out
+    today's fold k.
+    """
+    made = pseudo_dir / "metrics.json"
+    if folds_hash is not None and made.is_file():
+        meta = json.loads(made.read_text(encoding="utf-8"))
+        wrong = []
+        if meta.get("folds_fingerprint") != folds_hash:
+            wrong.append("they were made on other folds (00_prepare ran since)")
+        if teacher is not None and meta.get("teacher") != teacher:
+            wrong.append(f"they come from teacher {meta.get('teacher')!r}, not {teacher!r}")
+        if wrong:
+            raise PipelineError(f"{pseudo_dir}: " + " and ".join(wrong) + ". Make them again: python "
+                                f"01_pseudo_label/run.py train.model={pseudo_dir.name}")
     external = read_external(external_path).set_index("essay_id")
     frames = {}
     for k in fold_ids:
@@ -126,7 +144,8 @@ def load_student_pseudo(pseudo_dir: Path, external_path: Path, fold_ids: Sequenc
         if unknown:
             problems.append(f"essay ids not in {external_path.name}: {unknown[:5]}")
         if problems:
-            raise PipelineError(f"{path}: " + "; ".join(problems) + ". Re-run the pseudo_label stage.")
+            raise PipelineError(f"{path}: " + "; ".join(problems) + ". Make them again: python "
+                                f"01_pseudo_label/run.py train.model={pseudo_dir.name}")
         frames[k] = frame.set_index("essay_id")
     ids = sorted(set.intersection(*(set(f.index) for f in frames.values()))) if frames else []
     texts = external.loc[ids, "full_text"].tolist()

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -36,7 +37,7 @@ from common.layout import checkpoint_dir, fold_dir, mlm_dir, model_dir, timings_
 from common.metrics import qwk
 from common.pseudo import StudentPseudo
 from common.thresholds import round_scores
-from common.training import TrainingError, fold_fingerprint, tokenize_train, train_fold
+from common.training import TrainingError, data_fingerprint, fold_fingerprint, tokenize_train, train_fold
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +51,33 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def data_parallel() -> bool:
+    """True under torchrun / accelerate launch with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+# What torchrun / accelerate launch set: a fold worker is a plain single process, so it gets none of it.
+_LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                       "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def trained_fingerprint(folder: Path) -> str | None:
     """The fingerprint a trained fold folder was made with, or None when it is incomplete, unreadable or absent
     (such a fold trains again)."""
-    needed = ("train_config.json", "oof.parquet", "metrics.json", "scorer.json", "tokenizer_config.json")
+    config = trained_config(folder)
+    return None if config is None else config.get("fingerprint")
+
+
+def trained_config(folder: Path) -> dict | None:
+    """A complete fold folder's train_config.json, or None when the folder is incomplete or unreadable."""
+    needed = ("train_config.json", "oof.parquet", "metrics.json", "log.csv", "scorer.json", "tokenizer_config.json")
     if not all((folder / name).is_file() for name in needed) or not _weights_readable(folder):
         return None
     try:
-        return json.loads((folder / "train_config.json").read_text(encoding="utf-8")).get("fingerprint")
+        config = json.loads((folder / "train_config.json").read_text(encoding="utf-8"))
     except ValueError:
         return None
+    return config if isinstance(config, dict) else None
 
 
 def _weights_readable(folder: Path) -> bool:
@@ -90,19 +108,34 @@ def train_model(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: li
     if step == "collect":
         collect_oof(out, spec.name, folds, required=True)
         return
-    tokenizer, data = tokenize_train(spec, backbone, folds, texts, pseudo)
     main = is_main_process()
-    for fold in only_folds or all_folds:
-        final = fold_dir(out, spec.name, fold)
-        if trained_fingerprint(final) == fold_fingerprint(spec, backbone, data, fold, seed):
-            log.info("%s fold %d: already trained with these settings, folds and essays: kept", spec.name, fold)
-            continue
+    todo = folds_to_train(spec, backbone, folds, texts, pseudo, out, seed, only_folds or all_folds)
+    for fold in sorted(set(only_folds or all_folds) - set(todo)):
+        log.info("%s fold %d: already trained with these settings, folds and essays: kept", spec.name, fold)
+    if todo:  # tokenised only when a fold trains
+        tokenizer, data = tokenize_train(spec, backbone, folds, texts, pseudo)
+    for fold in todo:
         with fold_lock(checkpoint_dir(out, spec.name, fold), f"{spec.name} fold {fold}", main):
+            if not folds_to_train(spec, backbone, folds, texts, pseudo, out, seed, [fold]):
+                continue  # finished by the run that held the lock a moment ago
             _train_one_fold(spec, backbone, tokenizer, data, fold, out, seed, device, main)
     if main and not only_folds:
         prune_folds(out, spec.name, all_folds)
     if main and step == "all":
         collect_oof(out, spec.name, folds)
+
+
+def folds_to_train(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: list[str],
+                   pseudo: StudentPseudo | None, out: Path, seed: int, candidates: list[int]) -> list[int]:
+    """The folds among `candidates` without a complete folder of the current fingerprint (no tokenising)."""
+    source = data_fingerprint(folds, texts, pseudo.texts if pseudo is not None else ())
+    todo = []
+    for fold in candidates:
+        labels = pseudo.labels.get(fold) if pseudo is not None else None
+        if trained_fingerprint(fold_dir(out, spec.name, fold)) != fold_fingerprint(spec, backbone, source, labels,
+                                                                                   fold, seed):
+            todo.append(fold)
+    return todo
 
 
 def _train_one_fold(spec: ModelParams, backbone: str, tokenizer, data, fold: int, out: Path, seed: int, device: str,
@@ -112,7 +145,7 @@ def _train_one_fold(spec: ModelParams, backbone: str, tokenizer, data, fold: int
         stale_oof = model_dir(out, spec.name) / "oof.parquet"
         if stale_oof.exists():  # it no longer describes the model once a fold trains again
             log.info("%s: removing %s while fold %d trains", spec.name, stale_oof, fold)
-            stale_oof.unlink()
+            stale_oof.unlink(missing_ok=True)  # fold workers may race for it
     ckpt = checkpoint_dir(out, spec.name, fold)
     if not main:  # data parallel: rank 0 alone writes the fold folder
         train_fold(spec, backbone, tokenizer, data, fold, final, ckpt, seed, device)
@@ -149,7 +182,9 @@ def fold_lock(folder: Path, what: str, take: bool = True) -> Iterator[None]:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             holder = _lock_holder(lock)
-            if holder.get("host") == me["host"] and not _running(holder.get("pid")):
+            # Our own pid in a lock we did not take: a process of an earlier boot or container had it.
+            dead = not _running(holder.get("pid")) or holder.get("pid") == me["pid"]
+            if holder.get("host") == me["host"] and dead:
                 log.warning("%s: lock %s of process %s, which no longer runs, taken over", what, lock,
                             holder.get("pid"))
                 lock.unlink(missing_ok=True)
@@ -206,10 +241,10 @@ def collect_oof(out: Path, name: str, folds: pd.DataFrame, required: bool = Fals
     current = folds_fingerprint(folds)
     absent, stale = [], []
     for k in fold_ids:
-        folder = fold_dir(out, name, k)
-        if trained_fingerprint(folder) is None:
+        config = trained_config(fold_dir(out, name, k))
+        if config is None:
             absent.append(k)
-        elif json.loads((folder / "train_config.json").read_text(encoding="utf-8")).get("folds") != current:
+        elif config.get("folds") != current:
             stale.append(k)
     if absent or stale:
         what = ", ".join(p for p in (f"fold(s) {absent} not trained" if absent else "",
@@ -351,6 +386,10 @@ def train_in_workers(params: Params, name: str, folds: list[int], script: Path) 
     queue, running, failed = list(folds), {}, []
     log.info("%s: training folds %s with %d workers (%s)", name, folds, len(slots),
              ", ".join(f"GPU {s}" for s in slots) if slots[0] is not None else f"CPU, {threads} threads each")
+    def stop(signum, frame):  # a killed stage takes its workers with it (the finally below)
+        raise TrainingError(f"{name}: stopped by signal {signum}; the running folds were stopped too")
+
+    previous = signal.signal(signal.SIGTERM, stop)
     with tqdm(total=len(folds), desc=f"{name} folds", unit="fold") as progress:
         try:
             while queue or running:
@@ -360,7 +399,9 @@ def train_in_workers(params: Params, name: str, folds: list[int], script: Path) 
                     fold = queue.pop(0)
                     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(script.resolve().parents[1]),
                                                                         os.environ.get("PYTHONPATH", "")])}
-                    env.pop("RANK", None)
+                    for variable in _LAUNCHER_VARIABLES:
+                        env.pop(variable, None)
+                    env = {k: v for k, v in env.items() if not k.startswith(("TORCHELASTIC_", "ACCELERATE_"))}
                     if gpu is not None:
                         env["CUDA_VISIBLE_DEVICES"] = gpu
                     cmd = [sys.executable, str(script), "--params", str(params_file), f"train.model={name}",
@@ -376,6 +417,7 @@ def train_in_workers(params: Params, name: str, folds: list[int], script: Path) 
                     handle.close()
                     del running[slot]
                     progress.update(1)
+                    log.info("%s fold %d: worker finished (exit %d)", name, fold, proc.returncode)
                     if proc.returncode:
                         failed.append(fold)
                         tail = (work / f"fold_{fold}.log").read_text(encoding="utf-8").splitlines()[-15:]
@@ -383,6 +425,7 @@ def train_in_workers(params: Params, name: str, folds: list[int], script: Path) 
                                   work / f"fold_{fold}.log", "\n".join(tail))
                 time.sleep(0.5)
         finally:
+            signal.signal(signal.SIGTERM, previous)
             for _, proc, handle in running.values():
                 proc.terminate()
                 proc.wait()

@@ -150,17 +150,34 @@ def data_fingerprint(folds_frame: pd.DataFrame, texts: Sequence[str], pseudo_tex
     return digest.hexdigest()[:16]
 
 
-def fold_fingerprint(spec: ModelParams, backbone: str, data: TrainData, fold: int, seed: int) -> str:
+TRAINING_VERSION = 1
+"""Part of every fold's fingerprint: raise it with a change to training or model code that changes what a
+fold trains to, so folds trained before it are trained again (a refactor leaves it, and the folds are kept)."""
+
+
+def backbone_identity(backbone: str) -> str:
+    """The backbone as the fingerprint sees it: an MLM-adapted one by its own fingerprint, not by the folder
+    it sits in (moving paths.output must not retrain anything); any other by its name or path."""
+    path = Path(backbone)
+    if path.name == "backbone" and path.parent.parent.name == "mlm":
+        return f"mlm:{path.parent.name}"
+    return backbone
+
+
+def fold_fingerprint(spec: ModelParams, backbone: str, source: str, pseudo_labels: np.ndarray | None, fold: int,
+                     seed: int) -> str:
     """What a fold's model depends on: settings, backbone, seed, fold, essays and folds, its pseudo-labels.
 
     A trained fold whose `train_config.json` holds the same fingerprint is kept; a checkpoint with another
     one is ignored.
     """
     pseudo = ""
-    if spec.pseudo_labels != "none" and data.pseudo_labels and fold in data.pseudo_labels:
-        pseudo = hashlib.sha256(np.ascontiguousarray(data.pseudo_labels[fold], np.float32).tobytes()).hexdigest()
-    text = json.dumps({"spec": asdict(spec), "backbone": backbone, "fold": fold, "seed": seed,
-                       "data": data.source, "pseudo": pseudo}, sort_keys=True)
+    if spec.pseudo_labels != "none" and pseudo_labels is not None:
+        # Rounded: fp16 inference on another GPU count or batching may move the last bits, not the labels.
+        labels = np.round(np.asarray(pseudo_labels, np.float64), 4)
+        pseudo = hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()
+    text = json.dumps({"spec": asdict(spec), "backbone": backbone_identity(backbone), "fold": fold, "seed": seed,
+                       "data": source, "pseudo": pseudo, "engine": TRAINING_VERSION}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -284,7 +301,7 @@ def train_fold(
     n_real = len(data.scores)
     if use_pseudo and (data.pseudo_ids is None or data.pseudo_labels is None or fold not in data.pseudo_labels):
         raise TrainingError(f"{spec.name}: pseudo_labels={spec.pseudo_labels} but no pseudo-labels for fold {fold} "
-                            "were loaded; run the pseudo_label stage first")
+                            f"were loaded; make them first: python 01_pseudo_label/run.py train.model={spec.name}")
     all_ids = data.input_ids + (data.pseudo_ids or []) if use_pseudo else data.input_ids
     targets = (np.concatenate([_soft_targets(data.scores), data.pseudo_labels[fold]]) if use_pseudo
                else data.scores.astype(np.float32))
@@ -298,7 +315,7 @@ def train_fold(
 
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = checkpoint_dir / CHECKPOINT_FILE
-    fingerprint = fold_fingerprint(spec, backbone, data, fold, seed)
+    fingerprint = fold_fingerprint(spec, backbone, data.source, (data.pseudo_labels or {}).get(fold), fold, seed)
     state, resume = _State(), _read_checkpoint(ckpt_path, fingerprint)
     if resume is not None:
         state = _State(**resume["state"])

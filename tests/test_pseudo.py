@@ -188,8 +188,9 @@ def test_bad_pseudo_files_are_refused(world, tmp_path):
     frame.assign(prob_1=frame["prob_1"] + 0.5).to_parquet(bad / "fold_1.parquet")
     with pytest.raises(PipelineError, match="probability distributions"):
         load_student_pseudo(bad, bad / "external.parquet", [0, 1, 2], texts)
+    frame.to_parquet(bad / "fold_1.parquet")
     (bad / "fold_2.parquet").unlink()
-    with pytest.raises(PipelineError, match="run the pseudo_label stage"):
+    with pytest.raises(PipelineError, match=r"fold_2\.parquet not found: make the student.s pseudo-labels first \(python 01_pseudo_label/run.py train.model=bad\)"):
         load_student_pseudo(bad, bad / "external.parquet", [0, 1, 2], texts)
 
 
@@ -231,7 +232,14 @@ def test_mlm_pseudo_label_and_student_stages(trained_output, demo_input, tmp_pat
     assert json.loads((fold / "metrics.json").read_text())["n_pseudo_rows"] == len(external)
     assert json.loads((fold / "train_config.json").read_text())["backbone"] == str(adapted)
 
+    # Every fold kept: no MLM run, even with its cache gone (as after a dvc pull on another machine).
+    shutil.rmtree(out / "mlm")
+    kept = run_cli("02_train", *common, "train.model=tiny-student", "train.folds=[0]")
+    assert kept.returncode == 0 and "fold 0: already trained" in kept.stderr
+    assert "MLM domain adaptation" not in kept.stderr and not (out / "mlm").exists()
+
     # Other MLM settings are another adapted backbone; pseudo-label settings do not touch MLM's.
+    assert run_mlm(common).returncode == 0
     assert run_mlm([*common, "pseudo.regression_sigma=0.9"]).returncode == 0
     assert len(list((out / "mlm").glob("*/backbone"))) == 1
     assert run_mlm([*common, "train.students.tiny-student.mlm.epochs=1.0"]).returncode == 0
@@ -251,3 +259,25 @@ def test_a_student_without_pseudo_labels_is_told_to_make_them(prepared_output, d
                      "train.students.tiny-student.mlm.epochs=0")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "python 01_pseudo_label/run.py train.model=tiny-student" in result.stderr
+
+
+@pytest.mark.slow
+def test_labels_of_a_teacher_or_of_pseudo_labels_on_other_folds_are_refused(trained_output, demo_input, tmp_path):
+    """Fold k's labels are leak-free only if the teacher's fold k held out today's fold k."""
+    folder, _ = demo_input
+    out = tmp_path / "out"
+    shutil.copytree(trained_output, out)
+    common = [f"paths.input={folder}", f"paths.output={out}", *TINY_TRAIN, *STUDENT_FAST,
+              "train.students.tiny-student.mlm.epochs=0"]
+    labelled = run_cli("01_pseudo_label", *common)
+    assert labelled.returncode == 0, labelled.stderr[-3000:]
+    folds_path = out / "prepare" / "folds.parquet"
+    folds = pd.read_parquet(folds_path)
+    folds.assign(fold=(folds["fold"] + 1) % 4).to_parquet(folds_path, index=False)  # 00_prepare "ran again"
+    stale_teacher = run_cli("01_pseudo_label", *common)
+    assert stale_teacher.returncode == 2 and "Traceback" not in stale_teacher.stderr
+    assert "fold(s) [0, 1, 2, 3] trained on other folds" in stale_teacher.stderr
+    student = run_cli("02_train", *common, "train.model=tiny-student", "train.folds=[0]")
+    assert student.returncode == 2 and "Traceback" not in student.stderr
+    assert "they were made on other folds" in student.stderr
+    assert "python 01_pseudo_label/run.py train.model=tiny-student" in student.stderr

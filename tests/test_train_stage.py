@@ -131,9 +131,10 @@ def test_two_data_parallel_processes_keep_every_fold(model_args, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-         "02_train/run.py", *model_args, "train.folds=[0, 1]", "train.num_threads=1"],
+         "02_train/run.py", *model_args, "train.folds=[0, 1]", "train.num_threads=1", "train.fold_workers=2"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "train.fold_workers=2 not used" in result.stderr  # no fold workers spawned from every rank
     folds_dir = tmp_path / "train" / "tiny-regression" / "folds"
     assert sorted(p.name for p in folds_dir.iterdir()) == ["fold_0", "fold_1"]
     for k in (0, 1):
@@ -147,8 +148,11 @@ def test_fold_workers_train_folds_concurrently(model_args, tmp_path):
     result = run_cli("02_train", *args, "train.fold_workers=2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "training folds [0, 1, 2, 3] with 2 workers" in result.stderr
-    started = [line for line in result.stderr.splitlines() if "started on CPU" in line]
-    assert len(started) == 4
+    lines = result.stderr.splitlines()
+    started = [i for i, line in enumerate(lines) if "started on CPU" in line]
+    finished = [i for i, line in enumerate(lines) if "worker finished (exit 0)" in line]
+    assert len(started) == 4 and len(finished) == 4
+    assert started[1] < finished[0]  # two folds ran at once
     model_dir = tmp_path / "train" / "tiny-regression"
     for k in range(4):
         _assert_complete_fold(model_dir / "folds" / f"fold_{k}")
