@@ -236,7 +236,7 @@ def _read_json(path: Path, problems: _Problems, fix: str, kind: type = dict) -> 
     return value
 
 
-def _safetensors_problem(path: Path) -> str | None:
+def safetensors_problem(path: Path) -> str | None:
     """Why the safetensors file at `path` cannot be opened, or None. Reads the header only (no weights)."""
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -409,7 +409,7 @@ class ArtifactSet:
             tensors = []
             problems.missing(weights, fix, what=" (or adapter/ for a LoRA model)")
         for path in tensors:
-            problem = _safetensors_problem(path)
+            problem = safetensors_problem(path)
             if problem is not None:
                 problems.bad(path, problem, fix)
 

@@ -13,6 +13,7 @@ kind of parallelism: several folds at once, one process per GPU, each a plain si
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -37,7 +38,14 @@ from common.layout import checkpoint_dir, fold_dir, mlm_dir, model_dir, timings_
 from common.metrics import qwk
 from common.pseudo import StudentPseudo
 from common.thresholds import round_scores
-from common.training import TrainingError, data_fingerprint, fold_fingerprint, tokenize_train, train_fold
+from common.training import (
+    TrainingError,
+    add_texts,
+    data_fingerprint,
+    fold_fingerprint,
+    tokenize_train,
+    train_fold,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +90,9 @@ def trained_config(folder: Path) -> dict | None:
 
 def _weights_readable(folder: Path) -> bool:
     """The fold's weights header opens (a copy cut short does not): model.safetensors, or a LoRA adapter."""
-    from safetensors import SafetensorError, safe_open
+    from common.inference import safetensors_problem
 
-    if (folder / "adapter").is_dir():
-        return True
-    try:
-        with safe_open(str(folder / "model.safetensors"), "pt") as weights:
-            weights.keys()
-    except (SafetensorError, OSError):
-        return False
-    return True
+    return (folder / "adapter").is_dir() or safetensors_problem(folder / "model.safetensors") is None
 
 
 def train_model(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: list[str], out: Path, seed: int,
@@ -300,12 +301,9 @@ def _mlm_summary(folder: Path) -> dict | None:
 
 def mlm_fingerprint(spec: ModelParams, base: str, texts: list[str], seed: int) -> str:
     """Hash of what an MLM-adapted backbone depends on: base backbone, MLM settings, newline token, essays."""
-    import hashlib
-
     digest = hashlib.sha256(json.dumps({"base": base, "mlm": asdict(spec.mlm), "seed": seed,
                                         "newline": spec.add_newline_tokens}, sort_keys=True).encode())
-    for text in texts:
-        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    add_texts(digest, texts)
     return digest.hexdigest()[:16]
 
 

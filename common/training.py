@@ -145,9 +145,14 @@ def scorer_config(spec: ModelParams, backbone: str, vocab_size: int) -> ScorerCo
 def data_fingerprint(folds_frame: pd.DataFrame, texts: Sequence[str], pseudo_texts: Sequence[str] = ()) -> str:
     """Hash of the folds table and every essay text (train, then pseudo-labelled) a model trains on."""
     digest = hashlib.sha256(folds_fingerprint(folds_frame).encode())
-    for text in [*texts, "\0pseudo", *pseudo_texts]:
-        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    add_texts(digest, [*texts, "\0pseudo", *pseudo_texts])
     return digest.hexdigest()[:16]
+
+
+def add_texts(digest, texts: Sequence[str]) -> None:
+    """Feed every text, in order and each one delimited, into a hashlib digest."""
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
 
 
 TRAINING_VERSION = 1
