@@ -23,7 +23,8 @@ def main(params: Params) -> None:
     summary = {}
     with staged_dir(out / "thresholds") as tmp:
         for name in oofs.names:
-            report = model_report(oofs, name, polish=params.thresholds.polish)
+            report = model_report(oofs, name, polish=params.thresholds.polish, n_draws=params.ensemble.bootstrap_draws,
+                                  level=params.ensemble.interval_level, seed=params.seed)
             write_json(tmp / f"{name}.json", report)
             scores = apply_thresholds(oofs.preds[name], report["thresholds"])
             plot_confusion(oofs.y, scores, tmp / "plots" / f"{name}_confusion.png",
@@ -31,9 +32,11 @@ def main(params: Params) -> None:
             plot_pred_vs_true(oofs.y, oofs.preds[name], report["thresholds"],
                               tmp / "plots" / f"{name}_pred_vs_true.png", f"{name}: OOF predictions")
             summary[name] = {k: report[k] for k in (
-                "qwk_rounded", "qwk_insample", "qwk_nested", "qwk_rounded_other", "qwk_nested_other")}
-            log.info("%s: QWK rounded %.4f, in-sample %.4f, nested %.4f (other-origin nested %s)", name,
-                     report["qwk_rounded"], report["qwk_insample"], report["qwk_nested"], report["qwk_nested_other"])
+                "qwk_rounded", "qwk_insample", "qwk_nested", "qwk_nested_low", "qwk_nested_high", "qwk_rounded_other",
+                "qwk_nested_other", "qwk_nested_other_low", "qwk_nested_other_high")}
+            log.info("%s: QWK rounded %.4f, in-sample %.4f, nested %.4f [%.4f, %.4f] (other-origin nested %s)", name,
+                     report["qwk_rounded"], report["qwk_insample"], report["qwk_nested"], report["qwk_nested_low"],
+                     report["qwk_nested_high"], report["qwk_nested_other"])
     write_json(out / "metrics" / "thresholds.json", summary)
 
 

@@ -4,17 +4,18 @@ Run from the repository root: python 04_ensemble/run.py [dotted.key=value ...]
 Reads output/prepare/folds.parquet, output/train/<model>/oof.parquet and the train essays; writes
 output/ensemble/: artifacts/ (ensemble.json, stacker/, text_vocabulary.json, prompt_assigner.npz: all 05_infer
 needs),
-metrics.json and plots/.
+metrics.json (with the bootstrap intervals), frontier.csv (nested QWK on all and on other-origin rows of every
+method at every target weight), intervals.csv and plots/.
 """
 
 import logging
 
 from common.config import Params
 from common.data import load_competition_data
-from common.io import staged_dir, write_json
+from common.io import staged_dir, write_csv, write_json
 from common.oof import load_oof_predictions
-from common.reports import plot_bars, plot_confusion
-from common.selection import build_ensemble
+from common.reports import plot_bars, plot_confusion, plot_frontier, plot_intervals
+from common.selection import TEST_ORIGIN, Target, build_ensemble
 from common.stage import PipelineError, exit_with
 
 log = logging.getLogger("aes.ensemble")
@@ -40,8 +41,10 @@ def main(params: Params) -> None:
                 f"{params.input_dir / prep.train_file} lacks {int(texts.isna().sum())} essays of folds.parquet: "
                 "re-run 00_prepare on the same inputs")
         texts = texts.tolist()
-    result = build_ensemble(oofs, texts, p.select_on, p.stacker_objective, p.n_trials, p.prompt_mix, params.seed,
-                            prompt_features=p.prompt_features, text_features=p.text_features)
+    target = Target(p.target, tuple(p.target_weights), p.by_origin)
+    result = build_ensemble(oofs, texts, target, p.stacker_objective, p.n_trials, p.prompt_mix, params.seed,
+                            prompt_features=p.prompt_features, text_features=p.text_features,
+                            n_draws=p.bootstrap_draws, level=p.interval_level)
 
     with staged_dir(out / "ensemble") as tmp:
         art = tmp / "artifacts"
@@ -51,6 +54,8 @@ def main(params: Params) -> None:
             "models": oofs.names,
             "folds": sorted(int(k) for k in set(oofs.fold)),
             "thresholds": selected.thresholds,
+            "by_origin": result.metrics["by_origin"],
+            "thresholds_origin": TEST_ORIGIN if result.metrics["by_origin"] else None,
             "methods": {
                 name: {"weights": m.weights, "thresholds": m.thresholds, **m.extra}
                 for name, m in result.methods.items()
@@ -69,8 +74,11 @@ def main(params: Params) -> None:
         if result.prompt_assigner is not None:
             result.prompt_assigner.save(art)
         write_json(tmp / "metrics.json", result.metrics)
-        plot_bars({n: m.figures["qwk_nested"] for n, m in result.methods.items()}, tmp / "plots" / "methods.png",
-                  "Nested QWK per method (all rows)", "QWK")
+        write_csv(tmp / "frontier.csv", result.frontier)
+        write_csv(tmp / "intervals.csv", result.intervals)
+        plot_frontier(result.frontier, tmp / "plots" / "frontier.png")
+        plot_intervals(result.intervals, tmp / "plots" / "intervals.png", result.selected,
+                       f"Nested QWK, {p.interval_level:.0%} bootstrap intervals (essays resampled within folds)")
         if "stacker" in result.methods:
             top = dict(list(result.methods["stacker"].stacker.feature_importance().items())[:20])
             plot_bars(top, tmp / "plots" / "stacker_importance.png", "Stacker: share of split gain (top 20 features)",

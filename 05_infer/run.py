@@ -31,15 +31,18 @@ def main(params: Params) -> None:
 
     from common.inference import (
         ArtifactSet,
+        correct_spread,
         ensemble_scores,
         estimate_runtime,
         inference_devices,
         make_submission,
         predict_models,
+        prediction_frame,
         read_test,
         resolve_paths,
+        spread,
     )
-    from common.io import write_csv, write_json
+    from common.io import write_csv, write_json, write_parquet
     from common.layout import stage_timings
 
     p = params.infer
@@ -62,7 +65,12 @@ def main(params: Params) -> None:
     start = time.perf_counter()
     predictions = predict_models(artifacts, texts, devices, p.precision, p.batch_tokens)
     seconds = time.perf_counter() - start
-    continuous, scores = ensemble_scores(artifacts, predictions, texts)
+    spreads = {name: spread(folds) for name, folds in predictions.fold_preds.items() if len(folds) > 1}
+    for name, s in spreads.items():
+        log.info("%s: test predictions of single fold models spread %.4f, their mean %.4f (factor %.4f)%s", name,
+                 s["fold_std"], s["mean_std"], s["factor"], ", corrected" if p.spread_correction else "")
+    used = correct_spread(predictions) if p.spread_correction else predictions
+    continuous, scores = ensemble_scores(artifacts, used, texts)
     submission = make_submission(sample, test["essay_id"].to_numpy(), scores)
     measured = estimate_runtime(artifacts, mean_tokens, p.expected_essays,
                                 len(texts) * len(artifacts.folds) * len(artifacts.models) / seconds, p.time_limit_hours)
@@ -75,7 +83,10 @@ def main(params: Params) -> None:
             "n_essays": len(texts), "devices": [str(d) for d in devices], "runtime_estimate": estimate,
             "score_counts": {str(k): int(v) for k, v in submission["score"].value_counts().sort_index().items()},
             "mean_prediction": float(np.mean(continuous)),
+            "spread": spreads, "spread_correction": p.spread_correction,
         })
+        write_parquet(params.output_dir / "infer" / "test_predictions.parquet",
+                      prediction_frame(test["essay_id"].to_numpy(), predictions))
         write_json(stage_timings(params.output_dir, "infer"), {  # changes from run to run: not in metrics
             "seconds": seconds, "model_seconds": predictions.seconds,
             "this_device_hours": measured["this_device_hours"]})

@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from common.metrics import qwk  # noqa: E402
 from common.oof import load_oof_predictions  # noqa: E402
-from common.selection import build_ensemble, stacker_method  # noqa: E402
+from common.selection import Rows, Target, build_ensemble, stacker_method  # noqa: E402
 from common.text_features import TextFeaturizer  # noqa: E402
 from common.thresholds import nested_threshold_predictions, round_scores  # noqa: E402
 
@@ -164,7 +164,30 @@ def text_lgbm_scores(texts: list[str], oofs, n_trials: int, seed: int) -> np.nda
     """Nested held-out scores of 04_ensemble's stacker on text features alone (no model prediction, no prompt):
     for each fold, optuna tuning, the inner-CV boosters and the thresholds all see the other folds only."""
     X = TextFeaturizer().fit(texts).transform(texts).add_prefix("text__")
-    return stacker_method(X, oofs, None, "regression", n_trials, seed).nested_scores
+    rows = Rows(y=oofs.y, folds=oofs.fold, other=oofs.other, base=np.ones(len(oofs.y)))
+    return stacker_method(X, rows, Target("all", (1.0,), False), "regression", n_trials, seed).nested_scores
+
+
+def spread_check(run_dir: Path, test: pd.DataFrame) -> None:
+    """Held-out QWK of the ensemble on the fold-mean test predictions as they are and with the spread correction
+    (`infer.spread_correction`), from 05_infer's saved per-fold test predictions and the ensemble artifacts."""
+    from common.inference import ArtifactSet, TestPredictions, correct_spread, ensemble_scores, spread
+
+    frame = pd.read_parquet(run_dir / "infer" / "test_predictions.parquet").merge(
+        test[["essay_id", "full_text", "score", "prompt_id"]], on="essay_id")
+    artifacts = ArtifactSet.open(run_dir)
+    folds = {m: frame[sorted(c for c in frame.columns if c.startswith(f"{m}__fold_"))].to_numpy().T
+             for m in artifacts.models}
+    plain = TestPredictions(preds={m: frame[m].to_numpy() for m in artifacts.models}, probs={}, seconds={},
+                            fold_preds=folds)
+    texts = frame["full_text"].tolist()
+    for label, predictions in (("fold mean", plain), ("spread-corrected", correct_spread(plain))):
+        _, scores = ensemble_scores(artifacts, predictions, texts)
+        held = per_prompt_qwk(frame["score"].to_numpy(), scores, frame["prompt_id"].to_numpy())
+        print(f"held-out QWK, {label} test predictions: " + ", ".join(f"{k} {v:.4f}" for k, v in held.items()))
+    print("test spread per model (single fold model vs fold mean): " + ", ".join(
+        f"{m} {s['fold_std']:.4f} / {s['mean_std']:.4f} (factor {s['factor']:.4f})"
+        for m, s in ((m, spread(f)) for m, f in folds.items())))
 
 
 def per_prompt_qwk(y: np.ndarray, scores: np.ndarray, prompts: np.ndarray) -> dict[str, float]:
@@ -229,7 +252,9 @@ def main() -> int:
           f"withheld prompt ids {adjusted_rand_score(prompts, clusters):.4f}")
 
     minilm, _ = nested_threshold_predictions(oofs.preds[MODEL_NAME], y, folds)
-    result = build_ensemble(oofs, texts, "all", "regression", n_trials, {}, args.seed,
+    target = Target(ensemble_params["target"], tuple(ensemble_params["target_weights"]),
+                    bool(ensemble_params["by_origin"]))
+    result = build_ensemble(oofs, texts, target, "regression", n_trials, {}, args.seed,
                             prompt_features=bool(ensemble_params["prompt_features"]),
                             text_features=bool(ensemble_params["text_features"]))
     ensemble = result.methods[result.selected].nested_scores
@@ -271,6 +296,7 @@ def main() -> int:
                           submission["prompt_id"].to_numpy())
     print(f"held-out test QWK of 05_infer's submission ({len(submission)} essays): "
           + ", ".join(f"{k} {v:.4f}" for k, v in held.items()))
+    spread_check(run_dir, test)
     print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in stage_seconds.items())
           + f"; total {time.perf_counter() - start:.0f} s")
     return 0

@@ -239,9 +239,21 @@ class EnsembleParams:
         "Models to post-process (03 and 04); empty: every model of train.models and train.students.",
         factory=list,
     )
-    select_on: Literal["all", "other"] = _help(
-        "Rows whose nested QWK picks the ensemble method: all rows, or other-origin rows only.", "all"
+    target: Literal["auto", "all", "other"] | float = _help(
+        "Rows every ensemble fit (blends, thresholds, stacker) and the method choice are for. auto: other-origin rows "
+        "weigh w (chosen from target_weights by nested CV on other-origin QWK), corpus rows 1; all: every row alike; "
+        "other: other-origin rows only; a number: that w, selected on the weighted rows.", "auto"
     )
+    target_weights: list[float] = _help("Candidate weights of other-origin rows that target=auto chooses from.",
+                                        factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0])
+    by_origin: bool = _help(
+        "Origin-aware ensemble: each origin gets cut points fitted on its own rows and the stacker sees the origin "
+        "(test essays are taken as other-origin: they get those cut points and that origin).", True)
+    bootstrap_draws: int = _help("Bootstrap resamples (essays within folds) behind every interval and the "
+                                 "method choice.", 1000)
+    interval_level: float = _help(
+        "Two-sided level of the intervals. A more complex method is chosen over a simpler one only when the "
+        "interval of their paired difference on the target's rows lies above 0.", 0.9)
     text_features: bool = _help("Give the LightGBM stacker text features beside model predictions.", True)
     prompt_features: bool = _help(
         "Give the LightGBM stacker the essay's recovered prompt cluster (one 0/1 column per cluster; test essays "
@@ -257,6 +269,12 @@ class EnsembleParams:
     )
 
     def __post_init__(self) -> None:
+        if not isinstance(self.target, str) and not (math.isfinite(self.target) and self.target > 0):
+            raise ParamsError(f"ensemble.target={self.target!r}: a weight of other-origin rows must be a positive "
+                              "number (or auto, all, other)")
+        if not self.target_weights or any(not math.isfinite(w) or w <= 0 for w in self.target_weights):
+            raise ParamsError(f"ensemble.target_weights={self.target_weights}: give positive finite weights, e.g. "
+                              "[1, 2, 4, 8, 16]")
         shares = self.prompt_mix
         if shares and (any(not math.isfinite(v) or v < 0 for v in shares.values()) or sum(shares.values()) <= 0):
             raise ParamsError(f"ensemble.prompt_mix={shares}: shares must be >= 0 with a positive sum, e.g. "
@@ -280,6 +298,10 @@ class InferParams:
                                    "aes-pipeline-artifacts")
     kaggle_user: str = _help("Kaggle user name written into the upload folder's metadata (make kaggle).",
                              "your-kaggle-username")
+    spread_correction: bool = _help(
+        "Stretch each model's fold-mean test prediction about its mean to the spread of a single fold model (the "
+        "spread the thresholds and the stacker were fitted on), from the test predictions alone; needs 50+ essays.",
+        False)
     expected_essays: int = _help("Essays in the hidden test, for the runtime estimate printed before the run.", 8000)
     time_limit_hours: float = _help("Kaggle's limit the runtime estimate is checked against.", 9.0)
 
@@ -334,7 +356,7 @@ RANGES: dict[type, dict[str, str]] = {
         "awp_start_epoch": "[0, inf)", "stage1_epochs": "(0, inf)", "pseudo_epochs": "(0, inf)",
         "pseudo_weight": "(0, inf)", "eval_every": "[0, inf)", "checkpoint_every": "[0, inf)"},
     TrainParams: {"fold_workers": "[0, inf)", "num_threads": "[0, inf)"},
-    EnsembleParams: {"n_trials": "[1, inf)"},
+    EnsembleParams: {"n_trials": "[1, inf)", "bootstrap_draws": "[10, inf)", "interval_level": "(0, 1)"},
     InferParams: {"batch_tokens": "[64, inf)", "expected_essays": "[1, inf)", "time_limit_hours": "(0, inf)"},
     Params: {"seed": "[0, 4294967295]"},  # numpy's seeds are 32-bit
 }

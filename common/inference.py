@@ -17,6 +17,7 @@ Built to run on Kaggle the first time:
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import json
@@ -563,18 +564,51 @@ def predict_fold_model(fold_dir: Path, ids: list[list[int]], collator: EssayColl
 # The ensemble
 
 
+MIN_SPREAD_ESSAYS = 50
+"""Fewest test essays the spread correction estimates its factor on (Kaggle's visible test has 3)."""
+
+
 @dataclass
 class TestPredictions:
     preds: dict[str, np.ndarray]  # model -> mean over its fold models, (n,)
     probs: dict[str, pd.DataFrame]  # model -> mean class probabilities, prob_1..prob_6 (heads that have them)
     seconds: dict[str, float]
+    fold_preds: dict[str, np.ndarray] = field(default_factory=dict)  # model -> (n_folds, n) per fold model
+
+
+def spread(fold_preds: np.ndarray) -> dict[str, float]:
+    """How much averaging the fold models narrows a model's test predictions, from the test predictions alone.
+
+    Thresholds and the stacker are fitted on OOF predictions, each made by one fold model; test essays get the
+    mean of the fold models, whose fold-specific errors partly cancel, so its spread is narrower. `fold_std`: the
+    root mean variance of the single fold models' predictions; `mean_std`: the standard deviation of their mean;
+    `factor` = fold_std / mean_std (1: no narrowing).
+    """
+    fold_std = float(np.sqrt(np.mean(np.var(fold_preds, axis=1))))
+    mean_std = float(np.std(fold_preds.mean(axis=0)))
+    return {"fold_std": fold_std, "mean_std": mean_std, "factor": fold_std / mean_std if mean_std > 0 else 1.0}
+
+
+def correct_spread(predictions: TestPredictions) -> TestPredictions:
+    """Each model's mean prediction stretched about its own mean by its spread factor, so the test essays reach
+    the thresholds and the stacker on the spread of a single fold model, as the OOF rows did. Needs at least
+    MIN_SPREAD_ESSAYS essays; fewer are returned unchanged."""
+    preds = {}
+    for name, mean in predictions.preds.items():
+        folds = predictions.fold_preds.get(name)
+        if folds is None or mean.size < MIN_SPREAD_ESSAYS or len(folds) < 2:
+            preds[name] = mean
+            continue
+        factor = spread(folds)["factor"]
+        preds[name] = mean.mean() + (mean - mean.mean()) * factor
+    return dataclasses.replace(predictions, preds=preds)
 
 
 def predict_models(artifacts: ArtifactSet, texts: list[str], devices: list[torch.device], precision: str,
                    batch_tokens: int) -> TestPredictions:
     """Every ensemble member: the mean of its fold models' predictions (as the stacker was trained on)."""
     cache = TokenCache(texts)
-    preds, probs, seconds = {}, {}, {}
+    preds, probs, seconds, per_fold = {}, {}, {}, {}
     for name in artifacts.models:
         start = time.perf_counter()
         fold_preds, fold_probs = [], []
@@ -585,13 +619,24 @@ def predict_models(artifacts: ArtifactSet, texts: list[str], devices: list[torch
             fold_preds.append(pred)
             if prob is not None:
                 fold_probs.append(prob)
-        preds[name] = np.mean(fold_preds, axis=0)
+        per_fold[name] = np.vstack(fold_preds)
+        preds[name] = per_fold[name].mean(axis=0)
         if fold_probs:
             probs[name] = pd.DataFrame(np.mean(fold_probs, axis=0), columns=[f"prob_{s}" for s in range(1, 7)])
         seconds[name] = time.perf_counter() - start
         log.info("%s: %d fold models in %.1f s", name, len(artifacts.folds), seconds[name])
     log.info("%d distinct tokenizer(s) tokenised the essays", cache.n_tokenizers)
-    return TestPredictions(preds=preds, probs=probs, seconds=seconds)
+    return TestPredictions(preds=preds, probs=probs, seconds=seconds, fold_preds=per_fold)
+
+
+def prediction_frame(test_ids: np.ndarray, predictions: TestPredictions) -> pd.DataFrame:
+    """essay_id, then per model its mean prediction `<model>` and every fold model's `<model>__fold_<k>`."""
+    columns: dict[str, np.ndarray] = {"essay_id": np.asarray(test_ids)}
+    for name, mean in predictions.preds.items():
+        columns[name] = mean
+        for k, values in enumerate(predictions.fold_preds.get(name, [])):
+            columns[f"{name}__fold_{k}"] = values
+    return pd.DataFrame(columns)
 
 
 def ensemble_scores(artifacts: ArtifactSet, predictions: TestPredictions, texts: list[str]) -> tuple[np.ndarray,
@@ -609,7 +654,8 @@ def ensemble_scores(artifacts: ArtifactSet, predictions: TestPredictions, texts:
             prompts = PromptAssigner.load(artifacts.root / ENSEMBLE_DIR).predict(texts)
             log.info("test essays per prompt cluster: %s",
                      {int(k): int(n) for k, n in zip(*np.unique(prompts, return_counts=True), strict=True)})
-        X = stacker_features(predictions.preds, predictions.probs, text_frame, prompts, spec.get("prompt_stats"))
+        origin = np.ones(len(texts)) if spec.get("by_origin") else None  # test essays are other-origin
+        X = stacker_features(predictions.preds, predictions.probs, text_frame, prompts, spec.get("prompt_stats"), origin)
         stacker = LGBMStacker.load(artifacts.root / ENSEMBLE_DIR / (spec.get("stacker_dir") or "stacker"))
         continuous = stacker.predict(X[stacker.feature_names_])
     else:

@@ -16,7 +16,8 @@ import pandas as pd
 
 from common.data import InputError
 from common.metrics import qwk
-from common.thresholds import ThresholdSearcher, round_scores, threshold_report
+from common.thresholds import ThresholdSearcher, nested_threshold_predictions, round_scores, threshold_report
+from common.uncertainty import bootstrap_qwk
 
 OOF_FILE = "oof.parquet"
 OOF_COLUMNS = ("essay_id", "fold", "pred")
@@ -156,8 +157,11 @@ def load_oof_predictions(train_dir: Path, folds_path: Path, names: list[str]) ->
     return OOFSet(folds=folds, preds=preds, probs=probs)
 
 
-def model_report(oofs: OOFSet, name: str, polish: bool = True) -> dict:
-    """Threshold report of one model: rounded / in-sample / nested QWK on all rows and on other-origin rows.
+def model_report(oofs: OOFSet, name: str, polish: bool = True, n_draws: int = 1000, level: float = 0.9,
+                 seed: int = 0) -> dict:
+    """Threshold report of one model: rounded / in-sample / nested QWK on all rows and on other-origin rows, and
+    bootstrap intervals of the nested figures (`qwk_nested_low` / `_high`, `qwk_nested_other_low` / `_high`:
+    essays resampled within folds, `level` two-sided).
 
     Per-fold, per-prompt and per-origin figures use the nested (held-out) thresholded scores.
     """
@@ -174,4 +178,12 @@ def model_report(oofs: OOFSet, name: str, polish: bool = True) -> dict:
     report["n_other"] = int(other.sum())
     report["qwk_rounded_other"] = qwk(y[other], round_scores(pred[other])) if other.any() else None
     report["qwk_nested_other"] = report["per_group"]["origin"].get("other")
+    nested_scores, _ = nested_threshold_predictions(pred, y, oofs.fold, lambda: ThresholdSearcher(polish=polish))
+    report["interval_level"] = level
+    for key, rows in (("qwk_nested", None), ("qwk_nested_other", other if report["qwk_nested_other"] else None)):
+        if key == "qwk_nested_other" and rows is None:
+            report.update({f"{key}_low": None, f"{key}_high": None})
+            continue
+        boot = bootstrap_qwk(y, {name: nested_scores}, oofs.fold, rows, n_draws=n_draws, level=level, seed=seed)
+        report[f"{key}_low"], report[f"{key}_high"] = boot.interval(name)
     return report

@@ -90,3 +90,49 @@ def plot_bars(values: dict[str, float], path: str | Path, title: str, xlabel: st
     ax.set_title(title, fontsize=10)
     ax.invert_yaxis()
     _save(fig, Path(path))
+
+
+def plot_frontier(frontier: pd.DataFrame, path: str | Path) -> None:
+    """Nested QWK on other-origin rows (x) against all rows (y) of each method across target weights.
+
+    `frontier`: columns method, target_weight (a label), qwk_all, qwk_other; the row 'chosen' of a method (the
+    weight chosen inside each training split) is drawn as a star.
+    """
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for i, (method, rows) in enumerate(frontier.groupby("method", sort=False)):
+        color = f"C{i}"
+        grid = rows[rows["target_weight"] != "chosen"].dropna(subset=["qwk_all", "qwk_other"])
+        ax.plot(grid["qwk_other"], grid["qwk_all"], "o-", color=color, label=method, markersize=4)
+        for _, r in grid.iterrows():
+            ax.annotate(str(r["target_weight"]), (r["qwk_other"], r["qwk_all"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points", color=color)
+        chosen = rows[rows["target_weight"] == "chosen"].dropna(subset=["qwk_all", "qwk_other"])
+        ax.plot(chosen["qwk_other"], chosen["qwk_all"], "*", color=color, markersize=12)
+    ax.set_xlabel("nested QWK, other-origin rows")
+    ax.set_ylabel("nested QWK, all rows")
+    ax.set_title("Target frontier: numbers are the weight of other-origin rows; star: weight chosen by nested CV",
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, Path(path))
+
+
+def plot_intervals(table: pd.DataFrame, path: str | Path, selected: str, title: str) -> None:
+    """Nested QWK with its bootstrap interval per method and model, on all rows and on other-origin rows."""
+    keys = [k for k in ("all", "other") if f"qwk_{k}" in table]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 0.35 * len(table) + 1.5), squeeze=False)
+    names = table["name"].tolist()
+    for ax, key in zip(axes[0], keys, strict=True):
+        point = table[f"qwk_{key}"].to_numpy(dtype=float)
+        err = np.vstack([point - table[f"qwk_{key}_low"].to_numpy(dtype=float),
+                         table[f"qwk_{key}_high"].to_numpy(dtype=float) - point])
+        colors = ["C3" if n == selected else "C0" for n in names]
+        for i, color in enumerate(colors):
+            ax.errorbar(point[i], i, xerr=err[:, i:i + 1], fmt="none", ecolor=color, capsize=3)
+        ax.scatter(point, range(len(names)), c=colors, zorder=3)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"nested QWK, {'all rows' if key == 'all' else 'other-origin rows'}")
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"{title}; red: selected", fontsize=9)
+    _save(fig, Path(path))

@@ -126,8 +126,9 @@ def section_models(out: Path) -> str:
     for name, m in models.items():
         seconds = sum((_json(p) or {}).get("seconds", 0) for p in (out / "timings" / name).glob("fold_*.json"))
         rows.append({"model": name, "rounded": m["qwk_rounded"], "in-sample": m["qwk_insample"],
-                     "nested": m["qwk_nested"], "rounded (other)": m.get("qwk_rounded_other"),
-                     "nested (other)": m.get("qwk_nested_other"), "train seconds": seconds})
+                     "nested": m["qwk_nested"], "interval": _interval(m, "qwk_nested"),
+                     "rounded (other)": m.get("qwk_rounded_other"), "nested (other)": m.get("qwk_nested_other"),
+                     "interval (other)": _interval(m, "qwk_nested_other"), "train seconds": seconds})
     folds = pd.DataFrame({name: m["per_fold"] for name, m in models.items()}).T.reset_index()
     folds.columns = ["model", *[f"fold {c}" for c in folds.columns[1:]]]
     return ("<p>OOF QWK of each model: rounded predictions, thresholds fitted on all rows (in-sample), and "
@@ -135,15 +136,46 @@ def section_models(out: Path) -> str:
             + _table(pd.DataFrame(rows)) + "<h3>Nested QWK per fold</h3>" + _table(folds) + _other_runs_note(out))
 
 
+def _interval(values: dict, key: str) -> str:
+    low, high = values.get(f"{key}_low"), values.get(f"{key}_high")
+    return "" if low is None or high is None else f"[{low:.4f}, {high:.4f}]"
+
+
 def section_ensemble(out: Path) -> str:
     metrics = _json(out / "ensemble" / "metrics.json")
     if metrics is None:
         return _missing("04_ensemble has not run: no output/ensemble/metrics.json")
     rows = [{"method": name, **values} for name, values in metrics.get("methods", {}).items()]
+    intervals = metrics.get("intervals", {})
+    table = pd.DataFrame([{
+        "method or model": r["name"], "nested (all)": r.get("qwk_all"), "interval (all)": _interval(r, "qwk_all"),
+        "nested (other)": r.get("qwk_other"), "interval (other)": _interval(r, "qwk_other"),
+        "minus selected": r.get("diff_vs_selected"),
+        "paired interval": "" if r.get("diff_low") is None else f"[{r['diff_low']:+.4f}, {r['diff_high']:+.4f}]",
+    } for r in intervals.get("rows", [])])
+    frontier_file = out / "ensemble" / "frontier.csv"
+    frontier = ""
+    if frontier_file.is_file():
+        f = pd.read_csv(frontier_file, dtype={"target_weight": str})
+        order = list(dict.fromkeys(f["target_weight"]))
+        wide = f.pivot(index="target_weight", columns="method", values=["qwk_all", "qwk_other"]).reindex(order)
+        wide.columns = [f"{m} ({'all' if k == 'qwk_all' else 'other'})" for k, m in wide.columns]
+        frontier = ("<h3>Target frontier</h3><p>Nested QWK on all rows and on other-origin rows of each method at each "
+                    "weight of other-origin rows; 'chosen': the weight chosen by nested CV inside each training "
+                    "split (the figures above).</p>" + _table(wide.reset_index()))
+    level = intervals.get("level")
     return (f"<p>Selected: <b>{html.escape(str(metrics['selected']))}</b> by nested QWK on "
             f"{html.escape(str(metrics.get('select_on')))} rows: {metrics['qwk_nested']:.4f} "
-            f"(other-origin {metrics.get('qwk_nested_other') or float('nan'):.4f}).</p>"
-            + _table(pd.DataFrame(rows)) + "".join(_img(p) for p in sorted((out / "ensemble" / "plots").glob("*.png"))))
+            f"(other-origin {metrics.get('qwk_nested_other') or float('nan'):.4f}); target "
+            f"{html.escape(str(metrics.get('target')))}, weight of other-origin rows "
+            f"{html.escape(str(metrics.get('target_weight')))}. "
+            f"{html.escape(str(metrics.get('selection_reason', '')))}.</p>"
+            + _table(pd.DataFrame(rows))
+            + (f"<h3>Intervals</h3><p>{level:.0%} bootstrap intervals (essays resampled within folds, "
+               f"{intervals.get('draws')} draws); 'minus selected': paired difference on the rows the method is "
+               "selected on. A more complex method is selected only when its paired interval lies above 0.</p>"
+               + _table(table) if level else "")
+            + frontier + "".join(_img(p) for p in sorted((out / "ensemble" / "plots").glob("*.png"))))
 
 
 def section_confusion(out: Path) -> str:

@@ -10,7 +10,9 @@ inference, and everything 05_infer needs is returned as plain data (weights, thr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,14 +27,15 @@ from common.ensemble import (
     LGBMStacker,
     MeanBlender,
     ScipyBlender,
-    nested_blend_predictions,
+    check_prediction_matrix,
     prompt_mix_weights,
     tune_stacker,
 )
 from common.metrics import qwk
 from common.oof import OOFSet
 from common.text_features import TextFeaturizer
-from common.thresholds import ThresholdSearcher
+from common.thresholds import GroupThresholds
+from common.uncertainty import DEFAULT_DRAWS, DEFAULT_LEVEL, Bootstrap, bootstrap_qwk
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +46,96 @@ BLENDERS: dict[str, Callable[[], Any]] = {
 }
 
 
+TEST_ORIGIN = "other"
+"""The origin test essays are taken to have: the hidden test holds none of the corpus essays."""
+
+COMPLEXITY = ("mean", "greedy", "scipy", "stacker")
+"""Methods from simplest to most complex: selection keeps the simpler one unless a more complex one wins by
+more than the interval of their paired difference."""
+
+OTHER_ONLY = math.inf
+"""The target weight of `ensemble.target: other`: other-origin rows only (corpus rows weigh 0)."""
+
+
+def weight_label(weight: float) -> str:
+    """How a target weight of other-origin rows is written in tables: '1', '4', 'other only'."""
+    return "other only" if math.isinf(weight) else f"{weight:g}"
+
+
+@dataclass
+class Target:
+    """Which rows the ensemble is fitted and selected for (`ensemble.target`).
+
+    `mode`: "all" (every row weighs 1, selection on all rows), "other" (other-origin rows only), a number w
+    (other-origin rows weigh w, corpus rows 1, selection on that weighting), or "auto": w is chosen from
+    `weights` by nested CV inside the training folds to maximise QWK on other-origin rows, the rows the hidden
+    test resembles; corpus rows stay in every fit. `by_origin`: each origin gets its own cut points and the
+    stacker sees the origin (column `origin__other`); test essays get the other-origin ones.
+    """
+
+    mode: str | float = "auto"
+    weights: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
+    by_origin: bool = True
+
+    @property
+    def candidates(self) -> tuple[float, ...]:
+        if self.mode == "auto":
+            return tuple(float(w) for w in self.weights)
+        if self.mode == "all":
+            return (1.0,)
+        if self.mode == "other":
+            return (OTHER_ONLY,)
+        return (float(self.mode),)
+
+    @property
+    def select_on(self) -> str:
+        """Rows whose QWK picks the weight and the method: 'other', 'all' or 'weighted'."""
+        if self.mode in ("auto", "other"):
+            return "other"
+        return "all" if self.mode == "all" else "weighted"
+
+    def fit_weights(self, weight: float, other: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """Row weights of a fit at target weight `weight` of other-origin rows (times the prompt-mix weights)."""
+        if math.isinf(weight):
+            return base * other
+        return base * np.where(other, weight, 1.0)
+
+    def select_weights(self, other: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """Row weights of the QWK that picks the weight and the method (zero: not scored)."""
+        if self.select_on == "other":
+            return base * other
+        if self.select_on == "all":
+            return base
+        return self.fit_weights(float(self.mode), other, base)
+
+
+@dataclass
+class Rows:
+    """The rows of one ensemble fit: labels, folds, origins and the prompt-mix weights (ones when none)."""
+
+    y: np.ndarray
+    folds: np.ndarray
+    other: np.ndarray
+    base: np.ndarray
+
+    @property
+    def origin(self) -> np.ndarray:
+        return np.where(self.other, "other", "persuade")
+
+
 @dataclass
 class MethodResult:
     """One combining method: nested held-out scores, figures, and its all-rows fit for inference."""
 
     name: str
-    nested_pred: np.ndarray  # continuous held-out prediction per row
+    nested_pred: np.ndarray  # continuous held-out prediction per row (target weight chosen inside each fold)
     nested_scores: np.ndarray  # held-out thresholded scores 1..6
     figures: dict[str, float | None]
-    thresholds: list[float]  # fitted on all rows, for inference
+    thresholds: list[float]  # fitted on all rows for test essays (other-origin ones with origin thresholds)
     weights: dict[str, float] | None = None  # blends
     stacker: LGBMStacker | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    frontier: dict[float, np.ndarray] = field(default_factory=dict)  # target weight -> nested scores
 
 
 @dataclass
@@ -66,40 +147,113 @@ class EnsembleResult:
     metrics: dict[str, Any]
     prompt_assigner: PromptAssigner | None = None
     prompt_stats: PromptStats | None = None
+    frontier: pd.DataFrame | None = None
+    intervals: pd.DataFrame | None = None
 
 
-def _figures(y: np.ndarray, other: np.ndarray, nested: np.ndarray, insample: np.ndarray,
-             w: np.ndarray | None) -> dict[str, float | None]:
-    def score(rows: np.ndarray, pred: np.ndarray) -> float | None:
-        if rows.sum() == 0 or len(np.unique(y[rows])) < 2:
-            return None
-        return qwk(y[rows], pred[rows], sample_weight=None if w is None else w[rows])
+def _score(rows: Rows, scores: np.ndarray, weights: np.ndarray) -> float | None:
+    keep = weights > 0
+    if not keep.any() or np.unique(rows.y[keep]).size < 2:
+        return None
+    return qwk(rows.y[keep], scores[keep], sample_weight=weights[keep])
 
-    every = np.ones(len(y), dtype=bool)
+
+def _figures(rows: Rows, nested: np.ndarray, insample: np.ndarray) -> dict[str, float | None]:
+    other = rows.base * rows.other
     return {
-        "qwk_nested": score(every, nested),
-        "qwk_nested_other": score(other, nested),
-        "qwk_insample": score(every, insample),
-        "qwk_insample_other": score(other, insample),
+        "qwk_nested": _score(rows, nested, rows.base),
+        "qwk_nested_other": _score(rows, nested, other),
+        "qwk_insample": _score(rows, insample, rows.base),
+        "qwk_insample_other": _score(rows, insample, other),
     }
 
 
-def _blend(name: str, oofs: OOFSet, w: np.ndarray | None) -> MethodResult:
+FitPredict = Callable[[np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray]]
+"""fit_predict(train_rows, held_rows, target_weight) -> (continuous, scores) of the held rows, fitted on the
+train rows only."""
+
+
+def nested(fit_predict: FitPredict, rows: Rows, weight: float | Callable[[np.ndarray], float],
+           within: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Held-out (continuous, scores) of the rows in `within` (all rows by default), fold by fold: fold f is
+    predicted by a chain fitted on the other folds of `within` only. `weight` is a target weight, or a function
+    of the training rows that chooses one (from those rows alone); the weight used per fold is returned."""
+    within = np.ones(rows.y.size, dtype=bool) if within is None else within
+    cont, scores, used = np.zeros(rows.y.size), np.zeros(rows.y.size, dtype=np.int64), {}
+    for fold in np.unique(rows.folds[within]):
+        held = within & (rows.folds == fold)
+        train = within & ~held
+        w = weight(train) if callable(weight) else weight
+        cont[held], scores[held] = fit_predict(train, held, w)
+        used[str(int(fold))] = w
+    return cont, scores, used
+
+
+def choose_weight(fit_predict: FitPredict, rows: Rows, target: Target) -> Callable[[np.ndarray], float]:
+    """A chooser of the target weight from training rows alone: nested scores (inner CV over the training rows'
+    folds) at every candidate, the best on the target's rows of the training split."""
+
+    def chooser(train: np.ndarray) -> float:
+        scores = {w: nested(fit_predict, rows, w, within=train)[1] for w in target.candidates}
+        return best_weight(scores, rows, target, train)
+
+    return chooser
+
+
+def _thresholder(rows: Rows, target: Target, train: np.ndarray, cont: np.ndarray, w: np.ndarray) -> GroupThresholds:
+    groups = rows.origin[train] if target.by_origin else None
+    return GroupThresholds().fit(cont, rows.y[train], groups, sample_weight=w)
+
+
+def _apply(thresholds: GroupThresholds, rows: Rows, target: Target, held: np.ndarray, cont: np.ndarray) -> np.ndarray:
+    return thresholds.predict(cont, rows.origin[held] if target.by_origin else None)
+
+
+def _frontier_and_auto(name: str, fit_predict: FitPredict, rows: Rows, target: Target,
+                       chooser: Callable[[np.ndarray], float] | None = None
+                       ) -> tuple[dict[float, np.ndarray], np.ndarray, np.ndarray, dict[str, float], float]:
+    """Nested scores at every candidate weight (the frontier), the nested run of the whole procedure (weight
+    chosen inside each training split) and the weight chosen on all rows for the inference fit."""
+    frontier = {w: nested(fit_predict, rows, w)[1] for w in target.candidates}
+    final = best_weight(frontier, rows, target, np.ones(rows.y.size, dtype=bool))
+    if len(target.candidates) == 1:
+        cont, scores, used = nested(fit_predict, rows, final)
+    else:
+        cont, scores, used = nested(fit_predict, rows, chooser or choose_weight(fit_predict, rows, target))
+    log.info("%s: target weight of other-origin rows per fold %s, on all rows %s", name,
+             {k: weight_label(v) for k, v in used.items()}, weight_label(final))
+    return frontier, cont, scores, used, final
+
+
+def _blend(name: str, P: np.ndarray, names: list[str], rows: Rows, target: Target) -> MethodResult:
     factory = BLENDERS[name]
-    P, y = oofs.matrix(), oofs.y
-    nested = nested_blend_predictions(P, y, oofs.fold, factory, sample_weight=w)
-    nested_pred, nested_scores = nested.blended, nested.scores
-    blender = factory().fit(P, y, sample_weight=w)
-    blend_all = blender.predict(P)
-    searcher = ThresholdSearcher().fit(blend_all, y, sample_weight=w)
+
+    def fit(train: np.ndarray, weight: float) -> tuple[Any, GroupThresholds]:
+        w = target.fit_weights(weight, rows.other[train], rows.base[train])
+        blender = factory().fit(P[train], rows.y[train], sample_weight=w)
+        return blender, _thresholder(rows, target, train, blender.predict(P[train]), w)
+
+    def fit_predict(train: np.ndarray, held: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
+        blender, thresholds = fit(train, weight)
+        cont = blender.predict(P[held])
+        return cont, _apply(thresholds, rows, target, held, cont)
+
+    frontier, cont, scores, used, final = _frontier_and_auto(name, fit_predict, rows, target)
+    every = np.ones(rows.y.size, dtype=bool)
+    blender, thresholds = fit(every, final)
+    insample = _apply(thresholds, rows, target, every, blender.predict(P))
     return MethodResult(
-        name=name,
-        nested_pred=nested_pred,
-        nested_scores=nested_scores,
-        figures=_figures(y, oofs.other, nested_scores, searcher.predict(blend_all), w),
-        thresholds=[float(t) for t in searcher.thresholds_],
-        weights={m: float(v) for m, v in zip(oofs.names, blender.weights_, strict=True)},
+        name=name, nested_pred=cont, nested_scores=scores, figures=_figures(rows, scores, insample),
+        thresholds=thresholds.thresholds_for(TEST_ORIGIN if target.by_origin else None),
+        weights={m: float(v) for m, v in zip(names, blender.weights_, strict=True)}, frontier=frontier,
+        extra=_target_extra(final, used, thresholds),
     )
+
+
+def _target_extra(final: float, used: dict[str, float], thresholds: GroupThresholds) -> dict[str, Any]:
+    return {"target_weight": weight_label(final),
+            "target_weight_per_fold": {k: weight_label(v) for k, v in used.items()},
+            "thresholds_by_origin": thresholds.by_group_, "thresholds_shared": thresholds.shared_}
 
 
 PromptStats = dict[str, dict[str, list[float]]]
@@ -108,11 +262,14 @@ PromptStats = dict[str, dict[str, list[float]]]
 
 def stacker_features(preds: Mapping[str, np.ndarray], probs: Mapping[str, pd.DataFrame],
                      text_frame: pd.DataFrame | None, prompts: np.ndarray | None = None,
-                     prompt_stats: PromptStats | None = None) -> pd.DataFrame:
+                     prompt_stats: PromptStats | None = None, origin_other: np.ndarray | None = None) -> pd.DataFrame:
     """Stacker inputs: one column per model prediction, class probabilities, text features, and, when
     `prompts` (the prompt cluster of each row) and `prompt_stats` are given, prompt features: one 0/1
     column `prompt__<k>` per cluster k of the stats, and `z__<column>`, each prediction and text feature
     standardised within its row's cluster (an essay long for its prompt, a score high for its prompt).
+
+    `origin_other` (1 for other-origin rows, 0 for corpus rows) adds the column `origin__other`: 05_infer
+    gives every test essay 1.
 
     The same function builds them from OOF predictions (04_ensemble) and from test predictions (05_infer),
     the latter with the stats saved from the former.
@@ -124,6 +281,8 @@ def stacker_features(preds: Mapping[str, np.ndarray], probs: Mapping[str, pd.Dat
     frame = pd.concat(parts, axis=1)
     # LightGBM refuses JSON punctuation in feature names; model names may hold any character.
     frame.columns = [re.sub(r"[^\w.\-]", "_", c) for c in frame.columns]
+    if origin_other is not None:
+        frame["origin__other"] = np.asarray(origin_other, dtype=np.float64)
     if prompts is None or prompt_stats is None:
         return frame
     prompts = np.asarray(prompts).astype(str)
@@ -159,74 +318,181 @@ def fit_prompt_stats(X: pd.DataFrame, prompts: np.ndarray, classes: Sequence[int
     return stats
 
 
-def stacker_method(
-    X: pd.DataFrame, oofs: OOFSet, w: np.ndarray | None, objective: Literal["regression", "qwk"],
-    n_trials: int, seed: int,
-) -> MethodResult:
-    """The LightGBM stacker on features X (rows in `oofs` order): nested held-out scores and figures, and
-    the stacker refitted on every row with its thresholds, for inference."""
-    y, folds = oofs.y, oofs.fold
-    fold_ids = np.unique(folds)
+def stacker_method(X: pd.DataFrame, rows: Rows, target: Target, objective: Literal["regression", "qwk"],
+                   n_trials: int, seed: int) -> MethodResult:
+    """The LightGBM stacker on features X (rows in `rows` order): nested held-out scores and figures, and the
+    stacker refitted on every row with its thresholds, for inference.
 
-    def tuned(rows: np.ndarray) -> dict[str, Any]:
-        if n_trials <= 0:
-            return {}
-        return tune_stacker(X[rows], y[rows], folds[rows], n_trials=n_trials, seed=seed, objective=objective,
-                            sample_weight=None if w is None else w[rows])
+    Nested, mirroring inference: for held-out fold f, everything is fitted on the other folds only -- optuna
+    tuning (on the prompt-mix weights), the fold boosters (inner CV over the remaining folds, trained and
+    early-stopped under the target weights) and the thresholds (on those boosters' inner OOF predictions);
+    fold f is predicted by the mean of the boosters. With several candidate target weights, the one for fold f
+    is the best by nested thresholds on those inner OOF predictions, scored on the target's rows.
+    """
+    y, folds = rows.y, rows.folds
+    params_of: dict[bytes, dict[str, Any]] = {}
+    fits: dict[tuple[bytes, float], tuple[LGBMStacker, GroupThresholds, np.ndarray]] = {}
 
-    # Nested, mirroring inference: for held-out fold f, everything is fitted on the other folds only --
-    # tuning, the fold boosters (inner CV over the remaining folds) and the thresholds (on those
-    # boosters' inner OOF predictions) -- and fold f is predicted by the mean of the boosters.
-    nested_pred = np.zeros(len(y))
-    nested_scores = np.zeros(len(y), dtype=np.int64)
-    params_per_fold = {}
-    for fold in fold_ids:
-        held = folds == fold
-        params = tuned(~held)
-        params_per_fold[str(int(fold))] = params
-        inner = LGBMStacker(objective=objective, params=params, seed=seed)
-        w_train = None if w is None else w[~held]
-        inner_oof = inner.fit_oof(X[~held], y[~held], folds[~held], sample_weight=w_train)
-        searcher = ThresholdSearcher().fit(inner_oof, y[~held], sample_weight=w_train)
-        nested_pred[held] = inner.predict(X[held])
-        nested_scores[held] = searcher.predict(nested_pred[held])
+    def params(train: np.ndarray) -> dict[str, Any]:
+        key = train.tobytes()
+        if key not in params_of:
+            params_of[key] = {} if n_trials <= 0 else tune_stacker(
+                X[train], y[train], folds[train], n_trials=n_trials, seed=seed, objective=objective,
+                sample_weight=rows.base[train])
+        return params_of[key]
 
-    # For inference: tuned on every row, fold boosters averaged, thresholds on its OOF predictions.
-    final = LGBMStacker(objective=objective, params=tuned(np.ones(len(y), dtype=bool)), seed=seed)
-    oof_all = final.fit_oof(X, y, folds, sample_weight=w)
-    searcher = ThresholdSearcher().fit(oof_all, y, sample_weight=w)
+    def fitted(train: np.ndarray, weight: float) -> tuple[LGBMStacker, GroupThresholds, np.ndarray]:
+        key = (train.tobytes(), weight)
+        if key not in fits:
+            w = target.fit_weights(weight, rows.other[train], rows.base[train])
+            stacker = LGBMStacker(objective=objective, params=params(train), seed=seed)
+            inner_oof = stacker.fit_oof(X[train], y[train], folds[train], sample_weight=w)
+            fits[key] = (stacker, _thresholder(rows, target, train, inner_oof, w), inner_oof)
+        return fits[key]
+
+    def fit_predict(train: np.ndarray, held: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
+        stacker, thresholds, _ = fitted(train, weight)
+        cont = stacker.predict(X[held])
+        return cont, _apply(thresholds, rows, target, held, cont)
+
+    def chooser(train: np.ndarray) -> float:
+        scores = {}
+        for weight in target.candidates:
+            inner_oof = np.zeros(y.size)
+            inner_oof[train] = fitted(train, weight)[2]
+            w = target.fit_weights(weight, rows.other, rows.base)
+
+            def thresholds_only(inner_train: np.ndarray, held: np.ndarray, _: float,
+                                inner_oof: np.ndarray = inner_oof, w: np.ndarray = w) -> tuple[np.ndarray, np.ndarray]:
+                found = _thresholder(rows, target, inner_train, inner_oof[inner_train], w[inner_train])
+                return inner_oof[held], _apply(found, rows, target, held, inner_oof[held])
+
+            scores[weight] = nested(thresholds_only, rows, weight, within=train)[1]
+        return best_weight(scores, rows, target, train)
+
+    frontier, cont, scores, used, final = _frontier_and_auto("stacker", fit_predict, rows, target, chooser)
+    every = np.ones(y.size, dtype=bool)
+    stacker, thresholds, oof_all = fitted(every, final)
+    insample = _apply(thresholds, rows, target, every, oof_all)
+    params_per_fold = {str(int(f)): params(folds != f) for f in np.unique(folds)}
     return MethodResult(
-        name="stacker",
-        nested_pred=nested_pred,
-        nested_scores=nested_scores,
-        figures=_figures(y, oofs.other, nested_scores, searcher.predict(oof_all), w),
-        thresholds=[float(t) for t in searcher.thresholds_],
-        stacker=final,
-        extra={"params_per_fold": params_per_fold, "params": final.params, "objective": objective},
+        name="stacker", nested_pred=cont, nested_scores=scores, figures=_figures(rows, scores, insample),
+        thresholds=thresholds.thresholds_for(TEST_ORIGIN if target.by_origin else None),
+        stacker=stacker, frontier=frontier,
+        extra={**_target_extra(final, used, thresholds), "params_per_fold": params_per_fold,
+               "params": stacker.params, "objective": objective},
     )
+
+
+def model_scores(oofs: OOFSet, rows: Rows, target: Target) -> dict[str, np.ndarray]:
+    """Each model's nested thresholded scores (thresholds per origin as the target says), for the intervals."""
+    out = {}
+    for name, pred in oofs.preds.items():
+        def fit_predict(train: np.ndarray, held: np.ndarray, _: float, pred: np.ndarray = pred
+                        ) -> tuple[np.ndarray, np.ndarray]:
+            found = _thresholder(rows, target, train, pred[train], rows.base[train])
+            return pred[held], _apply(found, rows, target, held, pred[held])
+
+        out[f"model:{name}"] = nested(fit_predict, rows, 1.0)[1]
+    return out
+
+
+def prefer_simpler(order: Sequence[str], boot: Bootstrap) -> tuple[str, str]:
+    """The first (simplest) of `order` that the best one does not beat by more than the interval of their paired
+    difference; and why, in words."""
+    best = max(order, key=lambda m: boot.point[m])
+    for name in order:
+        if name == best:
+            return name, f"{name} has the best nested QWK ({boot.point[name]:.4f})"
+        d = boot.difference(best, name)
+        if d["low"] <= 0.0:
+            return name, (f"{best} is ahead of {name} by {d['diff']:+.4f}, inside the paired interval "
+                          f"[{d['low']:+.4f}, {d['high']:+.4f}]: the simpler {name} is kept")
+    return best, best
+
+
+def select_method(methods: Mapping[str, MethodResult], boot: Bootstrap) -> tuple[str, str]:
+    """The simplest method (in `COMPLEXITY` order) that the best one by nested QWK on the target's rows does not
+    beat by more than the interval of their paired difference."""
+    return prefer_simpler([m for m in COMPLEXITY if m in methods], boot)
+
+
+def best_weight(scores: Mapping[float, np.ndarray], rows: Rows, target: Target, within: np.ndarray) -> float:
+    """The target weight whose nested scores have the best QWK on the target's rows in `within`; ties go to the
+    smaller weight (the fit closest to all rows)."""
+    select = np.where(within, target.select_weights(rows.other, rows.base), 0.0)
+    figures = {w: _score(rows, s, select) for w, s in scores.items()}
+    return max(sorted(scores), key=lambda w: figures[w] if figures[w] is not None else -1.0)
+
+
+def bootstraps(scores: Mapping[str, np.ndarray], rows: Rows, target: Target, n_draws: int, level: float,
+               seed: int) -> dict[str, Bootstrap]:
+    """Bootstrap of every scoring on all rows, on other-origin rows (when they can be scored) and on the target's
+    rows ('target'), each on one shared set of draws."""
+    boots = {"all": bootstrap_qwk(rows.y, scores, rows.folds, None, rows.base, n_draws, level, seed)}
+    if rows.other.any() and np.unique(rows.y[rows.other]).size >= 2:
+        boots["other"] = bootstrap_qwk(rows.y, scores, rows.folds, rows.other, rows.base, n_draws, level, seed)
+    select = target.select_weights(rows.other, rows.base)
+    boots["target"] = boots.get(target.select_on) or bootstrap_qwk(rows.y, scores, rows.folds, select > 0, select,
+                                                                   n_draws, level, seed)
+    return boots
+
+
+def interval_table(boots: Mapping[str, Bootstrap], selected: str | None) -> pd.DataFrame:
+    """Nested QWK with its interval on all rows and on other-origin rows, and the paired difference to the
+    selected method on the target's rows; one row per method or model."""
+    table = []
+    for name in boots["all"].point:
+        entry: dict[str, Any] = {"name": name}
+        for key in ("all", "other"):
+            if key in boots:
+                low, high = boots[key].interval(name)
+                entry.update({f"qwk_{key}": boots[key].point[name], f"qwk_{key}_low": low, f"qwk_{key}_high": high})
+        if selected is not None:
+            d = boots["target"].difference(name, selected)
+            entry.update({"diff_vs_selected": d["diff"], "diff_low": d["low"], "diff_high": d["high"]})
+        table.append(entry)
+    return pd.DataFrame(table)
+
+
+def frontier_table(methods: Mapping[str, MethodResult], rows: Rows) -> pd.DataFrame:
+    """Nested QWK on all rows and on other-origin rows of every method at every candidate target weight, and of
+    the whole procedure (weight chosen inside each training split, `target_weight` 'chosen')."""
+    out = []
+    for name, m in methods.items():
+        for weight, scores in m.frontier.items():
+            figures = _figures(rows, scores, scores)
+            out.append({"method": name, "target_weight": weight_label(weight), "qwk_all": figures["qwk_nested"],
+                        "qwk_other": figures["qwk_nested_other"]})
+        out.append({"method": name, "target_weight": "chosen", "qwk_all": m.figures["qwk_nested"],
+                    "qwk_other": m.figures["qwk_nested_other"]})
+    return pd.DataFrame(out)
 
 
 def build_ensemble(
     oofs: OOFSet,
     texts: list[str] | None,
-    select_on: Literal["all", "other"],
+    target: Target,
     stacker_objective: Literal["regression", "qwk"],
     n_trials: int,
     prompt_mix: dict[str, float],
     seed: int,
     prompt_features: bool = False,
     text_features: bool = True,
+    n_draws: int = DEFAULT_DRAWS,
+    level: float = DEFAULT_LEVEL,
 ) -> EnsembleResult:
     """Score mean / greedy / scipy blends and the stacker nested, select one, refit it on all rows.
 
     Args:
         oofs: labels, folds, origins and every model's OOF predictions.
         texts: train essays in `oofs.folds` row order, or None to use predictions only.
-        select_on: "all" or "other": whose nested QWK picks the method.
+        target: which rows every fit (blend weights, thresholds, stacker weights and early stopping) and the
+            selection are for; see `Target`.
         stacker_objective: LightGBM objective, "regression" or "qwk".
         n_trials: optuna trials per stacker tuning (0: default LightGBM parameters).
         prompt_mix: target share per prompt name for weighting rows; empty for unweighted.
-        seed: seeds the stacker and its tuning.
+        seed: seeds the stacker, its tuning and the bootstrap.
         text_features: give the stacker `TextFeaturizer`'s features of `texts` (when texts are given).
         prompt_features: give the stacker the essay's prompt cluster (one 0/1 column per cluster) and every
             prediction and text feature standardised within the cluster, so it can score each prompt on its
@@ -234,14 +500,22 @@ def build_ensemble(
             `oofs.folds["prompt_cluster"]` (no score is used), which 05_infer applies to the test essays; the
             per-cluster means and deviations (`EnsembleResult.prompt_stats`, no score used either) are taken
             over all train rows and reused for the test essays. Needs `texts`.
+        n_draws, level: bootstrap resamples and interval level of the intervals and of the selection rule.
     """
-    w = prompt_mix_weights(oofs.folds["prompt_name"].to_numpy(), prompt_mix) if prompt_mix else None
-    methods = {name: _blend(name, oofs, w) for name in BLENDERS}
+    base = (prompt_mix_weights(oofs.folds["prompt_name"].to_numpy(), prompt_mix) if prompt_mix
+            else np.ones(len(oofs.y)))
+    rows = Rows(y=oofs.y, folds=oofs.fold.astype(np.int64), other=oofs.other, base=base)
+    if target.select_on == "other" and np.unique(rows.y[rows.other]).size < 2:
+        log.warning("ensemble.target=%s: too few other-origin rows to fit or select on; using all rows", target.mode)
+        target = dataclasses.replace(target, mode="all")
+    P = check_prediction_matrix(oofs.matrix())
+    methods = {name: _blend(name, P, oofs.names, rows, target) for name in BLENDERS}
     featurizer, text_frame = None, None
     if texts is not None and text_features:
         featurizer = TextFeaturizer().fit(texts)
         text_frame = featurizer.transform(texts)
-    X = stacker_features(oofs.preds, oofs.probs, text_frame)
+    origin = oofs.other.astype(np.float64) if target.by_origin else None
+    X = stacker_features(oofs.preds, oofs.probs, text_frame, origin_other=origin)
     assigner, prompt_stats = None, None
     if prompt_features:
         if texts is None:
@@ -252,27 +526,33 @@ def build_ensemble(
         log.info("prompt assigner: %d clusters, agrees with 00_prepare's clusters on %.1f%% of the train essays",
                  len(assigner.classes_), 100 * agreement)
         prompt_stats = fit_prompt_stats(X, prompts, assigner.classes_)
-        X = stacker_features(oofs.preds, oofs.probs, text_frame, prompts, prompt_stats)
+        X = stacker_features(oofs.preds, oofs.probs, text_frame, prompts, prompt_stats, origin)
     if len(np.unique(oofs.fold)) >= 4:
-        methods["stacker"] = stacker_method(X, oofs, w, stacker_objective, n_trials, seed)
+        methods["stacker"] = stacker_method(X, rows, target, stacker_objective, n_trials, seed)
     else:
         log.warning("stacker skipped: nested stacking needs at least 4 folds (held out, inner CV of 3)")
 
-    key = "qwk_nested" if select_on == "all" else "qwk_nested_other"
-    ranked = sorted(methods.values(), key=lambda m: -(m.figures[key] if m.figures[key] is not None else -1.0))
-    selected = ranked[0].name
+    scores = {name: m.nested_scores for name, m in methods.items()} | model_scores(oofs, rows, target)
+    boots = bootstraps(scores, rows, target, n_draws, level, seed)
+    selected, reason = select_method(methods, boots["target"])
+    intervals = interval_table(boots, selected)
     for m in methods.values():
-        log.info(
-            "%-8s nested QWK %.4f (other-origin %s), in-sample %.4f",
-            m.name, m.figures["qwk_nested"], _fmt(m.figures["qwk_nested_other"]), m.figures["qwk_insample"],
-        )
-    log.info("selected %s by nested QWK on %s rows", selected, select_on)
+        log.info("%-8s nested QWK %.4f (other-origin %s), in-sample %.4f, target weight %s", m.name,
+                 m.figures["qwk_nested"], _fmt(m.figures["qwk_nested_other"]), m.figures["qwk_insample"],
+                 m.extra["target_weight"])
+    log.info("selected %s by nested QWK on %s rows: %s", selected, target.select_on, reason)
     metrics = {
         "selected": selected,
-        "select_on": select_on,
+        "selection_reason": reason,
+        "target": target.mode if isinstance(target.mode, str) else float(target.mode),
+        "select_on": target.select_on,
+        "by_origin": target.by_origin,
+        "target_weight": methods[selected].extra["target_weight"],
         "qwk_nested": methods[selected].figures["qwk_nested"],
         "qwk_nested_other": methods[selected].figures["qwk_nested_other"],
-        "methods": {name: m.figures for name, m in methods.items()},
+        "methods": {name: {**m.figures, "target_weight": m.extra["target_weight"]} for name, m in methods.items()},
+        "intervals": {"level": level, "draws": n_draws,
+                      "rows": intervals.replace({np.nan: None}).to_dict(orient="records")},
         "models": oofs.names,
         "n_rows": len(oofs.y),
         "n_other": int(oofs.other.sum()),
@@ -280,7 +560,8 @@ def build_ensemble(
     }
     if assigner is not None:
         metrics["prompt_assigner_agreement"] = agreement
-    return EnsembleResult(methods, selected, featurizer, list(X.columns), metrics, assigner, prompt_stats)
+    return EnsembleResult(methods, selected, featurizer, list(X.columns), metrics, assigner, prompt_stats,
+                          frontier_table(methods, rows), intervals)
 
 
 def _fmt(value: float | None) -> str:

@@ -385,3 +385,60 @@ def threshold_report(
     logger.info("QWK rounded %.4f, thresholded in-sample %.4f, nested %.4f",
                 report["qwk_rounded"], report["qwk_insample"], report["qwk_nested"])
     return report
+
+
+class GroupThresholds(BaseEstimator):
+    """One set of thresholds per group of rows (essay origin), with shared thresholds as the fallback.
+
+    Rows of different origins can be calibrated differently (a model over-predicts the essays it saw less
+    of), so each group with at least `min_rows` rows and two distinct scores gets cut points fitted on its
+    own rows; every other group, and rows of groups never seen, use thresholds fitted on all rows.
+
+    Args:
+        min_rows: fewest rows a group needs for its own thresholds.
+        polish: passed to every `ThresholdSearcher`.
+
+    Attributes after `fit`: `shared_` (cut points on all rows), `by_group_` ({group: cut points}).
+    """
+
+    def __init__(self, min_rows: int = 200, polish: bool = True):
+        self.min_rows = min_rows
+        self.polish = polish
+
+    def fit(self, preds: ArrayLike, y: ArrayLike, groups: ArrayLike | None = None,
+            sample_weight: ArrayLike | None = None) -> GroupThresholds:
+        p = check_predictions(preds, "preds")
+        labels = check_labels(y, "y")
+        w = check_sample_weight(sample_weight, len(p))
+        self.shared_ = [float(t) for t in ThresholdSearcher(polish=self.polish).fit(p, labels, w).thresholds_]
+        self.by_group_: dict[str, list[float]] = {}
+        if groups is None:
+            return self
+        g = np.asarray(groups).astype(str)
+        for key in np.unique(g):
+            rows = g == key
+            if rows.sum() < self.min_rows or np.unique(labels[rows]).size < 2:
+                continue
+            if w is not None and w[rows].sum() <= 0:
+                continue
+            searcher = ThresholdSearcher(polish=self.polish).fit(p[rows], labels[rows],
+                                                                 None if w is None else w[rows])
+            self.by_group_[str(key)] = [float(t) for t in searcher.thresholds_]
+        return self
+
+    def thresholds_for(self, group: str | None) -> list[float]:
+        """The cut points rows of `group` get (the shared ones for a group without its own)."""
+        if not hasattr(self, "shared_"):
+            raise NotFittedError("GroupThresholds is not fitted yet; call fit(preds, y, groups) first")
+        return self.by_group_.get(str(group), self.shared_) if group is not None else self.shared_
+
+    def predict(self, preds: ArrayLike, groups: ArrayLike | None = None) -> np.ndarray:
+        p = check_predictions(preds, "preds")
+        if groups is None:
+            return apply_thresholds(p, self.thresholds_for(None))
+        g = np.asarray(groups).astype(str)
+        out = np.zeros(len(p), dtype=np.int64)
+        for key in np.unique(g):
+            rows = g == key
+            out[rows] = apply_thresholds(p[rows], self.thresholds_for(key))
+        return out

@@ -156,7 +156,7 @@ def test_cli_help_lists_every_key(capsys):
         parse_cli(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for key in ("paths.input", "paths.output", "prepare.n_folds", "prepare.group_by", "ensemble.select_on",
+    for key in ("paths.input", "paths.output", "prepare.n_folds", "prepare.group_by", "ensemble.target",
                 "train.models.<name>.lr (float in (0, inf), default 2e-05)", "train.models.<name>.mlm.epochs (float in [0, inf)",
                 "train.models.<name>.head ('regression' | 'classification' | 'ordinal', default 'regression')",
                 "train.students (mapping", "train.fold_workers (int in [0, inf)"):

@@ -285,7 +285,8 @@ def test_a_lightgbm_model_cut_anywhere_is_refused_before_lightgbm_reads_it(tmp_p
 @pytest.mark.slow
 def test_the_stacker_gets_in_inference_the_features_it_was_trained_on(artifacts_copy, trained_output, demo_input):
     """05 rebuilds the stacker's inputs (text features from the saved vocabulary, prompt clusters from the
-    saved assigner, per-prompt standardisation from the saved statistics) exactly as 04 built them."""
+    saved assigner, per-prompt standardisation from the saved statistics) exactly as 04 built them, with every
+    test essay taken as other-origin."""
     folder, _ = demo_input
     spec_file = artifacts_copy / "ensemble" / "artifacts" / "ensemble.json"
     spec = json.loads(spec_file.read_text())
@@ -299,9 +300,12 @@ def test_the_stacker_gets_in_inference_the_features_it_was_trained_on(artifacts_
     continuous, scores = ensemble_scores(artifacts, ModelPredictions(oofs.preds, oofs.probs, {}), texts)
 
     prompts = PromptAssigner(seed=42).fit(texts, oofs.folds["prompt_cluster"].to_numpy()).predict(texts)
-    plain = stacker_features(oofs.preds, oofs.probs, TextFeaturizer().fit(texts).transform(texts))
+    assert spec["by_origin"] and "origin__other" in spec["feature_columns"]
+    plain = stacker_features(oofs.preds, oofs.probs, TextFeaturizer().fit(texts).transform(texts),
+                             origin_other=oofs.other)
     X = stacker_features(oofs.preds, oofs.probs, TextFeaturizer().fit(texts).transform(texts), prompts,
-                         fit_prompt_stats(plain, prompts, np.unique(oofs.folds["prompt_cluster"])))
+                         fit_prompt_stats(plain, prompts, np.unique(oofs.folds["prompt_cluster"])),
+                         origin_other=np.ones(len(texts)))
     assert list(X.columns) == spec["feature_columns"]
     stacker = LGBMStacker.load(artifacts_copy / "ensemble" / "artifacts" / "stacker")
     np.testing.assert_allclose(continuous, stacker.predict(X), rtol=0, atol=1e-9)

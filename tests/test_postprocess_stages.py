@@ -57,6 +57,11 @@ def test_thresholds_report_every_model(run_dir):
         assert {"persuade", "other"} == set(report["per_group"]["origin"])
         assert len(report["per_group"]["prompt_name"]) == 7
         assert report["qwk_insample"] >= report["qwk_nested"] - 1e-9
+        for key in ("qwk_nested", "qwk_nested_other"):
+            assert report[f"{key}_low"] < report[key] < report[f"{key}_high"]
+        # other-origin rows are a quarter of the rows: their interval is wider
+        assert (report["qwk_nested_other_high"] - report["qwk_nested_other_low"]
+                > report["qwk_nested_high"] - report["qwk_nested_low"])
         for plot in (f"{name}_confusion.png", f"{name}_pred_vs_true.png"):
             assert (run_dir / "thresholds" / "plots" / plot).read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((run_dir / "metrics" / "thresholds.json").read_text())
@@ -68,11 +73,17 @@ def test_ensemble_metrics_and_selection(run_dir):
     assert set(metrics["methods"]) == {"mean", "greedy", "scipy", "stacker"}
     for figures in metrics["methods"].values():
         assert 0.0 < figures["qwk_nested"] <= 1.0 and 0.0 < figures["qwk_nested_other"] <= 1.0
-    best = max(metrics["methods"], key=lambda k: metrics["methods"][k]["qwk_nested"])
-    assert metrics["selected"] == best
+    assert metrics["target"] == "auto" and metrics["select_on"] == "other" and metrics["by_origin"] is True
+    intervals = {r["name"]: r for r in metrics["intervals"]["rows"]}
+    assert set(intervals) == set(metrics["methods"]) | {"model:model_a", "model:model_b", "model:noise"}
+    best = max(metrics["methods"], key=lambda k: metrics["methods"][k]["qwk_nested_other"])
+    assert metrics["selected"] == best or intervals[best]["diff_low"] <= 0  # a simpler one kept within the interval
     assert metrics["models"] == ["model_a", "model_b", "noise"]
-    for plot in ("methods.png", "confusion.png"):
-        assert (run_dir / "ensemble" / "plots" / plot).exists()
+    frontier = pd.read_csv(run_dir / "ensemble" / "frontier.csv", dtype={"target_weight": str})
+    assert len(frontier) == 4 * 6 and set(frontier["target_weight"]) == {"1", "2", "4", "8", "16", "chosen"}
+    assert len(pd.read_csv(run_dir / "ensemble" / "intervals.csv")) == 7
+    for plot in ("frontier.png", "intervals.png", "confusion.png"):
+        assert (run_dir / "ensemble" / "plots" / plot).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_artifacts_load_without_training_code(run_dir, demo_input):
@@ -102,15 +113,14 @@ def test_models_can_be_chosen_and_text_features_turned_off(run_dir, demo_input, 
     shutil.copytree(run_dir / "prepare", tmp_path / "prepare")
     shutil.copytree(run_dir / "train", tmp_path / "train")
     result = run_cli("04_ensemble", f"paths.input={folder}", f"paths.output={tmp_path}", FAST,
-                     "ensemble.models=[model_a, model_b]", "ensemble.text_features=false", "ensemble.select_on=other")
+                     "ensemble.models=[model_a, model_b]", "ensemble.text_features=false", "ensemble.target=all")
     assert result.returncode == 0, result.stderr
     spec = json.loads((tmp_path / "ensemble" / "artifacts" / "ensemble.json").read_text())
     assert spec["models"] == ["model_a", "model_b"] and spec["text_features"] is False
     assert not [c for c in spec["feature_columns"] if c.startswith("text__")]
     assert not (tmp_path / "ensemble" / "artifacts" / "text_vocabulary.json").exists()
     metrics = json.loads((tmp_path / "ensemble" / "metrics.json").read_text())
-    best = max(metrics["methods"], key=lambda k: metrics["methods"][k]["qwk_nested_other"])
-    assert metrics["select_on"] == "other" and metrics["selected"] == best
+    assert metrics["select_on"] == "all" and metrics["target_weight"] == "1"
 
 
 @pytest.fixture

@@ -5,7 +5,19 @@ import pandas as pd
 import pytest
 
 from common.oof import OOFSet
-from common.selection import build_ensemble, fit_prompt_stats, stacker_features
+from common.selection import (
+    COMPLEXITY,
+    Rows,
+    Target,
+    _blend,
+    build_ensemble,
+    fit_prompt_stats,
+    frontier_table,
+    select_method,
+    stacker_features,
+)
+from common.synthetic import origin_shift_oofs
+from common.uncertainty import bootstrap_qwk
 
 
 def synthetic_oofs(seed: int = 0, n: int = 400) -> OOFSet:
@@ -41,7 +53,8 @@ def texts_for(oofs: OOFSet) -> list[str]:
 
 
 def run(oofs: OOFSet, texts=None, **kwargs):
-    options = {"select_on": "all", "stacker_objective": "regression", "n_trials": 2, "prompt_mix": {}, "seed": 1}
+    options = {"target": Target("all", (1.0,), False), "stacker_objective": "regression", "n_trials": 2,
+               "prompt_mix": {}, "seed": 1, "n_draws": 200}
     options.update(kwargs)
     return build_ensemble(oofs, texts, **options)
 
@@ -60,7 +73,12 @@ def test_every_method_is_scored_on_all_and_other_rows(result):
             assert 0.0 < m.figures[key] <= 1.0
         assert m.nested_scores.min() >= 1 and m.nested_scores.max() <= 6
         assert np.all(np.diff(m.thresholds) > 0)
-    assert res.metrics["selected"] == max(res.methods, key=lambda k: res.methods[k].figures["qwk_nested"])
+    best = max(res.methods, key=lambda k: res.methods[k].figures["qwk_nested"])
+    selected = res.metrics["selected"]
+    assert COMPLEXITY.index(selected) <= COMPLEXITY.index(best)
+    if selected != best:  # kept only because the best one's paired win is inside its interval
+        row = res.intervals.set_index("name").loc[best]
+        assert row["diff_low"] <= 0 < row["diff_vs_selected"]
 
 
 def test_greedy_blend_ignores_the_noise_model_and_beats_the_mean(result):
@@ -78,28 +96,123 @@ def test_in_sample_figures_are_at_least_the_nested_ones(result):
 
 
 def test_nested_predictions_never_use_the_held_out_labels():
-    """Scrambling fold 0's labels must not move fold 0's nested predictions, for any method."""
-    oofs = synthetic_oofs(seed=3)
+    """Scrambling fold 0's labels must not move fold 0's nested predictions, for any method -- with the target
+    weight chosen inside each training split and thresholds per origin (1,200 rows: origins big enough)."""
+    oofs = synthetic_oofs(seed=3, n=1200)
     scrambled = OOFSet(folds=oofs.folds.copy(), preds=oofs.preds, probs=oofs.probs)
     held = (oofs.fold == 0)
     rng = np.random.default_rng(9)
     scrambled.folds.loc[held, "score"] = rng.permutation(oofs.folds.loc[held, "score"].to_numpy()[::-1])
     assert (scrambled.y[held] != oofs.y[held]).any()
     texts = texts_for(oofs)  # the same texts for both runs: only labels change
-    a, b = run(oofs, texts, prompt_features=True), run(scrambled, texts, prompt_features=True)
+    target = Target("auto", (1.0, 8.0), True)
+    a = run(oofs, texts, prompt_features=True, target=target)
+    b = run(scrambled, texts, prompt_features=True, target=target)
+    assert a.methods["mean"].extra["thresholds_by_origin"]  # origins did get their own thresholds
     for name in a.methods:
         np.testing.assert_allclose(a.methods[name].nested_pred[held], b.methods[name].nested_pred[held],
                                    err_msg=f"{name} used held-out labels")
         np.testing.assert_array_equal(a.methods[name].nested_scores[held], b.methods[name].nested_scores[held])
+        assert a.methods[name].extra["target_weight_per_fold"]["0"] == b.methods[name].extra["target_weight_per_fold"]["0"]
+        for weight in a.methods[name].frontier:
+            np.testing.assert_array_equal(a.methods[name].frontier[weight][held], b.methods[name].frontier[weight][held])
     # ... while the other folds' predictions do depend on fold 0's labels (the test can see a change).
     assert not np.allclose(a.methods["stacker"].nested_pred[~held], b.methods["stacker"].nested_pred[~held])
 
 
-def test_select_on_other_uses_other_origin_figures():
+def test_target_other_fits_on_other_origin_rows_only():
+    """target=other: corpus rows weigh nothing, so scrambling their labels changes no held-out prediction."""
     oofs = synthetic_oofs(seed=4)
-    res = run(oofs, None, select_on="other", n_trials=0)
-    best = max(res.methods, key=lambda k: res.methods[k].figures["qwk_nested_other"])
-    assert res.metrics["selected"] == best and res.metrics["select_on"] == "other"
+    scrambled = OOFSet(folds=oofs.folds.copy(), preds=oofs.preds, probs=oofs.probs)
+    corpus = ~oofs.other
+    scrambled.folds.loc[corpus, "score"] = np.random.default_rng(2).permutation(oofs.y[corpus])
+    a = run(oofs, None, target=Target("other", (1.0,), False), n_trials=0)
+    b = run(scrambled, None, target=Target("other", (1.0,), False), n_trials=0)
+    assert a.metrics["select_on"] == "other" and a.metrics["target_weight"] == "other only"
+    for name in ("mean", "greedy", "scipy"):
+        np.testing.assert_array_equal(a.methods[name].nested_scores, b.methods[name].nested_scores)
+    plain = run(oofs, None, target=Target("all", (1.0,), False), n_trials=0)
+    assert not np.array_equal(plain.methods["scipy"].nested_pred, a.methods["scipy"].nested_pred)
+
+
+@pytest.fixture(scope="module")
+def origin_shift():
+    """The real case in small: one model strong on corpus rows and weak on other-origin rows."""
+    oofs = origin_shift_oofs(n=4000, n_other=1200, n_folds=4, seed=1)
+    return oofs, run(oofs, None, target=Target(), n_trials=0), run(oofs, None, n_trials=0)
+
+
+def test_an_all_rows_fit_loses_to_the_mean_on_other_rows_and_the_default_does_not(origin_shift):
+    _, default, all_rows = origin_shift
+    mean_other = default.methods["mean"].figures["qwk_nested_other"]
+    # The failure of an all-rows fit: the scipy blend piles weight on the corpus-strong model ...
+    assert all_rows.methods["scipy"].weights["corpus-strong"] > 0.15
+    assert all_rows.methods["scipy"].figures["qwk_nested_other"] < mean_other - 0.01
+    # ... the target-aware default weights other-origin rows up and picks a method that does not lose to the mean.
+    assert default.metrics["select_on"] == "other" and default.metrics["by_origin"] is True
+    assert default.metrics["qwk_nested_other"] >= mean_other - 1e-9
+    assert default.metrics["qwk_nested_other"] > all_rows.metrics["qwk_nested_other"] + 0.01
+
+
+def test_weighting_other_rows_up_moves_blend_weight_off_the_corpus_strong_model(origin_shift):
+    oofs, _, all_rows = origin_shift
+    rows = Rows(oofs.y, oofs.fold, oofs.other, np.ones(len(oofs.y)))
+    heavy = _blend("scipy", oofs.matrix(), oofs.names, rows, Target(16.0, (1.0,), False))
+    assert heavy.weights["corpus-strong"] < all_rows.methods["scipy"].weights["corpus-strong"] - 0.05
+    assert heavy.figures["qwk_nested_other"] > all_rows.methods["scipy"].figures["qwk_nested_other"]
+
+
+def test_the_frontier_has_every_method_at_every_weight(origin_shift):
+    _, default, _ = origin_shift
+    table = default.frontier
+    assert set(table["method"]) == {"mean", "greedy", "scipy", "stacker"}
+    for _, rows in table.groupby("method"):
+        assert rows["target_weight"].tolist() == ["1", "2", "4", "8", "16", "chosen"]
+        assert rows[["qwk_all", "qwk_other"]].notna().all().all()
+    scipy = table[table["method"] == "scipy"].set_index("target_weight")
+    assert scipy.loc["16", "qwk_all"] != scipy.loc["1", "qwk_all"]  # the weight changes the fit
+
+
+def test_intervals_cover_every_method_and_model_and_contain_the_point(origin_shift):
+    oofs, default, _ = origin_shift
+    table = default.intervals.set_index("name")
+    assert set(table.index) == {"mean", "greedy", "scipy", "stacker"} | {f"model:{m}" for m in oofs.names}
+    for key in ("all", "other"):
+        assert (table[f"qwk_{key}_low"] <= table[f"qwk_{key}"]).all()
+        assert (table[f"qwk_{key}"] <= table[f"qwk_{key}_high"]).all()
+        assert (table[f"qwk_{key}_high"] - table[f"qwk_{key}_low"] > 0.005).all()
+    assert table.loc[default.selected, ["diff_vs_selected", "diff_low", "diff_high"]].tolist() == [0, 0, 0]
+    assert default.metrics["intervals"]["rows"][0]["name"] == "mean"
+
+
+def test_selection_keeps_the_simpler_method_unless_the_complex_one_wins_beyond_its_interval():
+    rng = np.random.default_rng(0)
+    n = 3000
+    y = rng.integers(1, 7, n)
+    folds = np.arange(n) % 5
+    near = np.where(rng.random(n) < 0.80, y, rng.integers(1, 7, n))
+    better = np.where(rng.random(n) < 0.05, y, near)  # a few more rows right: a real but small win
+    much = np.where(rng.random(n) < 0.5, y, near)
+    methods = {"mean": None, "scipy": None}
+    small = bootstrap_qwk(y, {"mean": near, "scipy": better}, folds, n_draws=300, level=0.9)
+    large = bootstrap_qwk(y, {"mean": near, "scipy": much}, folds, n_draws=300, level=0.9)
+    fixed, broken = np.flatnonzero(near != y)[:12], np.flatnonzero(near == y)[:50]
+    close = near.copy()
+    close[fixed], close[broken] = y[fixed], np.where(y[broken] < 6, y[broken] + 1, 5)  # wins a few, loses a few
+    tiny = bootstrap_qwk(y, {"mean": near, "scipy": close}, folds, n_draws=300)
+    assert tiny.point["scipy"] > tiny.point["mean"]
+    assert select_method(methods, large)[0] == "scipy"
+    assert select_method(methods, tiny)[0] == "mean" and "simpler mean is kept" in select_method(methods, tiny)[1]
+    assert select_method(methods, small)[0] in ("mean", "scipy")
+    assert small.difference("scipy", "mean")["low"] <= small.difference("scipy", "mean")["diff"]
+
+
+def test_frontier_table_labels_weights():
+    oofs = synthetic_oofs(seed=8)
+    res = run(oofs, None, target=Target(4.0, (1.0,), False), n_trials=0)
+    assert res.metrics["select_on"] == "weighted" and res.metrics["target"] == 4.0
+    assert set(frontier_table(res.methods, Rows(oofs.y, oofs.fold, oofs.other, np.ones(len(oofs.y))))["target_weight"]) \
+        == {"4", "chosen"}
 
 
 def test_without_text_features_the_stacker_sees_predictions_only():
