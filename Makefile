@@ -25,7 +25,7 @@ install: $(STAMP)
 demo: install
 	@start=$$(date +%s); \
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro $(DEMO_STAGES) && \
-	$(BIN)/python -m common.run_report --output output && \
+	$(BIN)/python -m common.tools.run_report --output output && \
 	echo "The demo DAG and its report took $$(( $$(date +%s) - start )) s."
 	@echo
 	@echo "Demo run finished. Reports:"
@@ -41,7 +41,7 @@ demo: install
 
 # The run report of the last run: one self-contained HTML page.
 report: install
-	$(BIN)/python -m common.run_report --output output
+	$(BIN)/python -m common.tools.run_report --output output
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -51,8 +51,8 @@ lint: install
 
 # Regenerate the bundled demo inputs (CSV files and the tiny backbone) from their seeds.
 demo-data: install
-	$(BIN)/python -m common.demo --out input
-	$(BIN)/python -m common.backbone --train-csv input/train.csv \
+	$(BIN)/python -m common.tools.demo --out input
+	$(BIN)/python -m common.tools.tiny_backbone --train-csv input/train.csv \
 		--extra-csv input/persuade_2.0_human_scores_demo_id_github.csv --out input/tiny-deberta-v2
 
 # The Kaggle upload folder (output/kaggle/) from the trained artifacts of the last run (make demo first).
@@ -68,7 +68,7 @@ competition: install
 	@test -n "$(DATA)" || { echo "usage: make competition DATA=/path/to/aes2-files [OUT=runs/first]"; exit 2; }
 	$(BIN)/python -m common.config --from params/competition.yaml --to params.yaml paths.input=$(DATA) paths.output=$(OUT)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
-	$(BIN)/python -m common.run_report --output $(OUT)
+	$(BIN)/python -m common.tools.run_report --output $(OUT)
 
 benchmarks: install
 	$(BIN)/python benchmarks/run_all.py

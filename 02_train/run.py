@@ -62,7 +62,7 @@ def main(params: Params) -> None:
         if t.model and name != t.model:
             continue
         backbone, pseudo = spec.backbone or params.backbone, None
-        if t.step != "collect" and spec.pseudo_labels != "none":
+        if t.step != "collect" and spec.uses_pseudo:
             pseudo = load_student_pseudo(pseudo_dir(out, name), out / "prepare" / "external.parquet", fold_ids, texts,
                                          folds_fingerprint(folds), spec.teacher)
         if t.step != "collect" and spec.mlm.epochs > 0:

@@ -34,9 +34,10 @@ def main(params: Params) -> None:
             summary[name] = {k: report[k] for k in (
                 "qwk_rounded", "qwk_insample", "qwk_nested", "qwk_nested_low", "qwk_nested_high", "qwk_rounded_other",
                 "qwk_nested_other", "qwk_nested_other_low", "qwk_nested_other_high")}
+            other = report["qwk_nested_other"]
             log.info("%s: QWK rounded %.4f, in-sample %.4f, nested %.4f [%.4f, %.4f] (other-origin nested %s)", name,
                      report["qwk_rounded"], report["qwk_insample"], report["qwk_nested"], report["qwk_nested_low"],
-                     report["qwk_nested_high"], report["qwk_nested_other"])
+                     report["qwk_nested_high"], "n/a" if other is None else f"{other:.4f}")
     write_json(out / "metrics" / "thresholds.json", summary)
 
 

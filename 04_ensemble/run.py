@@ -12,10 +12,11 @@ import logging
 
 from common.config import Params
 from common.data import load_competition_data
+from common.ensemble_artifact import EnsembleArtifact
 from common.io import staged_dir, write_csv, write_json
 from common.oof import load_oof_predictions
 from common.reports import plot_bars, plot_confusion, plot_frontier, plot_intervals
-from common.selection import TEST_ORIGIN, Target, build_ensemble
+from common.selection import Target, build_ensemble
 from common.stage import PipelineError, exit_with
 
 log = logging.getLogger("aes.ensemble")
@@ -49,46 +50,27 @@ def main(params: Params) -> None:
     with staged_dir(out / "ensemble") as tmp:
         art = tmp / "artifacts"
         selected = result.methods[result.selected]
-        spec = {
-            "selected": result.selected,
-            "models": oofs.names,
-            "folds": sorted(int(k) for k in set(oofs.fold)),
-            "thresholds": selected.thresholds,
-            "by_origin": result.metrics["by_origin"],
-            "thresholds_origin": TEST_ORIGIN if result.metrics["by_origin"] else None,
-            "methods": {
-                name: {"weights": m.weights, "thresholds": m.thresholds, **m.extra}
-                for name, m in result.methods.items()
-            },
-            "stacker_dir": "stacker" if "stacker" in result.methods else None,
-            "feature_columns": result.feature_columns,
-            "text_features": result.featurizer is not None,
-            "prompt_features": result.prompt_assigner is not None,
-            "prompt_stats": result.prompt_stats,
-        }
-        write_json(art / "ensemble.json", spec)
-        if "stacker" in result.methods:
-            result.methods["stacker"].stacker.save(art / "stacker")
-        if result.featurizer is not None:
-            write_json(art / "text_vocabulary.json", sorted(result.featurizer.vocabulary_))
-        if result.prompt_assigner is not None:
-            result.prompt_assigner.save(art)
+        artifact = EnsembleArtifact.from_result(result, oofs.names, sorted(int(k) for k in set(oofs.fold)))
+        artifact.save(art)
         write_json(tmp / "metrics.json", result.metrics)
         write_csv(tmp / "frontier.csv", result.frontier)
         write_csv(tmp / "intervals.csv", result.intervals)
         plot_frontier(result.frontier, tmp / "plots" / "frontier.png")
         plot_intervals(result.intervals, tmp / "plots" / "intervals.png", result.selected,
                        f"Nested QWK, {p.interval_level:.0%} bootstrap intervals (essays resampled within folds)")
-        if "stacker" in result.methods:
-            top = dict(list(result.methods["stacker"].stacker.feature_importance().items())[:20])
-            plot_bars(top, tmp / "plots" / "stacker_importance.png", "Stacker: share of split gain (top 20 features)",
-                      "share of gain")
-        if selected.weights:
-            plot_bars(selected.weights, tmp / "plots" / "weights.png", f"{result.selected} blend weights", "weight")
+        for name, m in result.methods.items():
+            if hasattr(m.combiner, "feature_importance"):
+                top = dict(list(m.combiner.feature_importance().items())[:20])
+                plot_bars(top, tmp / "plots" / f"{name}_importance.png",
+                          f"{name.capitalize()}: share of split gain (top 20 features)", "share of gain")
+        weights = artifact.spec["methods"][result.selected]["weights"]
+        if weights:
+            plot_bars(weights, tmp / "plots" / "weights.png", f"{result.selected} blend weights", "weight")
         plot_confusion(oofs.y, selected.nested_scores, tmp / "plots" / "confusion.png",
                        f"{result.selected}: nested held-out scores")
+    other = result.metrics["qwk_nested_other"]
     log.info("selected %s: nested QWK %.4f (other-origin %s); artifacts in %s", result.selected,
-             result.metrics["qwk_nested"], result.metrics["qwk_nested_other"], out / "ensemble" / "artifacts")
+             result.metrics["qwk_nested"], "n/a" if other is None else f"{other:.4f}", out / "ensemble" / "artifacts")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Build the Kaggle upload folder from the trained artifacts: python 05_infer/package.py [key=value ...]
 
-Writes output/kaggle/ (see common/kaggle.py): dataset/ (fold models, ensemble, the `common` library,
+Writes output/kaggle/ (see common/tools/kaggle.py): dataset/ (fold models, ensemble, the `common` library,
 wheels), notebook/ (the notebook generated from 05_infer/run.py and its kernel-metadata.json) and
 UPLOAD.md with the `kaggle` CLI commands. Set infer.kaggle_user=<you>; `--no-wheels` skips downloading
 library wheels (then the Kaggle image must already meet dataset/requirements.json).
@@ -9,8 +9,8 @@ library wheels (then the Kaggle image must already meet dataset/requirements.jso
 import sys
 
 from common.config import Params
-from common.kaggle import build_bundle
 from common.stage import run_stage
+from common.tools.kaggle import build_bundle
 
 WHEELS = "--no-wheels" not in sys.argv
 

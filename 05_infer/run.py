@@ -29,12 +29,12 @@ def main(params: Params) -> None:
 
     import numpy as np
 
+    from common.devices import inference_devices
     from common.inference import (
         ArtifactSet,
         correct_spread,
         ensemble_scores,
         estimate_runtime,
-        inference_devices,
         make_submission,
         predict_models,
         prediction_frame,

@@ -41,11 +41,13 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from common.ensemble import LGBMStacker  # noqa: E402
 from common.metrics import qwk  # noqa: E402
+from common.nested import Chain  # noqa: E402
 from common.oof import load_oof_predictions  # noqa: E402
-from common.selection import Rows, Target, build_ensemble, stacker_method  # noqa: E402
+from common.selection import Rows, Target, build_ensemble, evaluate_method  # noqa: E402
 from common.text_features import TextFeaturizer  # noqa: E402
-from common.thresholds import nested_threshold_predictions, round_scores  # noqa: E402
+from common.thresholds import ThresholdSearcher, round_scores  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "asap_sets_1-6.csv.gz"
 PARAMS_FILE = REPO_ROOT / "benchmarks" / "asap_params.yaml"
@@ -165,7 +167,8 @@ def text_lgbm_scores(texts: list[str], oofs, n_trials: int, seed: int) -> np.nda
     for each fold, optuna tuning, the inner-CV boosters and the thresholds all see the other folds only."""
     X = TextFeaturizer().fit(texts).transform(texts).add_prefix("text__")
     rows = Rows(y=oofs.y, folds=oofs.fold, other=oofs.other, base=np.ones(len(oofs.y)))
-    return stacker_method(X, rows, Target("all", (1.0,), False), "regression", n_trials, seed).nested_scores
+    stacker = LGBMStacker.configured(objective="regression", n_trials=n_trials, seed=seed)
+    return evaluate_method("stacker", X, rows, Target("all", (1.0,), False), stacker).nested_scores
 
 
 def spread_check(run_dir: Path, test: pd.DataFrame) -> None:
@@ -251,7 +254,7 @@ def main() -> int:
     print(f"prompt clusters recovered by 00_prepare: {len(np.unique(clusters))}, adjusted Rand index against the "
           f"withheld prompt ids {adjusted_rand_score(prompts, clusters):.4f}")
 
-    minilm, _ = nested_threshold_predictions(oofs.preds[MODEL_NAME], y, folds)
+    minilm = Chain(oofs.preds[MODEL_NAME], y, folds, ThresholdSearcher).nested().scores
     target = Target(ensemble_params["target"], tuple(ensemble_params["target_weights"]),
                     bool(ensemble_params["by_origin"]))
     result = build_ensemble(oofs, texts, target, "regression", n_trials, {}, args.seed,

@@ -4,9 +4,9 @@ Each seed draws 10,000 essays (real score mix), 5 folds, and eight "models" that
 latent quality and make correlated errors, the way an ensemble of fine-tuned transformers does:
 three seeds of a strong model (one noise component shared by the family), two seeds of a weaker one,
 a feature-based model with independent errors, and two bad ones (a diverged run that is mostly noise
-and a collapsed one that barely moves off the mean). For every blender `nested_blend_qwk` fits the
-weights and the thresholds on four folds and scores the fifth (never its labels), and also reports the
-in-sample QWK (both fitted on every row). Target: greedy nested >= mean nested.
+and a collapsed one that barely moves off the mean). For every blender a nested `Chain` (blend -> thresholds)
+fits the weights and the thresholds on four folds and scores the fifth (never its labels), and the in-sample QWK
+(both fitted on every row) is reported beside it. Target: greedy nested >= mean nested.
 
     .venv/bin/python benchmarks/blend_bench.py [--rows 10000] [--seeds 3]
 """
@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.ensemble import GreedyBlender, MeanBlender, ScipyBlender, nested_blend_qwk
-from common.thresholds import nested_threshold_qwk
+from common.ensemble import GreedyBlender, MeanBlender, ScipyBlender
+from common.metrics import qwk
+from common.nested import Chain, nested_qwk
+from common.thresholds import ThresholdSearcher
 
 SCORE_MIX = [0.07, 0.27, 0.36, 0.23, 0.06, 0.01]
 MODELS = ["large_s0", "large_s1", "large_s2", "base_s0", "base_s1", "lgbm_feats", "diverged", "collapsed"]
@@ -60,6 +62,16 @@ def make_models(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarra
     return np.column_stack(columns), y, folds
 
 
+def blend_figures(P: np.ndarray, y: np.ndarray, folds: np.ndarray, factory: Callable[[], Any]) -> dict[str, Any]:
+    """Nested and in-sample QWK of blend -> thresholds, and the weights fitted on every row."""
+    chain = Chain(P, y, folds, ThresholdSearcher, combiner=lambda train: factory())
+    nested = nested_qwk(y, folds, chain.nested())["qwk_nested"]
+    every = np.ones(len(y), dtype=bool)
+    fitted = chain.fit(every)
+    insample = qwk(y, chain.score(fitted, fitted.train_pred, every))
+    return {"nested": nested, "insample": insample, "gap": insample - nested, "weights": fitted.combiner.weights_}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10000, help="rows (essays)")
@@ -69,18 +81,19 @@ def main() -> None:
     rows = []
     for seed in range(args.seeds):
         P, y, folds = make_models(np.random.default_rng(seed), args.rows)
-        singles = [nested_threshold_qwk(P[:, j], y, folds)["qwk_nested"] for j in range(P.shape[1])]
+        singles = [nested_qwk(y, folds, Chain(P[:, j], y, folds, ThresholdSearcher).nested())["qwk_nested"]
+                   for j in range(P.shape[1])]
         print(f"seed {seed}: single-model nested QWK " +
               ", ".join(f"{name} {score:.4f}" for name, score in zip(MODELS, singles, strict=True)))
         for name, factory in BLENDERS.items():
             start = time.perf_counter()
-            result = nested_blend_qwk(P, y, folds, factory)
+            result = blend_figures(P, y, folds, factory)
             rows.append({
                 "seed": seed,
                 "blender": name,
-                "nested": result["qwk_nested"],
-                "insample": result["qwk_insample"],
-                "gap": result["optimism_gap"],
+                "nested": result["nested"],
+                "insample": result["insample"],
+                "gap": result["gap"],
                 "seconds": time.perf_counter() - start,
                 "weights": " ".join(f"{w:.2f}" for w in result["weights"]),
             })

@@ -38,7 +38,7 @@ def step(model, optimizer, scaler, dtype, batch, length) -> None:
     mask = torch.ones_like(ids)
     target = torch.randint(1, 7, (batch,), device="cuda").float()
     with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-        loss = model.head.loss(model(ids, mask).float(), target)
+        loss = model.loss(model(ids, mask).float(), target)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.inference import inference_devices, predict_fold_model
+from common.devices import inference_devices
+from common.inference import predict_fold_model
 from common.models import EssayScorer
 from common.tokenization import EssayCollator, load_tokenizer, tokenize_essays
 

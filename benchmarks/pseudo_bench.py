@@ -24,11 +24,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TEACHER = "tiny-regression"
 # Each variant is a student with the teacher's config and pseudo-labels as the variant asks.
-TEACHER_CONFIG = "max_length: 384, epochs: 3.0, lr: 0.002, head_lr: 0.005, layerwise_lr_decay: 1.0, eval_every: 10"
+TEACHER_CONFIG = ("max_length: 384, lr: 0.002, head_lr: 0.005, layerwise_lr_decay: 1.0, eval_every: 10, "
+                  "stages: [{rows: all, epochs: 3.0}]")
+TWO_STAGE = "stages: [{rows: pseudo, epochs: 1.0}, {rows: all, epochs: 3.0}]"
 VARIANTS = {
-    "two_stage": "pseudo_labels: two_stage",
-    "concat": "pseudo_labels: concat, pseudo_weight: 0.5",
-    "two_stage + MLM backbone": "pseudo_labels: two_stage, mlm: {epochs: 2.0, max_length: 256, lr: 0.001}",
+    "two_stage": TWO_STAGE,
+    "concat": "stages: [{rows: all, epochs: 3.0, with_pseudo: true}], pseudo_weight: 0.5",
+    "two_stage + MLM backbone": f"{TWO_STAGE}, mlm: {{epochs: 2.0, max_length: 256, lr: 0.001}}",
 }
 
 

@@ -7,7 +7,7 @@ old behaviour as baseline (every fit on all rows alike, one set of thresholds, s
 the selected method's nested QWK on all rows and on other-origin rows for both, the plain mean blend and the best
 single model beside them, the frontier table and the intervals, and the run time.
 
-Input: synthetic predictions of the real case (`common.synthetic.origin_shift_oofs`: 17,307 essays, 4,436
+Input: synthetic predictions of the real case (`common.tools.synthetic.origin_shift_oofs`: 17,307 essays, 4,436
 other-origin, seven models, one strong on corpus rows and weak on other-origin rows), or real ones:
 `--oof-dir DIR` reads DIR/prepare/folds.parquet and DIR/train/<model>/oof.parquet (a pipeline output folder).
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.config import EnsembleParams
 from common.oof import load_oof_predictions
 from common.selection import Target, build_ensemble
-from common.synthetic import origin_shift_oofs
+from common.tools.synthetic import origin_shift_oofs
 
 
 def run(oofs, target: Target, n_trials: int, seed: int) -> tuple[object, float]:

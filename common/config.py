@@ -27,6 +27,17 @@ class ParamsError(ValueError):
     """A key or value in params.yaml or in a command-line override is not valid."""
 
 
+class FieldErrors(ValueError):
+    """A dataclass's own checks failed: `problems` maps each bad field to what is wrong and the fix.
+
+    `load_params` reports each with its key path (`'train.models.x.scorer.pooling': unknown pooling ...`).
+    """
+
+    def __init__(self, what: str, problems: dict[str, str]):
+        super().__init__(f"invalid {what}: " + "; ".join(f"{name}: {why}" for name, why in problems.items()))
+        self.problems = problems
+
+
 def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata={"help": text})
@@ -84,6 +95,77 @@ class PseudoParams:
         "Spread (in score points) of the normal distribution a regression teacher's prediction becomes.", 0.6)
 
 
+@dataclass(kw_only=True)
+class ScorerParams:
+    """A model's architecture, the part of common.models.ScorerConfig that params choose.
+
+    Pooling, head and loss are names in the registries of common/models (a new one is one class under its
+    registry's decorator: common/models/registry.py), checked here when the params load.
+    """
+
+    head: str = _help("Prediction head, by its name in HEADS (common/models/heads.py), e.g. regression, "
+                      "classification, ordinal; a wrong name lists every choice.", "regression")
+    pooling: str = _help("Pooling of the token states, by its name in POOLINGS (common/models/pooling.py), e.g. mean, "
+                         "attention, weighted_layer.", "mean")
+    loss: str = _help("Training loss, by its name in LOSSES (common/models/losses.py), e.g. mse, smooth_l1; empty: "
+                      "the head's default_loss (regression mse, classification cross_entropy, ordinal "
+                      "cumulative_bce).", "")
+    dropout: float = _help("Dropout before the head.", 0.1)
+    n_dropout_samples: int = _help("Multi-sample dropout: head passes averaged in training.", 1)
+    reinit_layers: int = _help("Re-initialise the top N encoder layers with the backbone's own init.", 0)
+    freeze_embeddings: bool = _help("Freeze the embedding layer.", False)
+    gradient_checkpointing: bool = _help("Trade compute for memory in the backbone (non-reentrant).", False)
+    lora_r: int = _help("LoRA rank (peft); 0 fine-tunes every weight.", 0)
+    lora_alpha: int = _help("LoRA alpha.", 16)
+    lora_dropout: float = _help("LoRA dropout.", 0.05)
+    lora_target_modules: list[str] = _help("Modules LoRA adapts (deberta-v3's attention projections; BERT: query, "
+                                           "key, value).", factory=lambda: ["query_proj", "key_proj", "value_proj"])
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise FieldErrors(type(self).__name__, problems)
+
+    def problems(self) -> dict[str, str]:
+        """What is wrong, by field: a name not in its registry, a value out of range, a bad LoRA combination."""
+        # Imported here: the registries import torch, which --help and type errors must not wait for.
+        from common.models.heads import HEADS
+        from common.models.losses import loss_for
+        from common.models.pooling import POOLINGS
+
+        problems = {name: f"{getattr(self, name)!r} is out of range: allowed {spec}"
+                    for name, spec in RANGES[ScorerParams].items() if not _in_range(getattr(self, name), spec)}
+        for name, registry in (("head", HEADS), ("pooling", POOLINGS)):
+            try:
+                registry.check(getattr(self, name))
+            except ValueError as exc:
+                problems[name] = str(exc)
+        if "head" not in problems:
+            try:
+                loss_for(self.head, self.loss)
+            except ValueError as exc:
+                problems["loss"] = str(exc)
+        if self.lora_r > 0 and self.reinit_layers > 0:
+            problems["reinit_layers"] = (f"{self.reinit_layers} with lora_r={self.lora_r}: LoRA freezes the backbone, "
+                                         "so the re-initialised layers would stay random; use one or the other")
+        if self.lora_r > 0 and not self.lora_target_modules:
+            problems["lora_target_modules"] = "empty, but LoRA needs at least one module name"
+        return problems
+
+
+@dataclass
+class StageParams:
+    """One training stage: which rows of the training folds, for how many epochs."""
+
+    rows: Literal["all", "persuade", "other", "pseudo"] = _help(
+        "Labelled rows of the training folds by origin (the held-out fold never), or 'pseudo': only the "
+        "pseudo-labelled external essays (students; soft labels from a teacher that never saw the held-out fold).",
+        "all")
+    epochs: float = _help("Epochs of this stage (a fraction stops part-way through one).", 2.0)
+    with_pseudo: bool = _help("Students: the pseudo-labelled essays join this stage's rows, each weighing "
+                              "pseudo_weight.", False)
+
+
 @dataclass
 class ModelParams:
     """One model: its key in train.models / train.students is its name (artifacts in output/train/<name>/)."""
@@ -92,20 +174,8 @@ class ModelParams:
     backbone: str = _help("Hugging Face name or local folder of the backbone; empty: the top-level backbone.", "")
     mlm: MlmParams = _help("MLM domain adaptation of the backbone before fine-tuning (off unless mlm.epochs > 0).",
                            factory=MlmParams)
-    # Model
-    head: Literal["regression", "classification", "ordinal"] = _help("Prediction head.", "regression")
-    regression_loss: Literal["mse", "smooth_l1"] = _help("Loss of the regression head.", "mse")
-    pooling: Literal["cls", "mean", "max", "mean_max", "attention", "weighted_layer", "gem"] = _help(
-        "Pooling of the token states.", "mean"
-    )
-    dropout: float = _help("Dropout before the head.", 0.1)
-    n_dropout_samples: int = _help("Multi-sample dropout: head passes averaged in training.", 1)
-    reinit_layers: int = _help("Re-initialise the top N encoder layers.", 0)
-    freeze_embeddings: bool = _help("Freeze the embedding layer.", False)
-    gradient_checkpointing: bool = _help("Trade compute for memory in the backbone.", False)
-    lora_r: int = _help("LoRA rank (peft); 0 fine-tunes every weight.", 0)
-    lora_alpha: int = _help("LoRA alpha.", 16)
-    lora_dropout: float = _help("LoRA dropout.", 0.05)
+    scorer: ScorerParams = _help("The model's architecture: pooling, head, loss, how the backbone is tuned.",
+                                 factory=ScorerParams)
     # Tokenisation
     max_length: int = _help("Tokens kept per essay (truncation beyond).", 1024)
     add_newline_tokens: bool = _help("Add newline tokens (DeBERTa drops newlines) and resize embeddings.", True)
@@ -113,7 +183,10 @@ class ModelParams:
     truncation_side: Literal["right", "left"] = _help("Side truncation cuts from.", "right")
     add_special_tokens: bool = _help("Add [CLS]/[SEP] (or the tokenizer's equivalents).", True)
     # Optimisation
-    epochs: float = _help("Epochs of the main (last) training stage.", 2.0)
+    stages: list[StageParams] = _help(
+        "Training stages in order, each with a fresh optimizer and schedule: rows and epochs (e.g. persuade rows, "
+        "then other rows; a student's pseudo-labelled essays first). Evaluation and keep_best follow the last.",
+        factory=lambda: [StageParams()])
     batch_size: int = _help("Essays per batch per device.", 8)
     effective_batch_size: int = _help(
         "Essays per optimizer step across devices and accumulation steps (a multiple of batch_size).", 16
@@ -132,35 +205,28 @@ class ModelParams:
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = _help(
         "auto: bf16 where the GPU supports it, fp16 + GradScaler otherwise, none on CPU.", "auto"
     )
-    # Two-stage training
-    stage1_rows: Literal["none", "persuade", "other", "all"] = _help(
-        "Rows of the training folds for a first stage ('none': single stage).", "none"
-    )
-    stage1_epochs: float = _help("Epochs of the first stage.", 1.0)
-    stage2_rows: Literal["all", "persuade", "other"] = _help(
-        "Rows of the training folds for the main stage (held-out fold never used).", "all"
-    )
     # Pseudo-labelled external essays (output/pseudo/<student>/fold_<k>.parquet, from a teacher that never saw fold k)
     teacher: str = _help(
         "Students only: the model (of train.models) whose fold-k model labels the external essays for this "
         "student's fold k.", "")
-    pseudo_labels: Literal["none", "two_stage", "concat"] = _help(
-        "none; two_stage: a first stage on the fold's pseudo-labelled essays (soft labels: KL divergence, "
-        "MSE on the expectation for regression), then the stages above; concat: pseudo rows join every "
-        "stage with weight pseudo_weight.", "none")
-    pseudo_epochs: float = _help("Epochs of the pseudo-label stage (two_stage).", 1.0)
-    pseudo_weight: float = _help("Loss weight of a pseudo-labelled row relative to a labelled one (concat).", 0.5)
+    pseudo_weight: float = _help("Loss weight of a pseudo-labelled row relative to a labelled one (in a stage "
+                                 "with_pseudo).", 0.5)
     # Evaluation and checkpoints
     eval_every: int = _help("Evaluate on the held-out fold every N optimizer steps (0: at each epoch end).", 0)
     keep_best: bool = _help("Keep the best-by-eval-QWK weights instead of the final ones.", False)
     checkpoint_every: int = _help("Save a resumable checkpoint every N optimizer steps (0: each epoch).", 0)
+
+    @property
+    def uses_pseudo(self) -> bool:
+        """True for a student: a stage trains on the pseudo-labelled external essays."""
+        return any(stage.rows == "pseudo" or stage.with_pseudo for stage in self.stages)
 
 
 @dataclass
 class TrainParams:
     models: dict[str, ModelParams] = _help(
         "Models trained on the labelled folds, keyed by name; each lists only what differs from the typed "
-        "defaults (dvc.yaml: one train@<name> stage each).",
+        "defaults (dvc.yaml: one train@<name> stage each). Default: one model, deberta-v3-large.",
         factory=lambda: {"deberta-v3-large": ModelParams()},
     )
     students: dict[str, ModelParams] = _help(
@@ -198,20 +264,28 @@ class TrainParams:
                 raise ParamsError(f"train: model {name!r} says name: {spec.name!r}; a model's name is its key, drop "
                                   "the name key")
             spec.name = name
+            group = "models" if name in self.models else "students"
+            if not spec.stages:
+                raise ParamsError(f"train.{group}.{name}.stages is empty: list at least one stage, e.g. stages: "
+                                  "[{rows: all, epochs: 2}]")
+            if spec.stages[-1].rows == "pseudo":
+                raise ParamsError(f"train.{group}.{name}.stages: the last stage (whose weights are kept and "
+                                  "evaluated) trains on pseudo-labels alone; end with a stage on labelled rows")
             if spec.effective_batch_size % spec.batch_size:
-                group = "models" if name in self.models else "students"
                 raise ParamsError(f"train.{group}.{name}: effective_batch_size={spec.effective_batch_size} is not a "
                                   f"multiple of batch_size={spec.batch_size} (it is batch_size x processes x "
                                   "accumulation steps); change one of them")
         for name, spec in self.models.items():
-            if spec.pseudo_labels != "none" or spec.teacher:
+            if spec.uses_pseudo or spec.teacher:
                 raise ParamsError(
-                    f"train.models.{name}: pseudo_labels={spec.pseudo_labels!r}, teacher={spec.teacher!r}: a model "
-                    f"that trains on pseudo-labels goes under train.students (dvc runs it after pseudo_label@{name})")
+                    f"train.models.{name}: a stage on pseudo-labels (rows: pseudo or with_pseudo: true) or teacher="
+                    f"{spec.teacher!r}: a model that trains on pseudo-labels goes under train.students (dvc runs it "
+                    f"after pseudo_label@{name})")
         for name, spec in self.students.items():
-            if spec.pseudo_labels == "none":
-                raise ParamsError(f"train.students.{name}: set pseudo_labels to two_stage or concat (a model without "
-                                  "pseudo-labels goes under train.models)")
+            if not spec.uses_pseudo:
+                raise ParamsError(f"train.students.{name}: no stage trains on the pseudo-labels; add one, e.g. stages: "
+                                  "[{rows: pseudo, epochs: 1}, {rows: all, epochs: 2}], or a stage with with_pseudo: "
+                                  "true (a model without pseudo-labels goes under train.models)")
             if spec.teacher not in self.models:
                 known = ", ".join(self.models) or "none"
                 reason = ("is a student itself (its labels would feed on pseudo-labels)" if spec.teacher in self.students
@@ -347,13 +421,15 @@ RANGES: dict[type, dict[str, str]] = {
     MlmParams: {"epochs": "[0, inf)", "probability": "(0, 1)", "max_length": "[8, inf)", "batch_size": "[1, inf)",
                 "lr": "(0, inf)", "held_out_share": "[0, 1)"},
     PseudoParams: {"regression_sigma": "(0, inf)"},
+    StageParams: {"epochs": "(0, inf)"},
+    ScorerParams: {"dropout": "[0, 1)", "n_dropout_samples": "[1, inf)", "reinit_layers": "[0, inf)",
+                   "lora_r": "[0, inf)", "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)"},
     ModelParams: {
-        "dropout": "[0, 1)", "n_dropout_samples": "[1, inf)", "reinit_layers": "[0, inf)", "lora_r": "[0, inf)",
-        "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)", "max_length": "[8, inf)", "epochs": "(0, inf)",
+        "max_length": "[8, inf)",
         "batch_size": "[1, inf)", "effective_batch_size": "[1, inf)", "lr": "(0, inf)", "head_lr": "(0, inf)",
         "layerwise_lr_decay": "(0, 1]", "weight_decay": "[0, inf)", "warmup_ratio": "[0, 1)",
         "max_grad_norm": "[0, inf)", "ema_decay": "[0, 1)", "awp_lr": "[0, inf)", "awp_eps": "[0, inf)",
-        "awp_start_epoch": "[0, inf)", "stage1_epochs": "(0, inf)", "pseudo_epochs": "(0, inf)",
+        "awp_start_epoch": "[0, inf)",
         "pseudo_weight": "(0, inf)", "eval_every": "[0, inf)", "checkpoint_every": "[0, inf)"},
     TrainParams: {"fold_workers": "[0, inf)", "num_threads": "[0, inf)"},
     EnsembleParams: {"n_trials": "[1, inf)", "bootstrap_draws": "[10, inf)", "interval_level": "(0, 1)"},
@@ -476,7 +552,10 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     if missing:
         raise ParamsError(f"missing required key '{_join(prefix, missing[0])}'")
     kwargs = {name: _convert(value, hints[name], _join(prefix, name)) for name, value in data.items()}
-    built = cls(**kwargs)
+    try:
+        built = cls(**kwargs)
+    except FieldErrors as exc:
+        raise ParamsError("; ".join(f"'{_join(prefix, name)}': {why}" for name, why in exc.problems.items())) from None
     _check_ranges(built, prefix)
     return built
 
@@ -594,10 +673,15 @@ def describe(cls: type = Params, prefix: str = "") -> list[str]:
             lines.extend(describe(tp, key))
             continue
         if typing.get_origin(tp) is dict and dataclasses.is_dataclass(typing.get_args(tp)[1]):
-            names = list(_default(f))
-            lines.append(f"  {key} (mapping: name -> model, default {names}): {f.metadata.get('help', '')}")
+            # No default shown: building the default models would check their scorer names, importing torch.
+            lines.append(f"  {key} (mapping: name -> model): {f.metadata.get('help', '')}")
             if key == "train.models":
                 lines.extend(describe(typing.get_args(tp)[1], f"{key}.<name>"))
+            continue
+        if typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            default = [dataclasses.asdict(item) for item in _default(f)]
+            lines.append(f"  {key} (list, default {default}): {f.metadata.get('help', '')}")
+            lines.extend(describe(typing.get_args(tp)[0], f"{key}.<i>"))
             continue
         allowed = RANGES.get(cls, {}).get(f.name)
         kind = f"{_type_name(tp)} in {allowed}" if allowed else _type_name(tp)

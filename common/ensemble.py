@@ -1,18 +1,23 @@
-"""Combining several models' OOF predictions: weighted blends, a LightGBM stacker, and honest scores.
+"""Combining several models' OOF predictions: one `Combiner` interface, the blends and the LightGBM stacker.
 
 Inputs everywhere: `P`, shape (n_rows, n_models), continuous OOF predictions on the score scale;
 `y`, shape (n_rows,), true scores 1..6; `folds`, shape (n_rows,), the fold each row was held out in.
 
+- `Combiner` is what every method implements: `fit(X, y, sample_weight, folds)` (returns self, sets `fit_pred_`,
+  the predictions of the training rows that thresholds are fitted on), `predict(X)`, `tune` (parameters chosen on
+  training rows, the stacker's optuna search), `save(directory)` / `load(directory, entry)` and `check` (what
+  05_infer verifies before any model runs). `COMBINERS`, at the end of the module, names every method, simplest
+  first; adding a method is one class here and one line there.
 - `MeanBlender`, `GreedyBlender` (forward selection with replacement on thresholded QWK) and
   `ScipyBlender` (SLSQP on the simplex) learn non-negative weights summing to one.
-- `nested_blend_qwk` scores a blender honestly: for each fold, the blend weights *and* the thresholds
-  are fitted on the other folds only, and the held-out fold is scored with them. The in-sample score
-  (both fitted on every row) is reported beside it so the optimism of the search is visible.
 - `LGBMStacker` trains one booster per fold on exactly the given folds (early stopping on another
-  training fold, never the held-out one), returns OOF predictions, and saves / loads as plain LightGBM
+  training fold, never the held-out one), keeps their OOF predictions, and saves / loads as plain LightGBM
   text models plus a JSON file.
 - `tune_stacker` searches LightGBM parameters with optuna on training rows only.
 - `prompt_mix_weights` reweights rows so prompt clusters match a target mix when scoring.
+
+Honest scores of a combiner (weights and thresholds fitted on the other folds only) come from
+`common.nested.Chain`.
 
 QWK surrogate objective (objective="qwk"). For continuous predictions p, weights w (W = sum w), the
 kappa of continuous scores is 1 - f / g with
@@ -35,23 +40,25 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightgbm as lgb
 import numpy as np
 import optuna
 import pandas as pd
+from lightgbm.basic import LightGBMError
 from numpy.typing import ArrayLike
 from scipy.optimize import minimize
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import NotFittedError
 
+from common.artifact_checks import ENSEMBLE_FILE, TRUNCATED, Problems, read_json
 from common.io import atomic_write
 from common.metrics import check_labels, check_same_length, check_sample_weight, qwk
-from common.thresholds import ThresholdSearcher, check_folds, round_scores
+from common.nested import check_folds
+from common.thresholds import ThresholdSearcher, round_scores
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +66,12 @@ Objective = Literal["regression", "qwk"]
 
 
 def check_prediction_matrix(P: ArrayLike, name: str = "P") -> np.ndarray:
-    """Return OOF predictions as a finite float64 array of shape (n_rows, n_models)."""
-    arr = np.asarray(P, dtype=np.float64)
+    """Return OOF predictions as a finite, C-ordered float64 array of shape (n_rows, n_models).
+
+    C order whatever the input (a DataFrame's values are column-major): the row sums of `P @ weights` then add up
+    in the same order for an array and a frame of the same numbers.
+    """
+    arr = np.ascontiguousarray(P, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         hint = "; reshape a single model's predictions to (n_rows, 1)" if arr.ndim == 1 else ""
         raise ValueError(f"{name} must have shape (n_rows, n_models), got {arr.shape}{hint}")
@@ -103,27 +114,124 @@ def _check_blend_inputs(
     return matrix, labels, check_sample_weight(sample_weight, len(labels))
 
 
-class _WeightedBlend(BaseEstimator):
-    """Shared `predict` of blenders that end with `weights_`, shape (n_models,)."""
+class Combiner(BaseEstimator):
+    """What every way of combining the models implements (scikit-learn style: `__init__` only stores settings).
+
+    `uses_features`: False -- X is the models' predictions, shape (n_rows, n_models), a DataFrame with one column
+    per model in 04 and 05; True -- X is the stacker features of `common.selection.stacker_features`.
+    `out_of_fold`: `fit_pred_` are out-of-fold predictions of the training rows (the stacker's inner CV), so a
+    nested weight search inside the training rows refits only the thresholds on them. `min_folds`: the fewest folds
+    a nested evaluation of the method needs.
+    """
+
+    uses_features: ClassVar[bool] = False
+    out_of_fold: ClassVar[bool] = False
+    min_folds: ClassVar[int] = 2
+
+    @classmethod
+    def configured(cls, objective: Objective = "regression", n_trials: int = 0, seed: int = 0) -> Combiner:
+        """The unfitted combiner 04_ensemble evaluates, from the `ensemble` settings it uses."""
+        return cls()
+
+    def fit(self, X: Any, y: ArrayLike, sample_weight: ArrayLike | None = None,
+            folds: ArrayLike | None = None) -> Combiner:
+        """Fit on X against scores y, shape (n_rows,); set `fit_pred_`, shape (n_rows,); return self."""
+        raise NotImplementedError
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Continuous predictions, shape (n_rows,), on the score scale."""
+        raise NotImplementedError
+
+    def tune(self, X: Any, y: ArrayLike, folds: ArrayLike, sample_weight: ArrayLike | None = None) -> Combiner:
+        """An unfitted copy with parameters chosen on these (training) rows alone; the default chooses none."""
+        return clone(self)
+
+    @property
+    def tuned_params(self) -> dict[str, Any] | None:
+        """What `tune` chose, for the report (None: the method has nothing to tune)."""
+        return None
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        """Write the fitted combiner's files (if any) under `directory`, the ensemble's artifacts folder, and return
+        its JSON entry: with those files, all `load` needs."""
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, directory: Path, entry: Mapping[str, Any]) -> Combiner:
+        """The fitted combiner `save` wrote, ready to `predict`."""
+        raise NotImplementedError
+
+    @classmethod
+    def check(cls, directory: Path, entry: Mapping[str, Any], models: Sequence[str], problems: Problems,
+              fix: str) -> None:
+        """Record in `problems` every file or entry field `load` needs that is missing or unreadable."""
+        raise NotImplementedError
+
+
+class _WeightedBlend(Combiner):
+    """Shared `predict`, saving and checking of blenders that end with `weights_`, shape (n_models,).
+
+    Fitted on a DataFrame, a blend keeps its column names (`feature_names_in_`, the model names): it is saved as
+    `{"weights": {model: weight}}` and predicts from those columns of a DataFrame in any order.
+    """
+
+    def _fitted(self, matrix: np.ndarray, P: ArrayLike, weights: np.ndarray) -> _WeightedBlend:
+        self.weights_ = weights
+        if isinstance(P, pd.DataFrame):
+            self.feature_names_in_ = np.asarray([str(c) for c in P.columns], dtype=object)
+        self.fit_pred_ = matrix @ self.weights_
+        return self
 
     def predict(self, P: ArrayLike) -> np.ndarray:
         """Blended continuous predictions, shape (n_rows,), `P @ weights_`."""
         if not hasattr(self, "weights_"):
             raise NotFittedError(f"{type(self).__name__} is not fitted yet; call fit(P, y) first")
+        if isinstance(P, pd.DataFrame) and hasattr(self, "feature_names_in_"):
+            missing = [m for m in self.feature_names_in_ if m not in P.columns]
+            if missing:
+                raise ValueError(f"P lacks the prediction columns of models {missing}, which the blend weighs")
+            P = P[list(self.feature_names_in_)]
         matrix = check_prediction_matrix(P)
         if matrix.shape[1] != self.weights_.size:
             raise ValueError(f"P has {matrix.shape[1]} model columns, the blender was fitted on {self.weights_.size}")
         return matrix @ self.weights_
 
+    @property
+    def model_weights(self) -> dict[str, float]:
+        """{model: weight} of a blend fitted on a DataFrame of named models."""
+        if not hasattr(self, "feature_names_in_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted on a DataFrame of named models")
+        return {str(m): float(v) for m, v in zip(self.feature_names_in_, self.weights_, strict=True)}
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        """No files: the entry holds `{"weights": {model: weight}}`."""
+        return {"weights": self.model_weights}
+
+    @classmethod
+    def load(cls, directory: Path, entry: Mapping[str, Any]) -> _WeightedBlend:
+        blend = cls()
+        blend.feature_names_in_ = np.asarray(list(entry["weights"]), dtype=object)
+        blend.weights_ = np.asarray([float(v) for v in entry["weights"].values()], dtype=np.float64)
+        return blend
+
+    @classmethod
+    def check(cls, directory: Path, entry: Mapping[str, Any], models: Sequence[str], problems: Problems,
+              fix: str) -> None:
+        weights = entry.get("weights")
+        numbers = isinstance(weights, dict) and all(isinstance(v, int | float) for v in weights.values())
+        if not numbers or set(models) - set(weights):
+            problems.bad(directory / ENSEMBLE_FILE, f"the selected {cls.__name__} has no weight for every "
+                         f"model {list(models)} (found {weights!r}): {TRUNCATED}", fix)
+
 
 class MeanBlender(_WeightedBlend):
     """Plain mean of the models: the baseline every other blender must beat."""
 
-    def fit(self, P: ArrayLike, y: ArrayLike | None = None, sample_weight: ArrayLike | None = None) -> MeanBlender:
-        """Set `weights_` to 1 / n_models; `y` and `sample_weight` are ignored."""
+    def fit(self, P: ArrayLike, y: ArrayLike | None = None, sample_weight: ArrayLike | None = None,
+            folds: ArrayLike | None = None) -> MeanBlender:
+        """Set `weights_` to 1 / n_models; `y`, `sample_weight` and `folds` are ignored."""
         matrix = check_prediction_matrix(P)
-        self.weights_ = np.full(matrix.shape[1], 1.0 / matrix.shape[1])
-        return self
+        return self._fitted(matrix, P, np.full(matrix.shape[1], 1.0 / matrix.shape[1]))
 
 
 class GreedyBlender(_WeightedBlend):
@@ -157,8 +265,14 @@ class GreedyBlender(_WeightedBlend):
             return ThresholdSearcher(polish=False).fit(blend, y, sample_weight=w).score_
         return qwk(y, round_scores(blend), sample_weight=w)
 
-    def fit(self, P: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> GreedyBlender:
-        """Select models on `P`, shape (n_rows, n_models), against scores `y`, shape (n_rows,)."""
+    @classmethod
+    def configured(cls, objective: Objective = "regression", n_trials: int = 0, seed: int = 0) -> GreedyBlender:
+        """04_ensemble's greedy blend: at most 50 additions."""
+        return cls(max_iter=50)
+
+    def fit(self, P: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
+            folds: ArrayLike | None = None) -> GreedyBlender:
+        """Select models on `P`, shape (n_rows, n_models), against scores `y`, shape (n_rows,); `folds` is ignored."""
         if self.metric not in ("thresholded", "rounded"):
             raise ValueError(f"metric must be 'thresholded' or 'rounded', got {self.metric!r}")
         matrix, labels, w = _check_blend_inputs(P, y, sample_weight)
@@ -183,12 +297,11 @@ class GreedyBlender(_WeightedBlend):
                     break
         counts = np.bincount(chosen[:best_len], minlength=n_models)
         self.counts_ = counts
-        self.weights_ = counts / counts.sum()
         self.history_ = history[:best_len]
         self.score_ = history[best_len - 1]
         logger.debug("greedy blend: %d selections, score %.5f, weights %s",
-                     counts.sum(), self.score_, np.round(self.weights_, 3))
-        return self
+                     counts.sum(), self.score_, np.round(counts / counts.sum(), 3))
+        return self._fitted(matrix, P, counts / counts.sum())
 
 
 def _surrogate_terms(
@@ -247,98 +360,6 @@ def _qwk_surrogate_eval(preds: np.ndarray, data: lgb.Dataset) -> tuple[str, floa
     return "qwk_surrogate", loss, False
 
 
-@dataclass
-class NestedBlend:
-    """Held-out blend of every row, built fold by fold without the held-out labels.
-
-    Attributes:
-        blended: continuous held-out blend, shape (n,).
-        scores: held-out thresholded scores 1..6, shape (n,).
-        weights_per_fold: `{str(fold): blend weights fitted on the other folds}`.
-        thresholds_per_fold: `{str(fold): thresholds fitted on the other folds' blend}`.
-    """
-
-    blended: np.ndarray
-    scores: np.ndarray
-    weights_per_fold: dict[str, list[float]]
-    thresholds_per_fold: dict[str, list[float]]
-
-
-def nested_blend_predictions(
-    P: ArrayLike,
-    y: ArrayLike,
-    folds: ArrayLike,
-    blender_factory: Callable[[], Any] = GreedyBlender,
-    sample_weight: ArrayLike | None = None,
-    searcher_factory: Callable[[], Any] = ThresholdSearcher,
-) -> NestedBlend:
-    """For each fold f: fit the blender and then the thresholds on the other folds, score fold f."""
-    matrix, labels, w = _check_blend_inputs(P, y, sample_weight)
-    f = check_folds(folds, len(labels))
-    blended = np.zeros(len(labels))
-    scores = np.zeros(len(labels), dtype=np.int64)
-    weights_per_fold: dict[str, list[float]] = {}
-    thresholds_per_fold: dict[str, list[float]] = {}
-    for fold in np.unique(f):
-        train, held = f != fold, f == fold
-        w_train = None if w is None else w[train]
-        blender = blender_factory().fit(matrix[train], labels[train], sample_weight=w_train)
-        searcher = searcher_factory().fit(blender.predict(matrix[train]), labels[train], sample_weight=w_train)
-        blended[held] = blender.predict(matrix[held])
-        scores[held] = searcher.predict(blended[held])
-        weights_per_fold[str(fold)] = [float(v) for v in blender.weights_]
-        thresholds_per_fold[str(fold)] = [float(t) for t in searcher.thresholds_]
-    return NestedBlend(blended, scores, weights_per_fold, thresholds_per_fold)
-
-
-def nested_blend_qwk(
-    P: ArrayLike,
-    y: ArrayLike,
-    folds: ArrayLike,
-    blender_factory: Callable[[], Any] = GreedyBlender,
-    sample_weight: ArrayLike | None = None,
-    searcher_factory: Callable[[], Any] = ThresholdSearcher,
-) -> dict[str, Any]:
-    """Honest and in-sample QWK of a blender + thresholds, JSON-serialisable.
-
-    Args:
-        P: OOF predictions, shape (n_rows, n_models).
-        y: true scores 1..6, shape (n_rows,).
-        folds: fold id per row, shape (n_rows,).
-        blender_factory: zero-argument callable returning an unfitted blender (fit / predict / weights_).
-        sample_weight: optional row weights, shape (n_rows,), used to fit and to score.
-        searcher_factory: zero-argument callable returning an unfitted threshold searcher.
-
-    Returns:
-        `qwk_nested` (held-out folds pooled), `qwk_insample` (blender and thresholds fitted and scored on
-        every row), `optimism_gap` (in-sample minus nested), `per_fold`, `weights_per_fold`,
-        `thresholds_per_fold`, and the all-rows `weights` and `thresholds` (what a submission would use).
-    """
-    matrix, labels, w = _check_blend_inputs(P, y, sample_weight)
-    f = check_folds(folds, len(labels))
-    nested = nested_blend_predictions(matrix, labels, f, blender_factory, w, searcher_factory)
-    blender = blender_factory().fit(matrix, labels, sample_weight=w)
-    blend_all = blender.predict(matrix)
-    searcher = searcher_factory().fit(blend_all, labels, sample_weight=w)
-    qwk_nested = qwk(labels, nested.scores, sample_weight=w)
-    qwk_insample = qwk(labels, searcher.predict(blend_all), sample_weight=w)
-    per_fold = {
-        str(fold): qwk(labels[f == fold], nested.scores[f == fold], sample_weight=None if w is None else w[f == fold])
-        for fold in np.unique(f)
-    }
-    logger.info("%s: nested QWK %.4f, in-sample %.4f", type(blender).__name__, qwk_nested, qwk_insample)
-    return {
-        "qwk_nested": qwk_nested,
-        "qwk_insample": qwk_insample,
-        "optimism_gap": qwk_insample - qwk_nested,
-        "per_fold": per_fold,
-        "weights_per_fold": nested.weights_per_fold,
-        "thresholds_per_fold": nested.thresholds_per_fold,
-        "weights": [float(v) for v in blender.weights_],
-        "thresholds": [float(t) for t in searcher.thresholds_],
-    }
-
-
 class ScipyBlender(_WeightedBlend):
     """Weights on the simplex (non-negative, sum 1) fitted with SLSQP.
 
@@ -354,8 +375,9 @@ class ScipyBlender(_WeightedBlend):
         self.loss = loss
         self.max_iter = max_iter
 
-    def fit(self, P: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> ScipyBlender:
-        """Fit weights on `P`, shape (n_rows, n_models), against scores `y`, shape (n_rows,)."""
+    def fit(self, P: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
+            folds: ArrayLike | None = None) -> ScipyBlender:
+        """Fit weights on `P`, shape (n_rows, n_models), against scores `y`, shape (n_rows,); `folds` is ignored."""
         if self.loss not in ("mse", "qwk"):
             raise ValueError(f"loss must be 'mse' or 'qwk', got {self.loss!r}")
         matrix, labels, w = _check_blend_inputs(P, y, sample_weight)
@@ -384,9 +406,9 @@ class ScipyBlender(_WeightedBlend):
         if not result.success:
             logger.warning("SLSQP did not converge (%s); keeping its last weights", result.message)
         beta = np.clip(result.x, 0.0, None)
-        self.weights_ = beta / beta.sum()
-        self.loss_ = float(objective(self.weights_)[0])
-        return self
+        weights = beta / beta.sum()
+        self.loss_ = float(objective(weights)[0])
+        return self._fitted(matrix, P, weights)
 
 
 DEFAULT_LGB_PARAMS: dict[str, Any] = {
@@ -403,12 +425,13 @@ DEFAULT_LGB_PARAMS: dict[str, Any] = {
 FoldCallback = Callable[[int, int, np.ndarray, np.ndarray], None]
 
 
-class LGBMStacker:
+class LGBMStacker(Combiner):
     """LightGBM on OOF predictions (+ extra features), one booster per outer fold.
 
     For each fold f, the booster is trained on the rows of the folds other than f and g, and early-stopped
     on fold g, the fold after f in sorted order (cyclically); fold f is never seen. So at least three
-    folds are needed, and the validation split respects the fold grouping (e.g. by prompt).
+    folds are needed, and the validation split respects the fold grouping (e.g. by prompt). New rows get the
+    mean of the fold boosters.
 
     Args:
         objective: "regression" (L2) or "qwk" (the QWK surrogate of the module docstring).
@@ -418,29 +441,56 @@ class LGBMStacker:
         seed: seeds LightGBM (with deterministic=True and a fixed thread count results are reproducible).
         num_threads: LightGBM threads. One is the default: results do not depend on it, and on stacker-sized
             data (17k rows x tens of features) extra OpenMP threads were 3-5x slower on a busy 2-core box.
+        n_trials: optuna trials of `tune` (0: `tune` keeps `params`).
 
-    Attributes after `fit_oof` (or `load`): `models_` ({fold: Booster}), `base_scores_` ({fold: float},
-    the weighted mean label each booster starts from), `best_iterations_`, `feature_names_`, `oof_`.
+    Attributes after `fit` (or `load`): `models_` ({fold: Booster}), `base_scores_` ({fold: float},
+    the weighted mean label each booster starts from), `best_iterations_`, `feature_names_`; after `fit` also
+    `oof_` (= `fit_pred_`), each row's prediction by the booster that never saw its fold.
     """
 
+    uses_features = True
+    out_of_fold = True
+    min_folds = 4  # nested: one fold held out, an inner CV of three on the others
+    DIR = "stacker"
     MODEL_FILE = "fold_{fold}.txt"
     META_FILE = "stacker.json"
+    META_KEYS = ("objective", "params", "seed", "num_threads", "feature_names", "model_files", "base_scores",
+                 "best_iterations")
+    """What `load` reads from stacker.json."""
 
     def __init__(self, objective: Objective = "regression", params: Mapping[str, Any] | None = None,
-                 n_estimators: int = 2000, early_stopping_rounds: int = 100, seed: int = 0, num_threads: int = 1):
-        if objective not in ("regression", "qwk"):
-            raise ValueError(f"objective must be 'regression' or 'qwk', got {objective!r}")
+                 n_estimators: int = 2000, early_stopping_rounds: int = 100, seed: int = 0, num_threads: int = 1,
+                 n_trials: int = 0):
         self.objective = objective
-        self.params = dict(params or {})
+        self.params = params
         self.n_estimators = n_estimators
         self.early_stopping_rounds = early_stopping_rounds
         self.seed = seed
         self.num_threads = num_threads
+        self.n_trials = n_trials
+
+    @classmethod
+    def configured(cls, objective: Objective = "regression", n_trials: int = 0, seed: int = 0) -> LGBMStacker:
+        return cls(objective=objective, seed=seed, n_trials=n_trials)
+
+    def tune(self, X: pd.DataFrame | ArrayLike, y: ArrayLike, folds: ArrayLike,
+             sample_weight: ArrayLike | None = None) -> LGBMStacker:
+        """A copy with `params` found by `tune_stacker` on these training rows (>= 3 folds); unchanged for
+        n_trials <= 0."""
+        if self.n_trials <= 0:
+            return clone(self)
+        found = tune_stacker(X, y, folds, n_trials=self.n_trials, seed=self.seed, objective=self.objective,
+                             sample_weight=sample_weight)
+        return clone(self).set_params(params=found)
+
+    @property
+    def tuned_params(self) -> dict[str, Any]:
+        return dict(self.params or {})
 
     def feature_importance(self) -> dict[str, float]:
         """Share of the total split gain of every feature, summed over the fold boosters, largest first."""
         if not getattr(self, "models_", None):
-            raise RuntimeError("LGBMStacker: call fit_oof or load first")
+            raise NotFittedError("LGBMStacker: call fit or load first")
         gain = sum(np.asarray(b.feature_importance(importance_type="gain"), dtype=float) for b in self.models_.values())
         total = float(gain.sum()) or 1.0
         order = np.argsort(-gain, kind="stable")
@@ -448,7 +498,7 @@ class LGBMStacker:
 
     def lgb_params(self) -> dict[str, Any]:
         """The full LightGBM parameter dict used for training."""
-        params = {**DEFAULT_LGB_PARAMS, **self.params}
+        params = {**DEFAULT_LGB_PARAMS, **(self.params or {})}
         params.update(
             objective=qwk_objective if self.objective == "qwk" else "regression",
             metric="None" if self.objective == "qwk" else "l2",
@@ -481,27 +531,31 @@ class LGBMStacker:
             raise ValueError(f"X columns must be numeric, these are not: {non_numeric}")
         return frame.astype(np.float64)
 
-    def fit_oof(
+    def fit(
         self,
         X: pd.DataFrame | ArrayLike,
         y: ArrayLike,
-        folds: ArrayLike,
         sample_weight: ArrayLike | None = None,
+        folds: ArrayLike | None = None,
         on_fold: FoldCallback | None = None,
-    ) -> np.ndarray:
-        """Train one booster per fold and return OOF predictions, shape (n_rows,).
+    ) -> LGBMStacker:
+        """Train one booster per fold; `oof_` (= `fit_pred_`), shape (n_rows,), holds their OOF predictions.
 
         Args:
             X: features, shape (n_rows, n_features) (DataFrame column names are kept); NaN allowed.
             y: true scores 1..6, shape (n_rows,).
-            folds: fold id per row, shape (n_rows,), at least three folds.
             sample_weight: optional training/validation row weights, shape (n_rows,).
+            folds: fold id per row, shape (n_rows,), at least three folds (required).
             on_fold: called after each fold as on_fold(step, fold, held_out_rows, held_out_preds); it may
                 raise to stop training (tune_stacker prunes trials this way).
         """
+        if self.objective not in ("regression", "qwk"):
+            raise ValueError(f"objective must be 'regression' or 'qwk', got {self.objective!r}")
         frame = self._frame(X, fitting=True)
         labels = check_labels(y, "y")
         check_same_length(X=frame, y=labels)
+        if folds is None:
+            raise ValueError("LGBMStacker.fit needs folds: one booster is trained per fold")
         f = check_folds(folds, len(labels))
         w = check_sample_weight(sample_weight, len(labels))
         fold_ids = np.unique(f)
@@ -529,8 +583,8 @@ class LGBMStacker:
                         fold_key, self.best_iterations_[fold_key], int(valid_fold))
             if on_fold is not None:
                 on_fold(step, fold_key, held, oof[held])
-        self.oof_ = oof
-        return oof
+        self.oof_ = self.fit_pred_ = oof
+        return self
 
     def _train_one(
         self, values: np.ndarray, labels: np.ndarray, w: np.ndarray | None, train: np.ndarray, valid: np.ndarray
@@ -561,20 +615,21 @@ class LGBMStacker:
     def predict(self, X: pd.DataFrame | ArrayLike) -> np.ndarray:
         """Mean of the fold boosters' predictions for new rows, shape (n_rows,), on the score scale."""
         if not hasattr(self, "models_"):
-            raise NotFittedError("LGBMStacker is not fitted yet; call fit_oof(X, y, folds) or load(dir)")
+            raise NotFittedError("LGBMStacker is not fitted yet; call fit(X, y, folds=folds) or load(directory)")
         values = self._frame(X, fitting=False).to_numpy()
         return np.mean([self._predict_one(fold, values) for fold in sorted(self.models_)], axis=0)
 
-    def save(self, directory: str | Path) -> None:
-        """Write each booster as a LightGBM text model plus `stacker.json` (features, objective, bases)."""
+    def save(self, directory: Path) -> dict[str, Any]:
+        """Write each booster as a LightGBM text model plus `stacker.json` (features, objective, bases) into
+        `directory`/stacker; the entry records the parameters and the objective."""
         if not hasattr(self, "models_"):
             raise NotFittedError("LGBMStacker is not fitted yet; nothing to save")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        folder = Path(directory) / self.DIR
+        folder.mkdir(parents=True, exist_ok=True)
         files = {}
         for fold, booster in sorted(self.models_.items()):
             name = self.MODEL_FILE.format(fold=fold)
-            with atomic_write(directory / name) as tmp:
+            with atomic_write(folder / name) as tmp:
                 booster.save_model(tmp, num_iteration=self.best_iterations_[fold])
             files[str(fold)] = name
         meta = {
@@ -583,28 +638,92 @@ class LGBMStacker:
             "model_files": files,
             "base_scores": {str(k): v for k, v in self.base_scores_.items()},
             "best_iterations": {str(k): v for k, v in self.best_iterations_.items()},
-            "params": self.params,
+            "params": self.tuned_params,
             "seed": self.seed,
             "num_threads": self.num_threads,
         }
-        with atomic_write(directory / self.META_FILE) as tmp:
+        with atomic_write(folder / self.META_FILE) as tmp:
             tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        return {"params": self.tuned_params, "objective": self.objective}
 
     @classmethod
-    def load(cls, directory: str | Path) -> LGBMStacker:
-        """Restore a stacker written by `save`, ready to `predict` (no training state needed)."""
-        directory = Path(directory)
-        meta_path = directory / cls.META_FILE
+    def load(cls, directory: Path, entry: Mapping[str, Any] | None = None) -> LGBMStacker:
+        """Restore a stacker `save` wrote under `directory`, ready to `predict` (no training state needed)."""
+        folder = Path(directory) / cls.DIR
+        meta_path = folder / cls.META_FILE
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path} not found; save a fitted LGBMStacker there first")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         stacker = cls(objective=meta["objective"], params=meta["params"], seed=int(meta["seed"]),
                       num_threads=int(meta["num_threads"]))
         stacker.feature_names_ = list(meta["feature_names"])
-        stacker.models_ = {int(k): lgb.Booster(model_file=str(directory / v)) for k, v in meta["model_files"].items()}
+        stacker.models_ = {int(k): lgb.Booster(model_file=str(folder / v)) for k, v in meta["model_files"].items()}
         stacker.base_scores_ = {int(k): float(v) for k, v in meta["base_scores"].items()}
         stacker.best_iterations_ = {int(k): int(v) for k, v in meta["best_iterations"].items()}
         return stacker
+
+    @classmethod
+    def check(cls, directory: Path, entry: Mapping[str, Any], models: Sequence[str], problems: Problems,
+              fix: str) -> None:
+        """stacker.json with every key `load` reads, and every booster whole (see `lightgbm_model_problem`)."""
+        folder = Path(directory) / cls.DIR
+        meta_file = folder / cls.META_FILE
+        meta = read_json(meta_file, problems, fix)
+        if meta is None:
+            return
+        absent = [key for key in cls.META_KEYS if key not in meta]
+        model_files = meta.get("model_files")
+        if absent or not isinstance(model_files, dict) or not model_files:
+            problems.bad(meta_file, f"lacks {absent or ['model_files']}: {TRUNCATED}", fix)
+            return
+        for file in model_files.values():
+            path = folder / str(file)
+            if not path.is_file():
+                problems.missing(path, fix)
+            elif (problem := lightgbm_model_problem(path)) is not None:
+                problems.bad(path, problem, fix)
+
+
+def lightgbm_model_problem(path: Path) -> str | None:
+    """Why the LightGBM text model at `path` is incomplete, or None when it is whole and loads.
+
+    The structure is checked in Python before LightGBM sees the file: LightGBM's parser trusts the
+    file and crashes the process (a segmentation fault, lightgbm 4.7) on a model cut in half, and
+    loads one cut in its last line without a word. Booster.save_model writes the trees (sized by the
+    header's tree_sizes), 'end of trees', the parameters and, last, a 'pandas_categorical:' line.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if not data.startswith(b"tree\n"):
+        return f"not a LightGBM text model (it does not start with a 'tree' line): {TRUNCATED}"
+    end = data.find(b"\nend of trees\n")
+    if end < 0:
+        return f"its trees end before the 'end of trees' line: {TRUNCATED}"
+    first = data.find(b"\nTree=", 0, end + 1)
+    header = data[: first if first >= 0 else end]
+    for line in header.split(b"\n"):
+        if line.startswith(b"tree_sizes="):
+            try:
+                sizes = [int(size) for size in line.removeprefix(b"tree_sizes=").split()]
+            except ValueError:
+                return f"its tree_sizes line is not a list of sizes: {TRUNCATED}"
+            offset = first + 1
+            for i, size in enumerate(sizes):
+                if first < 0 or not data.startswith(b"Tree=", offset) or offset + size > end + 1:
+                    return f"tree {i} of {len(sizes)} is cut short or misplaced: {TRUNCATED}"
+                offset += size
+    if b"\nparameters:\n" in data and b"\nend of parameters\n" not in data:
+        return f"its parameters end before the 'end of parameters' line: {TRUNCATED}"
+    last = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    if not (data.endswith(b"\n") and last.startswith(b"pandas_categorical:")):
+        return f"it ends before its last line ('pandas_categorical:...'): {TRUNCATED}"
+    try:
+        lgb.Booster(model_file=str(path))
+    except LightGBMError as exc:
+        return f"LightGBM cannot load it ({exc}): {TRUNCATED}"
+    return None
 
 
 def _suggest_params(trial: optuna.Trial) -> dict[str, Any]:
@@ -639,7 +758,7 @@ def tune_stacker(
     reporting a CV score on them.
 
     Args:
-        X, y, folds, sample_weight: training rows only, as for `LGBMStacker.fit_oof` (>= 3 folds).
+        X, y, folds, sample_weight: training rows only, as for `LGBMStacker.fit` (>= 3 folds).
         n_trials: optuna trials.
         seed: seeds the TPE sampler and LightGBM.
         objective: stacker objective, "regression" or "qwk".
@@ -669,7 +788,7 @@ def tune_stacker(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after fold {fold}")
 
-        oof = stacker.fit_oof(X, labels, folds, sample_weight=w, on_fold=report)
+        oof = stacker.fit(X, labels, sample_weight=w, folds=folds, on_fold=report).oof_
         if score == "thresholded":
             scores = ThresholdSearcher(polish=False).fit(oof, labels, sample_weight=w).predict(oof)
         else:
@@ -686,3 +805,13 @@ def tune_stacker(
     logger.info("tune_stacker: best inner-CV QWK %.4f over %d trials (%d pruned): %s",
                 study.best_value, len(study.trials), pruned, study.best_params)
     return dict(study.best_params)
+
+
+COMBINERS: dict[str, type[Combiner]] = {
+    "mean": MeanBlender,
+    "greedy": GreedyBlender,
+    "scipy": ScipyBlender,
+    "stacker": LGBMStacker,
+}
+"""Every method 04_ensemble evaluates, by the name ensemble.json records, simplest first: selection keeps the
+simpler one unless a more complex one wins by more than the interval of their paired difference."""

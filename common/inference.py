@@ -4,9 +4,9 @@ Built to run on Kaggle the first time:
 - offline by construction: `common.offline.force_offline()` sets the hub-offline variables before
   transformers is imported (05_infer/run.py calls it first), and every load is from a local folder;
 - every artifact is checked before any model runs (`ArtifactSet.check`): there, and readable (weights
-  headers, every JSON, the LightGBM stacker, the prompt assigner), so a missing or truncated fold or
-  threshold file fails in seconds with its path and the fix, never after an hour or with a partial
-  submission;
+  headers, every JSON, and the selected ensemble method's files: `EnsembleArtifact.check`), so a missing
+  or truncated fold or threshold file fails in seconds with its path and the fix, never after an hour or
+  with a partial submission;
 - fast: each distinct tokenizer tokenises the essays once; essays are sorted by length and batched by
   a token budget (dynamic padding); autocast fp16 on CUDA (T4 and P100 have no bf16) with fp32
   weights; `torch.inference_mode`; one model in memory at a time; every visible GPU gets a share of
@@ -24,26 +24,23 @@ import json
 import logging
 import math
 import time
-import zipfile
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import torch
-from lightgbm.basic import LightGBMError
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from common import layout
-from common.clusters import PromptAssigner
+from common.artifact_checks import COPY_HINT, TRUNCATED, ArtifactError, Problems, read_json
 from common.config import Params
 from common.data import InputError, read_csv_checked
-from common.ensemble import LGBMStacker
+from common.devices import autocast_dtype
+from common.ensemble_artifact import ENSEMBLE_DIR, EnsembleArtifact
 from common.models import EssayScorer
 from common.models.scorer import (
     ADAPTER_DIR,
@@ -53,25 +50,17 @@ from common.models.scorer import (
     WEIGHTS_FILE,
     read_config,
 )
-from common.selection import stacker_features
 from common.stage import PipelineError
-from common.text_features import TextFeaturizer
-from common.thresholds import apply_thresholds
 from common.tokenization import EssayCollator, batches_by_token_budget, load_tokenizer, tokenize_essays
 
 log = logging.getLogger(__name__)
 
-ENSEMBLE_DIR = Path("ensemble") / "artifacts"
 # Effective fp16 throughput of a T4 on transformer encoders (65 TFLOP/s peak tensor-core fp16; encoders
 # at batch sizes that fit reach roughly a fifth of it). Used only for the printed runtime estimate.
 T4_EFFECTIVE_FLOPS = 13e12
 # A CPU gains nothing from the large batches a GPU needs to fill its cores, and loses cache locality:
 # on CPU the token budget is capped here (measured on the demo: 16k-token batches ran ~25% slower).
 CPU_BATCH_TOKENS = 4096
-
-
-class ArtifactError(PipelineError):
-    """An artifact 05_infer needs is missing or unreadable; the message names it."""
 
 
 @dataclass
@@ -177,64 +166,10 @@ def validate_submission(submission: pd.DataFrame, sample: pd.DataFrame) -> None:
 # Artifacts
 
 
-TRUNCATED = "truncated or corrupt"
-COPY_HINT = "a truncated file is usually an interrupted copy, download or upload"
 # Tokenizer files AutoTokenizer reads as JSON when a fold folder has them.
 TOKENIZER_JSON = ("tokenizer.json", "special_tokens_map.json", "added_tokens.json", "vocab.json")
 # What TokenCache reads from a fold's train_config.json["model"].
 TOKENIZE_SETTINGS = ("max_length", "add_newline_tokens", "padding_side", "truncation_side", "add_special_tokens")
-# What LGBMStacker.load reads from stacker.json.
-STACKER_KEYS = ("objective", "params", "seed", "num_threads", "feature_names", "model_files", "base_scores",
-                "best_iterations")
-# What PromptAssigner.load raises on a truncated or damaged .npz (a zip archive of arrays).
-NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
-
-
-class _Problems:
-    """What is wrong with an artifacts folder, file by file, and the re-runs that would make the files again."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.fixes: dict[str, None] = {}  # an ordered set
-        self.unreadable = False
-
-    def missing(self, path: Path | str, fix: str, what: str = "") -> None:
-        self.lines.append(f"{path}{what}: not found")
-        self.fixes[fix] = None
-
-    def bad(self, path: Path | str, problem: str, fix: str) -> None:
-        self.lines.append(f"{path}: {problem}")
-        self.fixes[fix] = None
-        self.unreadable = True
-
-    def __bool__(self) -> bool:
-        return bool(self.lines)
-
-
-def _json_problem(path: Path) -> tuple[object, str | None]:
-    """(the parsed JSON at `path`, None), or (None, what is wrong with it)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8")), None
-    except UnicodeDecodeError as exc:
-        return None, f"not UTF-8 text ({exc.reason} at byte {exc.start}): {TRUNCATED}"
-    except json.JSONDecodeError as exc:
-        return None, f"not valid JSON ({exc}): {TRUNCATED}"
-    except OSError as exc:
-        return None, f"unreadable ({exc.strerror or exc})"
-
-
-def _read_json(path: Path, problems: _Problems, fix: str, kind: type = dict) -> object | None:
-    """The JSON at `path` if it is there, parses and is a `kind`; otherwise None and a line in `problems`."""
-    if not path.is_file():
-        problems.missing(path, fix)
-        return None
-    value, problem = _json_problem(path)
-    if problem is None and not isinstance(value, kind):
-        problem = f"holds a JSON {type(value).__name__}, not a {kind.__name__}: {TRUNCATED}"
-    if problem is not None:
-        problems.bad(path, problem, fix)
-        return None
-    return value
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -249,48 +184,6 @@ def safetensors_problem(path: Path) -> str | None:
     return None if n_tensors else f"holds no tensors: {TRUNCATED}"
 
 
-def lightgbm_model_problem(path: Path) -> str | None:
-    """Why the LightGBM text model at `path` is incomplete, or None when it is whole and loads.
-
-    The structure is checked in Python before LightGBM sees the file: LightGBM's parser trusts the
-    file and crashes the process (a segmentation fault, lightgbm 4.7) on a model cut in half, and
-    loads one cut in its last line without a word. Booster.save_model writes the trees (sized by the
-    header's tree_sizes), 'end of trees', the parameters and, last, a 'pandas_categorical:' line.
-    """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return f"unreadable ({exc.strerror or exc})"
-    if not data.startswith(b"tree\n"):
-        return f"not a LightGBM text model (it does not start with a 'tree' line): {TRUNCATED}"
-    end = data.find(b"\nend of trees\n")
-    if end < 0:
-        return f"its trees end before the 'end of trees' line: {TRUNCATED}"
-    first = data.find(b"\nTree=", 0, end + 1)
-    header = data[: first if first >= 0 else end]
-    for line in header.split(b"\n"):
-        if line.startswith(b"tree_sizes="):
-            try:
-                sizes = [int(size) for size in line.removeprefix(b"tree_sizes=").split()]
-            except ValueError:
-                return f"its tree_sizes line is not a list of sizes: {TRUNCATED}"
-            offset = first + 1
-            for i, size in enumerate(sizes):
-                if first < 0 or not data.startswith(b"Tree=", offset) or offset + size > end + 1:
-                    return f"tree {i} of {len(sizes)} is cut short or misplaced: {TRUNCATED}"
-                offset += size
-    if b"\nparameters:\n" in data and b"\nend of parameters\n" not in data:
-        return f"its parameters end before the 'end of parameters' line: {TRUNCATED}"
-    last = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
-    if not (data.endswith(b"\n") and last.startswith(b"pandas_categorical:")):
-        return f"it ends before its last line ('pandas_categorical:...'): {TRUNCATED}"
-    try:
-        lgb.Booster(model_file=str(path))
-    except LightGBMError as exc:
-        return f"LightGBM cannot load it ({exc}): {TRUNCATED}"
-    return None
-
-
 @dataclass
 class ArtifactSet:
     """The trained models and the ensemble under one root, as 02_train and 04_ensemble wrote them."""
@@ -299,6 +192,7 @@ class ArtifactSet:
     spec: dict
     folds: list[int]
     fold_dirs: dict[str, list[Path]] = field(default_factory=dict)
+    ensemble: EnsembleArtifact | None = None
 
     @property
     def models(self) -> list[str]:
@@ -307,61 +201,32 @@ class ArtifactSet:
     @classmethod
     def open(cls, root: Path) -> ArtifactSet:
         """Read ensemble.json and check every file inference reads (before any work): all there and whole."""
-        ensemble_file = root / ENSEMBLE_DIR / "ensemble.json"
-        if not ensemble_file.is_file():
-            raise ArtifactError(f"{ensemble_file} not found: run 04_ensemble, or point infer.artifacts at the "
-                                "folder that holds train/ and ensemble/artifacts/")
-        spec, problem = _json_problem(ensemble_file)
-        if problem is None and not isinstance(spec, dict):
-            problem = f"holds a JSON {type(spec).__name__}, not an object: {TRUNCATED}"
-        if problem is None:
-            absent = [key for key in ("models", "selected", "thresholds") if key not in spec]
-            if absent:
-                problem = f"lacks {absent}: {TRUNCATED}, or written by another version"
-        if problem is not None:
-            raise ArtifactError(
-                f"{ensemble_file}: {problem}, so no submission was written.\nFix: re-run 04_ensemble "
-                f"(python 04_ensemble/run.py), or copy the complete ensemble/artifacts/ folder under {root} again "
-                f"({COPY_HINT})."
-            )
+        spec = EnsembleArtifact.read_spec(root)
         folds = [int(k) for k in spec.get("folds", [])]
         if not folds:
-            raise ArtifactError(f"{ensemble_file} lists no folds: re-run 04_ensemble with this version")
+            raise ArtifactError(f"{root / ENSEMBLE_DIR / 'ensemble.json'} lists no folds: re-run 04_ensemble with "
+                                "this version")
         artifacts = cls(root=root, spec=spec, folds=folds)
         artifacts.check()
+        artifacts.ensemble = EnsembleArtifact.load(root / ENSEMBLE_DIR, spec)
         return artifacts
 
     def check(self) -> None:
         """Every file inference reads, all there and readable, or one error naming each bad one.
 
         Per fold model: its weights (the safetensors header: no weights are loaded), scorer.json,
-        train_config.json and the tokenizer's JSON files; the thresholds and blend weights in
-        ensemble.json; for the stacker its stacker.json, every LightGBM model, the text vocabulary and
-        the prompt assigner. A file that is there but truncated fails here, not after the fold models ran.
+        train_config.json and the tokenizer's JSON files; then the ensemble (`EnsembleArtifact.check`: the
+        thresholds, the selected method's entry and files, the stacker's text vocabulary and prompt assigner).
+        A file that is there but truncated fails here, not after the fold models ran.
         """
-        problems = _Problems()
-        ensemble_dir = self.root / ENSEMBLE_DIR
-        ensemble_file = ensemble_dir / "ensemble.json"
-        rerun_ensemble = "re-run python 04_ensemble/run.py"
-        thresholds = self.spec.get("thresholds")
-        numbers = isinstance(thresholds, list) and all(isinstance(t, int | float) for t in thresholds)
-        if not numbers or len(thresholds) != 5 or list(thresholds) != sorted(thresholds):
-            problems.bad(ensemble_file, f"'thresholds' must be 5 increasing cut points, found {thresholds!r}",
-                         rerun_ensemble)
+        problems = Problems()
         for name in self.models:
             rerun_train = (f"re-run python 02_train/run.py train.model={name} (it trains again every fold whose "
                            "files are missing or unreadable)")
             self.fold_dirs[name] = [layout.fold_dir(self.root, name, k) for k in self.folds]
             for fold_dir in self.fold_dirs[name]:
                 self._check_fold(fold_dir, problems, rerun_train)
-        selected = self.spec["selected"]
-        if selected == "stacker":
-            self._check_stacker(problems, rerun_ensemble)
-        else:
-            weights = self.spec.get("methods", {}).get(selected, {}).get("weights")
-            if not isinstance(weights, dict) or set(self.models) - set(weights):
-                problems.bad(ensemble_file, f"the selected method {selected!r} has no weight for every model "
-                             f"{self.models} (found {weights!r}): {TRUNCATED}", rerun_ensemble)
+        EnsembleArtifact.check(self.root / ENSEMBLE_DIR, self.spec, problems)
         if problems:
             heading = "artifacts missing or unreadable" if problems.unreadable else "artifacts missing"
             raise ArtifactError(
@@ -372,7 +237,7 @@ class ArtifactSet:
             )
 
     @staticmethod
-    def _check_fold(fold_dir: Path, problems: _Problems, fix: str) -> None:
+    def _check_fold(fold_dir: Path, problems: Problems, fix: str) -> None:
         """One fold model: what EssayScorer.load and TokenCache read from its folder."""
         scorer_file = fold_dir / CONFIG_FILE
         if not scorer_file.is_file():
@@ -384,20 +249,20 @@ class ArtifactSet:
                 problems.bad(scorer_file, f"not valid JSON ({exc}): {TRUNCATED}", fix)
             except (OSError, ValueError, TypeError) as exc:  # unknown keys, not an object, not UTF-8
                 problems.bad(scorer_file, f"not a scorer config ({exc}): {TRUNCATED}", fix)
-        train_config = _read_json(fold_dir / "train_config.json", problems, fix)
+        train_config = read_json(fold_dir / "train_config.json", problems, fix)
         if train_config is not None:
             model = train_config.get("model")
             absent = [k for k in TOKENIZE_SETTINGS if k not in model] if isinstance(model, dict) else ["model"]
             if absent:
                 problems.bad(fold_dir / "train_config.json", f"lacks {absent}: {TRUNCATED}", fix)
-        _read_json(fold_dir / "tokenizer_config.json", problems, fix)
+        read_json(fold_dir / "tokenizer_config.json", problems, fix)
         for name in TOKENIZER_JSON:
             if (fold_dir / name).is_file():
-                _read_json(fold_dir / name, problems, fix)
+                read_json(fold_dir / name, problems, fix)
         adapter = fold_dir / ADAPTER_DIR
         weights = fold_dir / WEIGHTS_FILE
         if adapter.is_dir():  # LoRA: adapter/ (peft) and head.safetensors beside it
-            _read_json(adapter / "adapter_config.json", problems, fix)
+            read_json(adapter / "adapter_config.json", problems, fix)
             tensors = [p for p in (adapter / "adapter_model.safetensors", fold_dir / HEAD_FILE) if p.is_file()]
             if not (adapter / "adapter_model.safetensors").is_file() and not (adapter / "adapter_model.bin").is_file():
                 problems.missing(adapter / "adapter_model.safetensors", fix)
@@ -405,7 +270,7 @@ class ArtifactSet:
                 problems.missing(fold_dir / HEAD_FILE, fix)
         elif weights.is_file():
             tensors = [weights]
-            _read_json(fold_dir / BACKBONE_CONFIG_DIR / "config.json", problems, fix)
+            read_json(fold_dir / BACKBONE_CONFIG_DIR / "config.json", problems, fix)
         else:
             tensors = []
             problems.missing(weights, fix, what=" (or adapter/ for a LoRA model)")
@@ -414,61 +279,9 @@ class ArtifactSet:
             if problem is not None:
                 problems.bad(path, problem, fix)
 
-    def _check_stacker(self, problems: _Problems, fix: str) -> None:
-        """What LGBMStacker.load, TextFeaturizer.from_vocabulary and PromptAssigner.load read."""
-        ensemble_dir = self.root / ENSEMBLE_DIR
-        stacker_dir = ensemble_dir / (self.spec.get("stacker_dir") or "stacker")
-        meta_file = stacker_dir / LGBMStacker.META_FILE
-        meta = _read_json(meta_file, problems, fix)
-        if meta is not None:
-            absent = [key for key in STACKER_KEYS if key not in meta]
-            model_files = meta.get("model_files")
-            if absent or not isinstance(model_files, dict) or not model_files:
-                problems.bad(meta_file, f"lacks {absent or ['model_files']}: {TRUNCATED}", fix)
-            else:
-                for file in model_files.values():
-                    path = stacker_dir / str(file)
-                    if not path.is_file():
-                        problems.missing(path, fix)
-                    elif (problem := lightgbm_model_problem(path)) is not None:
-                        problems.bad(path, problem, fix)
-        if self.spec.get("text_features"):
-            vocabulary_file = ensemble_dir / "text_vocabulary.json"
-            words = _read_json(vocabulary_file, problems, fix, kind=list)
-            if words is not None and not all(isinstance(word, str) for word in words):
-                problems.bad(vocabulary_file, f"holds non-text entries: {TRUNCATED}", fix)
-        if self.spec.get("prompt_features"):
-            assigner_file = ensemble_dir / PromptAssigner.FILE
-            if not assigner_file.is_file():
-                problems.missing(assigner_file, fix)
-            else:
-                try:
-                    PromptAssigner.load(ensemble_dir)
-                except NPZ_ERRORS as exc:
-                    problems.bad(assigner_file, f"not a readable prompt assigner ({type(exc).__name__}: {exc}): "
-                                 f"{TRUNCATED}", fix)
-
 
 # ---------------------------------------------------------------------------------------------------
 # Predicting with one model
-
-
-def inference_devices(device: str) -> list[torch.device]:
-    """Every visible GPU for "auto"/"cuda" when CUDA is there, else the CPU."""
-    if device in ("auto", "cuda") and torch.cuda.is_available():
-        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
-    if device == "cuda":
-        raise PipelineError("infer.device=cuda but no CUDA device is visible; use infer.device=auto or cpu")
-    return [torch.device("cpu")]
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` on `device`, or None for plain fp32."""
-    if device.type != "cuda":
-        return None if precision in ("auto", "fp32") else {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    if precision == "auto":
-        return torch.float16
-    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
 def _tokenizer_key(fold_dir: Path, settings: dict) -> str:
@@ -534,7 +347,7 @@ def predict_fold_model(fold_dir: Path, ids: list[list[int]], collator: EssayColl
     models = [EssayScorer.load(fold_dir, device=device) for device in devices]
     n = len(ids)
     preds = np.full(n, np.nan)
-    probs = np.full((n, 6), np.nan) if models[0].config.head != "regression" else None
+    probs = np.full((n, 6), np.nan) if models[0].head.gives_probs else None
     if all(d.type == "cpu" for d in devices):
         batch_tokens = min(batch_tokens, CPU_BATCH_TOKENS)
     batches = batches_by_token_budget([len(x) for x in ids], batch_tokens)
@@ -642,27 +455,7 @@ def prediction_frame(test_ids: np.ndarray, predictions: TestPredictions) -> pd.D
 def ensemble_scores(artifacts: ArtifactSet, predictions: TestPredictions, texts: list[str]) -> tuple[np.ndarray,
                                                                                                       np.ndarray]:
     """(continuous ensemble prediction, integer scores 1-6) with the selected method and its thresholds."""
-    spec = artifacts.spec
-    method = spec["selected"]
-    if method == "stacker":
-        text_frame = None
-        if spec.get("text_features"):
-            words = json.loads((artifacts.root / ENSEMBLE_DIR / "text_vocabulary.json").read_text(encoding="utf-8"))
-            text_frame = TextFeaturizer.from_vocabulary(words).transform(texts)
-        prompts = None
-        if spec.get("prompt_features"):
-            prompts = PromptAssigner.load(artifacts.root / ENSEMBLE_DIR).predict(texts)
-            log.info("test essays per prompt cluster: %s",
-                     {int(k): int(n) for k, n in zip(*np.unique(prompts, return_counts=True), strict=True)})
-        origin = np.ones(len(texts)) if spec.get("by_origin") else None  # test essays are other-origin
-        X = stacker_features(predictions.preds, predictions.probs, text_frame, prompts, spec.get("prompt_stats"), origin)
-        stacker = LGBMStacker.load(artifacts.root / ENSEMBLE_DIR / (spec.get("stacker_dir") or "stacker"))
-        continuous = stacker.predict(X[stacker.feature_names_])
-    else:
-        weights = spec["methods"][method]["weights"]
-        continuous = sum(float(weights[m]) * predictions.preds[m] for m in artifacts.models)
-    thresholds = np.asarray(spec["thresholds"], dtype=float)
-    return np.asarray(continuous, dtype=float), apply_thresholds(continuous, thresholds)
+    return artifacts.ensemble.predict(predictions.preds, predictions.probs, texts)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
     pseudo/<student>/fold_<k>.parquet   soft labels for a student's fold k (from its teacher's fold k)
     mlm/<fingerprint>/backbone/     a backbone adapted by masked-language modelling (shared by models)
     checkpoints/<model>/fold_<k>/   resumable checkpoints while a fold trains (removed when it is done)
+    checkpoints/mlm/<fingerprint>/  the same while a backbone is adapted
     timings/<model>/fold_<k>.json   a fold's wall-clock time and speed; timings/<stage>.json a stage's:
                                     figures that change from run to run stay out of what dvc.lock hashes
 
@@ -35,6 +36,10 @@ def checkpoint_dir(out: Path, name: str, fold: int) -> Path:
 
 def mlm_dir(out: Path, fingerprint: str) -> Path:
     return Path(out) / "mlm" / fingerprint / "backbone"
+
+
+def mlm_checkpoint(out: Path, fingerprint: str) -> Path:
+    return Path(out) / "checkpoints" / "mlm" / fingerprint / "checkpoint.pt"
 
 
 def timings_file(out: Path, name: str, fold: int) -> Path:

@@ -33,7 +33,7 @@ import math
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,22 +48,20 @@ from transformers import (
     set_seed,
 )
 
+from common.engine import Engine, epoch_batches, read_checkpoint, remove_checkpoint, set_rng_state
 from common.io import staged_dir, write_json
 from common.optim import build_scheduler
 from common.tokenization import (
     TOKENIZE_CHUNK,
-    LengthGroupedSampler,
     batch_width,
     load_tokenizer,
     newline_safe,
     pad_multiple,
 )
-from common.training import resolve_mixed_precision
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "mlm_metrics.json"
-MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 IGNORE_INDEX = -100
 """Label of the positions the loss skips (transformers' convention)."""
 
@@ -319,14 +317,6 @@ def load_masked_lm(backbone: str, add_newline_tokens: bool = True
     return tokenizer, model, missing
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' but torch sees no CUDA GPU: use device='auto' or 'cpu'")
-    return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
-
-
 def _unique_essays(texts: Sequence[str]) -> list[str]:
     """Texts in their first order, each exact duplicate (after unifying line endings and outer spaces)
     dropped."""
@@ -342,78 +332,101 @@ def _unique_essays(texts: Sequence[str]) -> list[str]:
     return unique
 
 
-def _train(model: nn.Module, items: list[dict], collator: MaskingCollator, *, epochs: float, batch_size: int,
-           lr: float, weight_decay: float, warmup_ratio: float, max_grad_norm: float, seed: int,
-           device: torch.device, mixed_precision: str) -> dict:
-    """The training loop; returns steps, masked tokens, tokens seen and seconds."""
-    sampler = LengthGroupedSampler([len(item["input_ids"]) for item in items], batch_size, seed)
-    loader = torch.utils.data.DataLoader(items, batch_size=batch_size, sampler=sampler, collate_fn=collator)
-    total_steps = max(1, math.ceil(epochs * len(loader)))
+@dataclass
+class _Progress:
+    """Where an MLM run stands (what a checkpoint holds besides tensors)."""
+
+    epoch: int = 0
+    step: int = 0
+    tokens: int = 0
+    masked: int = 0
+    seconds: float = 0.0
+
+
+def _optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
+    return torch.optim.AdamW(
         [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
          {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],  # biases, norms: no decay
         lr=lr,
     )
+
+
+def _train(model: nn.Module, items: list[dict], collator: MaskingCollator, engine: Engine, *, epochs: float,
+           batch_size: int, lr: float, weight_decay: float, warmup_ratio: float, max_grad_norm: float, seed: int,
+           checkpoint: Path | None = None, fingerprint: str = "") -> dict:
+    """The training loop on the shared engine; a checkpoint at each epoch end (when `checkpoint` is given)
+    resumes it exactly. Returns steps, masked tokens, tokens seen and seconds."""
+    lengths = np.array([len(item["input_ids"]) for item in items])
+    rows = np.arange(len(items))
+    per_epoch = len(epoch_batches(lengths, rows, batch_size, seed, 0, engine.rank, engine.world))
+    total_steps = max(1, math.ceil(epochs * per_epoch))
+    optimizer = _optimizer(model, lr, weight_decay)
     scheduler = build_scheduler(optimizer, "linear", total_steps, warmup_ratio)
-    scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision == "fp16")
-    log.info("MLM training: %d chunks, batch %d, %d steps (%.3g epochs), lr %.3g, %s, mixed precision %s",
-             len(items), batch_size, total_steps, epochs, lr, device, mixed_precision)
-    model.train()
-    step, epoch, tokens, masked = 0, 0, 0, 0
-    started = time.perf_counter()
-    with tqdm(total=total_steps, desc="mlm", unit="step") as progress:
-        while step < total_steps:
-            sampler.set_epoch(epoch)
+    state = _Progress()
+    resume = read_checkpoint(checkpoint, fingerprint) if checkpoint is not None else None
+    if resume is not None:
+        state = _Progress(**resume["state"])
+        model.load_state_dict(resume["model"])
+        log.info("MLM: resuming at epoch %d, step %d", state.epoch, state.step)
+    ddp_model, optimizer = engine.prepare(model, optimizer)
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        engine.load_scaler_state(resume["scaler"])
+        collator.masker.generator.set_state(resume["masks"])
+        set_rng_state(resume["rng"])
+    log.info("MLM training: %d chunks, batch %d, %d steps (%.3g epochs), lr %.3g, %s, mixed precision %s, %d "
+             "process(es)", len(items), batch_size, total_steps, epochs, lr, engine.device, engine.precision,
+             engine.world)
+    ddp_model.train()
+    started = time.perf_counter() - state.seconds
+    with tqdm(total=total_steps, initial=state.step, desc="mlm", unit="step", disable=not engine.is_main) as bar:
+        while state.step < total_steps:
+            batches = epoch_batches(lengths, rows, batch_size, seed, state.epoch, engine.rank, engine.world)
+            loader = torch.utils.data.DataLoader(items, batch_sampler=batches, collate_fn=collator)
             for batch in loader:
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with _autocast(device, mixed_precision):
-                    loss_sum, n = _masked_token_loss(model, batch)
-                loss = loss_sum / n.clamp(min=1)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"MLM loss is {loss.item()} at step {step}: lower the learning rate ({lr}) or use "
-                        f"mixed_precision='bf16' or 'no' (now {mixed_precision!r})"
-                    )
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(params, max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                tokens += int(batch["attention_mask"].sum())
-                masked += int(n)
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss.item():.3f}")
-                if step == total_steps:
+                loss, n = _mlm_step(ddp_model, {k: v.to(engine.device) for k, v in batch.items()}, optimizer,
+                                    scheduler, engine, max_grad_norm, state.step)
+                state.step += 1
+                state.tokens += int(batch["attention_mask"].sum()) * engine.world
+                state.masked += n
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}")
+                if state.step == total_steps:
                     break
-            epoch += 1
-    return {"steps": step, "train_tokens_seen": tokens, "train_masked_tokens": masked,
+            state.epoch += 1
+            if checkpoint is not None and state.step < total_steps:
+                state.seconds = time.perf_counter() - started
+                engine.save_checkpoint(checkpoint, fingerprint, {
+                    "state": asdict(state), "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": engine.scaler_state(), "masks": collator.masker.generator.get_state()}, state.step)
+    return {"steps": state.step, "train_tokens_seen": state.tokens, "train_masked_tokens": state.masked,
             "train_seconds": time.perf_counter() - started}
 
 
-def adapt_backbone(
-    backbone: str,
-    texts: Sequence[str],
-    out_dir: Path,
-    *,
-    mlm_probability: float = 0.15,
-    whole_word_masking: bool = False,
-    max_length: int = 512,
-    epochs: float = 1.0,
-    batch_size: int = 8,
-    lr: float = 5e-5,
-    weight_decay: float = 0.01,
-    warmup_ratio: float = 0.06,
-    max_grad_norm: float = 1.0,
-    held_out_share: float = 0.05,
-    add_newline_tokens: bool = True,
-    seed: int = 42,
-    device: str = "auto",
-    mixed_precision: str = "auto",
-) -> dict:
+def _mlm_step(model: nn.Module, batch: dict[str, torch.Tensor], optimizer, scheduler, engine: Engine,
+              max_grad_norm: float, step: int) -> tuple[float, int]:
+    """One optimizer step on one batch: (its loss per masked token, its masked tokens)."""
+    with engine.autocast():
+        loss_sum, n = _masked_token_loss(model, batch)
+    loss = loss_sum / n.clamp(min=1)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"MLM loss is {loss.item()} at step {step}: lower the learning rate or use mixed_precision='bf16' "
+            f"or 'no' (now {engine.precision!r})"
+        )
+    engine.backward(loss)
+    engine.step(model, optimizer, scheduler, max_grad_norm)
+    return loss.item(), int(n)
+
+
+def adapt_backbone(backbone: str, texts: Sequence[str], out_dir: Path, *, mlm_probability: float = 0.15,
+                   whole_word_masking: bool = False, max_length: int = 512, epochs: float = 1.0, batch_size: int = 8,
+                   lr: float = 5e-5, weight_decay: float = 0.01, warmup_ratio: float = 0.06, max_grad_norm: float = 1.0,
+                   held_out_share: float = 0.05, add_newline_tokens: bool = True, seed: int = 42, device: str = "auto",
+                   mixed_precision: str = "auto", checkpoint: Path | None = None, fingerprint: str = "") -> dict:
     """Continue masked-language-model pretraining of `backbone` on essays; save it to `out_dir`.
 
     Args:
@@ -436,19 +449,91 @@ def adapt_backbone(
         device: "auto" (CUDA when present), "cpu" or "cuda".
         mixed_precision: "auto" (bf16 where supported, else fp16, on CUDA), "bf16", "fp16" or "no";
             ignored on CPU. Weights and optimizer stay fp32.
+        checkpoint: where a resumable checkpoint is kept at each epoch end while training (removed once the
+            folder is written); a killed run started again with the same `fingerprint` resumes from it and
+            ends with the weights of an uninterrupted run.
+        fingerprint: what the run depends on (settings and essays); a checkpoint of another one is ignored.
 
-    Returns:
-        The metrics also written to out_dir/mlm_metrics.json: held_out_loss_before and
-        held_out_loss_after (nats per masked token on the same fixed masks; None without a held-out
-        share), n_essays (unique), n_chunks, steps, seconds (all of it, loading and saving included),
-        and the counts, settings and timings around them.
-
-    Raises:
-        FileNotFoundError: the backbone is not found locally.
-        ValueError: a setting out of range, or no essay to train on.
+    Returns the metrics also written to out_dir/mlm_metrics.json: held_out_loss_before and _after (nats per
+    masked token on the same fixed masks; None without a held-out share), n_essays (unique), n_chunks, steps,
+    seconds (loading and saving included), and the counts, settings and timings around them.
+    Raises FileNotFoundError (the backbone is not found locally) or ValueError (a setting out of range, no essay).
     """
-    if mixed_precision not in MIXED_PRECISION:
-        raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {mixed_precision!r}")
+    settings = {"mlm_probability": mlm_probability, "whole_word_masking": whole_word_masking,
+                "max_length": max_length, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                "weight_decay": weight_decay, "warmup_ratio": warmup_ratio, "max_grad_norm": max_grad_norm,
+                "held_out_share": held_out_share, "add_newline_tokens": add_newline_tokens, "seed": seed}
+    _check_settings(mlm_probability, epochs, batch_size, lr, weight_decay, warmup_ratio, max_grad_norm)
+    started = time.perf_counter()
+    engine = Engine(device, mixed_precision)
+    set_seed(seed)
+    tokenizer, model, initialised = load_masked_lm(backbone, add_newline_tokens)
+    corpus = _Corpus.build(tokenizer, texts, settings)
+    model.to(engine.device)
+    evaluate = corpus.eval_batches
+    before = masked_lm_loss(model, evaluate, engine.device, engine.precision) if evaluate else None
+    trained = _train(model, corpus.train_items,
+                     MaskingCollator(tokenizer, mlm_probability, whole_word_masking, seed=seed), engine,
+                     epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                     warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm, seed=seed, checkpoint=checkpoint,
+                     fingerprint=fingerprint)
+    after = masked_lm_loss(model, evaluate, engine.device, engine.precision) if evaluate else None
+    if evaluate:
+        log.info("held-out MLM loss %.4f before adaptation, %.4f after", before, after)
+    metrics = {"backbone": str(backbone), "held_out_loss_before": before, "held_out_loss_after": after,
+               **corpus.counts(len(texts)), **trained, "seconds": None, "vocab_size": len(tokenizer),
+               "randomly_initialised": initialised, "device": str(engine.device),
+               "mixed_precision": engine.precision, "settings": settings}
+    if engine.is_main:
+        _save(out_dir, model, tokenizer, metrics, started)
+        if checkpoint is not None:
+            remove_checkpoint(checkpoint)
+    engine.wait()
+    return metrics
+
+
+@dataclass
+class _Corpus:
+    """The unique essays cut into chunks, split by essay into training chunks and fixed-mask held-out batches."""
+
+    essays: list[str]
+    chunks: EssayChunks
+    held_essays: np.ndarray  # (n_essays,) bool
+    held_out: np.ndarray  # (n_chunks,) bool
+    train_items: list[dict]
+    eval_batches: list[dict]
+
+    @classmethod
+    def build(cls, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], settings: dict) -> _Corpus:
+        essays = _unique_essays(texts)
+        if len(essays) < len(texts):
+            log.info("%d of %d essays are exact duplicates of earlier ones: each is used once",
+                     len(texts) - len(essays), len(texts))
+        if not essays:
+            raise ValueError("adapt_backbone got no essays to train on")
+        chunks = essay_chunks(tokenizer, essays, settings["max_length"])
+        held_essays = held_out_essays(len(essays), settings["held_out_share"], settings["seed"])
+        held_out = held_essays[chunks.essay_index]
+        masker = MaskingCollator(tokenizer, settings["mlm_probability"], settings["whole_word_masking"],
+                                 seed=settings["seed"] + 1)
+        eval_batches = fixed_mask_batches(chunks.items(np.flatnonzero(held_out)), masker, settings["batch_size"])
+        return cls(essays, chunks, held_essays, held_out, chunks.items(np.flatnonzero(~held_out)), eval_batches)
+
+    def counts(self, n_texts: int) -> dict[str, int]:
+        return {
+            "n_essays": len(self.essays),
+            "n_duplicates_dropped": n_texts - len(self.essays),
+            "n_train_essays": int((~self.held_essays).sum()),
+            "n_held_out_essays": int(self.held_essays.sum()),
+            "n_chunks": len(self.chunks),
+            "n_train_chunks": len(self.train_items),
+            "n_held_out_chunks": int(self.held_out.sum()),
+            "held_out_masked_tokens": int(sum((b["labels"] != IGNORE_INDEX).sum() for b in self.eval_batches)),
+        }
+
+
+def _check_settings(mlm_probability: float, epochs: float, batch_size: int, lr: float, weight_decay: float,
+                    warmup_ratio: float, max_grad_norm: float) -> None:
     if epochs <= 0 or batch_size < 1 or lr <= 0 or weight_decay < 0 or max_grad_norm <= 0:
         raise ValueError(f"need epochs > 0, batch_size >= 1, lr > 0, weight_decay >= 0 and max_grad_norm > 0; "
                          f"got {epochs}, {batch_size}, {lr}, {weight_decay}, {max_grad_norm}")
@@ -456,63 +541,10 @@ def adapt_backbone(
         raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
     if not 0 < mlm_probability < 1:
         raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
-    started = time.perf_counter()
-    torch_device = _resolve_device(device)
-    precision = resolve_mixed_precision(mixed_precision, torch_device)
-    set_seed(seed)
-    tokenizer, model, initialised = load_masked_lm(backbone, add_newline_tokens)
 
-    essays = _unique_essays(texts)
-    if len(essays) < len(texts):
-        log.info("%d of %d essays are exact duplicates of earlier ones: each is used once",
-                 len(texts) - len(essays), len(texts))
-    if not essays:
-        raise ValueError("adapt_backbone got no essays to train on")
-    chunks = essay_chunks(tokenizer, essays, max_length)
-    held_essays = held_out_essays(len(essays), held_out_share, seed)
-    held_out = held_essays[chunks.essay_index]
-    train_items = chunks.items(np.flatnonzero(~held_out))
-    eval_batches = fixed_mask_batches(
-        chunks.items(np.flatnonzero(held_out)),
-        MaskingCollator(tokenizer, mlm_probability, whole_word_masking, seed=seed + 1), batch_size,
-    )
 
-    model.to(torch_device)
-    before = after = None
-    if eval_batches:
-        before = masked_lm_loss(model, eval_batches, torch_device, precision)
-        log.info("held-out MLM loss before adaptation: %.4f", before)
-    trained = _train(model, train_items, MaskingCollator(tokenizer, mlm_probability, whole_word_masking, seed=seed),
-                     epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                     warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm, seed=seed, device=torch_device,
-                     mixed_precision=precision)
-    if eval_batches:
-        after = masked_lm_loss(model, eval_batches, torch_device, precision)
-        log.info("held-out MLM loss after adaptation: %.4f (before %.4f)", after, before)
-
-    metrics = {
-        "backbone": str(backbone),
-        "held_out_loss_before": before,
-        "held_out_loss_after": after,
-        "n_essays": len(essays),
-        "n_duplicates_dropped": len(texts) - len(essays),
-        "n_train_essays": int((~held_essays).sum()),
-        "n_held_out_essays": int(held_essays.sum()),
-        "n_chunks": len(chunks),
-        "n_train_chunks": len(train_items),
-        "n_held_out_chunks": int(held_out.sum()),
-        "held_out_masked_tokens": int(sum((b["labels"] != IGNORE_INDEX).sum() for b in eval_batches)),
-        **trained,
-        "seconds": None,
-        "vocab_size": len(tokenizer),
-        "randomly_initialised": initialised,
-        "device": str(torch_device),
-        "mixed_precision": precision,
-        "settings": {"mlm_probability": mlm_probability, "whole_word_masking": whole_word_masking,
-                     "max_length": max_length, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                     "weight_decay": weight_decay, "warmup_ratio": warmup_ratio, "max_grad_norm": max_grad_norm,
-                     "held_out_share": held_out_share, "add_newline_tokens": add_newline_tokens, "seed": seed},
-    }
+def _save(out_dir: Path, model: nn.Module, tokenizer: PreTrainedTokenizerBase, metrics: dict, started: float) -> None:
+    """The encoder (without the MLM head), its tokenizer and the metrics, as one folder or nothing."""
     with staged_dir(out_dir) as tmp:
         model.base_model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -521,7 +553,6 @@ def adapt_backbone(
         metrics["seconds"] = time.perf_counter() - started
         write_json(tmp / METRICS_FILE, metrics)
     log.info("adapted backbone written to %s in %.0f s", out_dir, metrics["seconds"])
-    return metrics
 
 
 def _portable_tokenizer_config(path: Path) -> None:

@@ -16,7 +16,8 @@ import pandas as pd
 
 from common.data import InputError
 from common.metrics import qwk
-from common.thresholds import ThresholdSearcher, nested_threshold_predictions, round_scores, threshold_report
+from common.nested import Chain
+from common.thresholds import ThresholdSearcher, round_scores, threshold_report
 from common.uncertainty import bootstrap_qwk
 
 OOF_FILE = "oof.parquet"
@@ -166,19 +167,20 @@ def model_report(oofs: OOFSet, name: str, polish: bool = True, n_draws: int = 10
     Per-fold, per-prompt and per-origin figures use the nested (held-out) thresholded scores.
     """
     pred, y, other = oofs.preds[name], oofs.y, oofs.other
+    searcher = lambda: ThresholdSearcher(polish=polish)  # noqa: E731
     report = threshold_report(
         pred,
         y,
         oofs.fold,
         groups={"prompt_name": oofs.folds["prompt_name"].to_numpy(), "origin": oofs.folds["origin"].to_numpy()},
-        searcher_factory=lambda: ThresholdSearcher(polish=polish),
+        searcher_factory=searcher,
     )
     report["model"] = name
     report["n_rows"] = len(y)
     report["n_other"] = int(other.sum())
     report["qwk_rounded_other"] = qwk(y[other], round_scores(pred[other])) if other.any() else None
     report["qwk_nested_other"] = report["per_group"]["origin"].get("other")
-    nested_scores, _ = nested_threshold_predictions(pred, y, oofs.fold, lambda: ThresholdSearcher(polish=polish))
+    nested_scores = Chain(pred, y, oofs.fold, searcher).nested().scores
     report["interval_level"] = level
     for key, rows in (("qwk_nested", None), ("qwk_nested_other", other if report["qwk_nested_other"] else None)):
         if key == "qwk_nested_other" and rows is None:

@@ -30,13 +30,6 @@ SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_
 """Our schedule names -> transformers' scheduler names (each has a linear warmup)."""
 
 
-def freeze(module: nn.Module) -> nn.Module:
-    """Stop training every parameter of `module` (requires_grad False); returns the module."""
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
-
-
 def _no_decay(name: str, param: nn.Parameter) -> bool:
     """Biases and normalisation weights (every 1-D tensor) are not decayed."""
     lowered = name.lower()
@@ -189,8 +182,8 @@ class EMA:
 class AWP:
     """Adversarial weight perturbation, between the clean and the adversarial backward pass.
 
-    The engine calls `loss.backward(); awp.perturb(); adv_loss.backward(); awp.restore()` on steps
-    where `is_active(step)`. `perturb` moves each target weight w along its gradient g,
+    The engine calls `loss.backward(); awp.perturb(); adv_loss.backward(); awp.restore()` on the steps
+    from `awp_start_epoch` on (it counts them itself). `perturb` moves each target weight w along its gradient g,
     w += adv_lr * ||w|| * g / ||g||, then clips every element to within adv_eps * |w| of its value
     (a weight's relative change is at most adv_eps), so the gradient of `adv_loss`, added to the clean
     one, points towards flatter minima. Only the direction of g is used: fp16 loss scaling and
@@ -202,18 +195,13 @@ class AWP:
     `restore` copies the saved weights back bit for bit; the gradients of both passes stay summed.
     """
 
-    def __init__(self, model: nn.Module, adv_lr: float, adv_eps: float, start_step: int = 0):
+    def __init__(self, model: nn.Module, adv_lr: float, adv_eps: float):
         if adv_lr <= 0 or adv_eps <= 0:
             raise ValueError(f"AWP needs adv_lr > 0 and adv_eps > 0, got {adv_lr}, {adv_eps}")
         self.model = model
         self.adv_lr = adv_lr
         self.adv_eps = adv_eps
-        self.start_step = start_step
         self.backup: dict[str, torch.Tensor] = {}
-
-    def is_active(self, step: int) -> bool:
-        """True from optimizer step `start_step` on."""
-        return step >= self.start_step
 
     def _targets(self) -> Iterator[tuple[str, nn.Parameter]]:
         embedding_tables = {id(m.weight) for m in self.model.modules() if isinstance(m, nn.Embedding)}

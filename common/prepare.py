@@ -40,29 +40,7 @@ def prepare(data: CompetitionData, params: PrepareParams, seed: int) -> PrepareR
     check_data_limits(train, len(test), params)
 
     start = time.perf_counter()
-    if corpus is not None:
-        match = match_origin(
-            train["full_text"].tolist(), corpus["full_text"].tolist(), threshold=params.near_duplicate_threshold
-        )
-        origin, groups = match.origin, match.train_groups
-        corpus_prompt = np.where(
-            match.corpus_index >= 0, corpus["prompt_name"].to_numpy()[np.maximum(match.corpus_index, 0)], None
-        )
-        external = corpus.loc[match.corpus_keep].reset_index(drop=True)
-        origin_metrics = {
-            "persuade": int((origin == "persuade").sum()),
-            "other": int((origin == "other").sum()),
-            "exact_matches": match.n_exact,
-            "near_matches": match.n_near,
-        }
-    else:
-        log.info("no external corpus configured: every train essay is of 'other' origin")
-        pairs = duplicate_pairs(train["full_text"].tolist(), threshold=params.near_duplicate_threshold)
-        groups = connected_groups(n_train, pairs)
-        origin = np.full(n_train, "other", dtype=object)
-        corpus_prompt = np.full(n_train, None, dtype=object)
-        external = pd.DataFrame(columns=["essay_id", "full_text", "score", "prompt_name"])
-        origin_metrics = {"persuade": 0, "other": n_train, "exact_matches": 0, "near_matches": 0}
+    origin, groups, corpus_prompt, external, origin_metrics = _origins(train, corpus, params.near_duplicate_threshold)
     timings["origin_and_duplicates"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -127,6 +105,28 @@ def prepare(data: CompetitionData, params: PrepareParams, seed: int) -> PrepareR
         clusters.n_clusters, quality.get("purity"), quality.get("ari"), quality.get("n_known"),
     )
     return PrepareResult(folds=folds_frame, external=external, test_prompts=test_prompts, metrics=metrics)
+
+
+def _origins(train: pd.DataFrame, corpus: pd.DataFrame | None, threshold: float
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame, dict]:
+    """Per train essay its origin and duplicate group, and its prompt where the corpus names it; the corpus
+    rows kept as external essays (no copy of a train essay); the counts."""
+    n_train = len(train)
+    if corpus is None:
+        log.info("no external corpus configured: every train essay is of 'other' origin")
+        pairs = duplicate_pairs(train["full_text"].tolist(), threshold=threshold)
+        external = pd.DataFrame(columns=["essay_id", "full_text", "score", "prompt_name"])
+        return (np.full(n_train, "other", dtype=object), connected_groups(n_train, pairs),
+                np.full(n_train, None, dtype=object), external,
+                {"persuade": 0, "other": n_train, "exact_matches": 0, "near_matches": 0})
+    match = match_origin(train["full_text"].tolist(), corpus["full_text"].tolist(), threshold=threshold)
+    origin = match.origin
+    corpus_prompt = np.where(
+        match.corpus_index >= 0, corpus["prompt_name"].to_numpy()[np.maximum(match.corpus_index, 0)], None
+    )
+    counts = {"persuade": int((origin == "persuade").sum()), "other": int((origin == "other").sum()),
+              "exact_matches": match.n_exact, "near_matches": match.n_near}
+    return origin, match.train_groups, corpus_prompt, corpus.loc[match.corpus_keep].reset_index(drop=True), counts
 
 
 def check_data_limits(train: pd.DataFrame, n_test: int, params: PrepareParams) -> None:

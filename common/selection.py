@@ -1,11 +1,12 @@
 """Stage 04_ensemble's logic: score every way of combining the models honestly, pick one, fit it for inference.
 
-Methods: `mean` and `greedy` / `scipy` blends of the models' OOF predictions, and a LightGBM `stacker`
-on the predictions (+ class probabilities, + text features). Each is scored *nested*: for every fold
-the weights (or the stacker, with its optuna tuning) and the thresholds are fitted on the other folds
-only, and the held-out fold is scored with them. The method with the best nested QWK (on all rows or
-on other-origin rows, as `select_on` says) is selected; it is then refitted on every row for
-inference, and everything 05_infer needs is returned as plain data (weights, thresholds, the stacker).
+Methods: every combiner of `common.ensemble.COMBINERS` -- `mean` and `greedy` / `scipy` blends of the models'
+OOF predictions, and a LightGBM `stacker` on the predictions (+ class probabilities, + text features). Each is
+scored *nested* (`common.nested.Chain`): for every fold the combiner (with its tuning: the stacker's optuna
+search) and the thresholds are fitted on the other folds only, and the held-out fold is scored with them. The
+simplest method that the best one by nested QWK (on all rows or on other-origin rows, as `select_on` says) does
+not clearly beat is selected; every method is also fitted on every row, for inference (`common.ensemble_artifact`
+saves them for 05_infer).
 """
 
 from __future__ import annotations
@@ -16,22 +17,16 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 
 from common.clusters import PromptAssigner
-from common.ensemble import (
-    GreedyBlender,
-    LGBMStacker,
-    MeanBlender,
-    ScipyBlender,
-    check_prediction_matrix,
-    prompt_mix_weights,
-    tune_stacker,
-)
+from common.ensemble import COMBINERS, Combiner, Objective, check_prediction_matrix, prompt_mix_weights
 from common.metrics import qwk
+from common.nested import Chain
 from common.oof import OOFSet
 from common.text_features import TextFeaturizer
 from common.thresholds import GroupThresholds
@@ -39,19 +34,13 @@ from common.uncertainty import DEFAULT_DRAWS, DEFAULT_LEVEL, Bootstrap, bootstra
 
 log = logging.getLogger(__name__)
 
-BLENDERS: dict[str, Callable[[], Any]] = {
-    "mean": MeanBlender,
-    "greedy": lambda: GreedyBlender(max_iter=50),
-    "scipy": ScipyBlender,
-}
-
 
 TEST_ORIGIN = "other"
 """The origin test essays are taken to have: the hidden test holds none of the corpus essays."""
 
-COMPLEXITY = ("mean", "greedy", "scipy", "stacker")
-"""Methods from simplest to most complex: selection keeps the simpler one unless a more complex one wins by
-more than the interval of their paired difference."""
+COMPLEXITY = tuple(COMBINERS)
+"""Methods from simplest to most complex (the registry's order): selection keeps the simpler one unless a more
+complex one wins by more than the interval of their paired difference."""
 
 OTHER_ONLY = math.inf
 """The target weight of `ensemble.target: other`: other-origin rows only (corpus rows weigh 0)."""
@@ -132,9 +121,8 @@ class MethodResult:
     nested_scores: np.ndarray  # held-out thresholded scores 1..6
     figures: dict[str, float | None]
     thresholds: list[float]  # fitted on all rows for test essays (other-origin ones with origin thresholds)
-    weights: dict[str, float] | None = None  # blends
-    stacker: LGBMStacker | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    combiner: Combiner  # fitted on every row at the chosen target weight, for inference
+    extra: dict[str, Any] = field(default_factory=dict)  # target weights, origin thresholds, tuned parameters
     frontier: dict[float, np.ndarray] = field(default_factory=dict)  # target weight -> nested scores
 
 
@@ -168,85 +156,78 @@ def _figures(rows: Rows, nested: np.ndarray, insample: np.ndarray) -> dict[str, 
     }
 
 
-FitPredict = Callable[[np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray]]
-"""fit_predict(train_rows, held_rows, target_weight) -> (continuous, scores) of the held rows, fitted on the
-train rows only."""
+def _chain(inputs: Any, rows: Rows, target: Target, combiner: Callable[[np.ndarray], Combiner] | None = None
+           ) -> Chain:
+    """A chain on these rows: the combiner (None: `inputs` is one model's predictions), then thresholds per origin
+    when the target says so."""
+    return Chain(inputs, rows.y, rows.folds, GroupThresholds, combiner, rows.origin if target.by_origin else None)
 
 
-def nested(fit_predict: FitPredict, rows: Rows, weight: float | Callable[[np.ndarray], float],
-           within: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Held-out (continuous, scores) of the rows in `within` (all rows by default), fold by fold: fold f is
-    predicted by a chain fitted on the other folds of `within` only. `weight` is a target weight, or a function
-    of the training rows that chooses one (from those rows alone); the weight used per fold is returned."""
-    within = np.ones(rows.y.size, dtype=bool) if within is None else within
-    cont, scores, used = np.zeros(rows.y.size), np.zeros(rows.y.size, dtype=np.int64), {}
-    for fold in np.unique(rows.folds[within]):
-        held = within & (rows.folds == fold)
-        train = within & ~held
-        w = weight(train) if callable(weight) else weight
-        cont[held], scores[held] = fit_predict(train, held, w)
-        used[str(int(fold))] = w
-    return cont, scores, used
-
-
-def choose_weight(fit_predict: FitPredict, rows: Rows, target: Target) -> Callable[[np.ndarray], float]:
+def choose_weight(chain: Chain, rows: Rows, target: Target, out_of_fold: bool) -> Callable[[np.ndarray], float]:
     """A chooser of the target weight from training rows alone: nested scores (inner CV over the training rows'
-    folds) at every candidate, the best on the target's rows of the training split."""
+    folds) at every candidate, the best on the target's rows of the training split. When the combiner's predictions
+    of its training rows are out-of-fold (the stacker's inner CV), the inner CV refits only the thresholds on them."""
+
+    def inner(train: np.ndarray, weight: float) -> np.ndarray:
+        w = target.fit_weights(weight, rows.other, rows.base)
+        if not out_of_fold:
+            return chain.nested(w, within=train).scores
+        pred = np.zeros(rows.y.size)
+        pred[train] = chain.fit(train, w).train_pred
+        return _chain(pred, rows, target).nested(w, within=train).scores
 
     def chooser(train: np.ndarray) -> float:
-        scores = {w: nested(fit_predict, rows, w, within=train)[1] for w in target.candidates}
-        return best_weight(scores, rows, target, train)
+        return best_weight({w: inner(train, w) for w in target.candidates}, rows, target, train)
 
     return chooser
 
 
-def _thresholder(rows: Rows, target: Target, train: np.ndarray, cont: np.ndarray, w: np.ndarray) -> GroupThresholds:
-    groups = rows.origin[train] if target.by_origin else None
-    return GroupThresholds().fit(cont, rows.y[train], groups, sample_weight=w)
+def _tuned(proto: Combiner, inputs: Any, rows: Rows) -> tuple[Callable[[np.ndarray], Combiner], dict[bytes, Combiner]]:
+    """A maker of unfitted combiners for training rows, tuned once per training split (on the prompt-mix weights,
+    whatever the target weight), and the tuned ones by split."""
+    tuned: dict[bytes, Combiner] = {}
+
+    def make(train: np.ndarray) -> Combiner:
+        key = train.tobytes()
+        if key not in tuned:
+            tuned[key] = proto.tune(inputs[train], rows.y[train], rows.folds[train], rows.base[train])
+        return clone(tuned[key])
+
+    return make, tuned
 
 
-def _apply(thresholds: GroupThresholds, rows: Rows, target: Target, held: np.ndarray, cont: np.ndarray) -> np.ndarray:
-    return thresholds.predict(cont, rows.origin[held] if target.by_origin else None)
+def evaluate_method(name: str, inputs: Any, rows: Rows, target: Target, proto: Combiner) -> MethodResult:
+    """One combiner (`proto`, unfitted) on its inputs (rows in `rows` order): nested held-out scores and figures, and
+    the combiner refitted on every row with its thresholds, for inference.
 
-
-def _frontier_and_auto(name: str, fit_predict: FitPredict, rows: Rows, target: Target,
-                       chooser: Callable[[np.ndarray], float] | None = None
-                       ) -> tuple[dict[float, np.ndarray], np.ndarray, np.ndarray, dict[str, float], float]:
-    """Nested scores at every candidate weight (the frontier), the nested run of the whole procedure (weight
-    chosen inside each training split) and the weight chosen on all rows for the inference fit."""
-    frontier = {w: nested(fit_predict, rows, w)[1] for w in target.candidates}
-    final = best_weight(frontier, rows, target, np.ones(rows.y.size, dtype=bool))
-    if len(target.candidates) == 1:
-        cont, scores, used = nested(fit_predict, rows, final)
-    else:
-        cont, scores, used = nested(fit_predict, rows, chooser or choose_weight(fit_predict, rows, target))
+    Nested, mirroring inference: for held-out fold f, everything is fitted on the other folds only -- the tuning,
+    the combiner (trained under the target weights; the stacker's boosters by inner CV over the remaining folds)
+    and the thresholds (on the combiner's predictions of those rows). With several candidate target weights, the one
+    for fold f is chosen by nested scores inside the other folds (`choose_weight`), on the target's rows.
+    """
+    make, tuned = _tuned(proto, inputs, rows)
+    chain = _chain(inputs, rows, target, make)
+    weights_at = lambda weight: target.fit_weights(weight, rows.other, rows.base)  # noqa: E731
+    frontier = {w: chain.nested(weights_at(w)).scores for w in target.candidates}
+    every = np.ones(rows.y.size, dtype=bool)
+    final = best_weight(frontier, rows, target, every)
+    chooser = choose_weight(chain, rows, target, proto.out_of_fold)
+    fold_ids = np.unique(rows.folds)
+    used = {str(int(f)): final if len(target.candidates) == 1 else chooser(rows.folds != f) for f in fold_ids}
+    by_split = {(rows.folds != int(k)).tobytes(): w for k, w in used.items()}
+    nested = chain.nested(lambda train: weights_at(by_split[train.tobytes()]))
     log.info("%s: target weight of other-origin rows per fold %s, on all rows %s", name,
              {k: weight_label(v) for k, v in used.items()}, weight_label(final))
-    return frontier, cont, scores, used, final
-
-
-def _blend(name: str, P: np.ndarray, names: list[str], rows: Rows, target: Target) -> MethodResult:
-    factory = BLENDERS[name]
-
-    def fit(train: np.ndarray, weight: float) -> tuple[Any, GroupThresholds]:
-        w = target.fit_weights(weight, rows.other[train], rows.base[train])
-        blender = factory().fit(P[train], rows.y[train], sample_weight=w)
-        return blender, _thresholder(rows, target, train, blender.predict(P[train]), w)
-
-    def fit_predict(train: np.ndarray, held: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
-        blender, thresholds = fit(train, weight)
-        cont = blender.predict(P[held])
-        return cont, _apply(thresholds, rows, target, held, cont)
-
-    frontier, cont, scores, used, final = _frontier_and_auto(name, fit_predict, rows, target)
-    every = np.ones(rows.y.size, dtype=bool)
-    blender, thresholds = fit(every, final)
-    insample = _apply(thresholds, rows, target, every, blender.predict(P))
+    fitted = chain.fit(every, weights_at(final))
+    insample = chain.score(fitted, fitted.train_pred, every)
+    extra = _target_extra(final, used, fitted.thresholds)
+    if proto.tuned_params is not None:
+        extra["params_per_fold"] = {str(int(f)): tuned[(rows.folds != f).tobytes()].tuned_params for f in fold_ids}
     return MethodResult(
-        name=name, nested_pred=cont, nested_scores=scores, figures=_figures(rows, scores, insample),
-        thresholds=thresholds.thresholds_for(TEST_ORIGIN if target.by_origin else None),
-        weights={m: float(v) for m, v in zip(names, blender.weights_, strict=True)}, frontier=frontier,
-        extra=_target_extra(final, used, thresholds),
+        name=name, nested_pred=nested.pred, nested_scores=nested.scores,
+        figures=_figures(rows, nested.scores, insample),
+        thresholds=fitted.thresholds.thresholds_for(TEST_ORIGIN if target.by_origin else None),
+        combiner=fitted.combiner, extra=extra, frontier=frontier,
     )
 
 
@@ -318,83 +299,9 @@ def fit_prompt_stats(X: pd.DataFrame, prompts: np.ndarray, classes: Sequence[int
     return stats
 
 
-def stacker_method(X: pd.DataFrame, rows: Rows, target: Target, objective: Literal["regression", "qwk"],
-                   n_trials: int, seed: int) -> MethodResult:
-    """The LightGBM stacker on features X (rows in `rows` order): nested held-out scores and figures, and the
-    stacker refitted on every row with its thresholds, for inference.
-
-    Nested, mirroring inference: for held-out fold f, everything is fitted on the other folds only -- optuna
-    tuning (on the prompt-mix weights), the fold boosters (inner CV over the remaining folds, trained and
-    early-stopped under the target weights) and the thresholds (on those boosters' inner OOF predictions);
-    fold f is predicted by the mean of the boosters. With several candidate target weights, the one for fold f
-    is the best by nested thresholds on those inner OOF predictions, scored on the target's rows.
-    """
-    y, folds = rows.y, rows.folds
-    params_of: dict[bytes, dict[str, Any]] = {}
-    fits: dict[tuple[bytes, float], tuple[LGBMStacker, GroupThresholds, np.ndarray]] = {}
-
-    def params(train: np.ndarray) -> dict[str, Any]:
-        key = train.tobytes()
-        if key not in params_of:
-            params_of[key] = {} if n_trials <= 0 else tune_stacker(
-                X[train], y[train], folds[train], n_trials=n_trials, seed=seed, objective=objective,
-                sample_weight=rows.base[train])
-        return params_of[key]
-
-    def fitted(train: np.ndarray, weight: float) -> tuple[LGBMStacker, GroupThresholds, np.ndarray]:
-        key = (train.tobytes(), weight)
-        if key not in fits:
-            w = target.fit_weights(weight, rows.other[train], rows.base[train])
-            stacker = LGBMStacker(objective=objective, params=params(train), seed=seed)
-            inner_oof = stacker.fit_oof(X[train], y[train], folds[train], sample_weight=w)
-            fits[key] = (stacker, _thresholder(rows, target, train, inner_oof, w), inner_oof)
-        return fits[key]
-
-    def fit_predict(train: np.ndarray, held: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
-        stacker, thresholds, _ = fitted(train, weight)
-        cont = stacker.predict(X[held])
-        return cont, _apply(thresholds, rows, target, held, cont)
-
-    def chooser(train: np.ndarray) -> float:
-        scores = {}
-        for weight in target.candidates:
-            inner_oof = np.zeros(y.size)
-            inner_oof[train] = fitted(train, weight)[2]
-            w = target.fit_weights(weight, rows.other, rows.base)
-
-            def thresholds_only(inner_train: np.ndarray, held: np.ndarray, _: float,
-                                inner_oof: np.ndarray = inner_oof, w: np.ndarray = w) -> tuple[np.ndarray, np.ndarray]:
-                found = _thresholder(rows, target, inner_train, inner_oof[inner_train], w[inner_train])
-                return inner_oof[held], _apply(found, rows, target, held, inner_oof[held])
-
-            scores[weight] = nested(thresholds_only, rows, weight, within=train)[1]
-        return best_weight(scores, rows, target, train)
-
-    frontier, cont, scores, used, final = _frontier_and_auto("stacker", fit_predict, rows, target, chooser)
-    every = np.ones(y.size, dtype=bool)
-    stacker, thresholds, oof_all = fitted(every, final)
-    insample = _apply(thresholds, rows, target, every, oof_all)
-    params_per_fold = {str(int(f)): params(folds != f) for f in np.unique(folds)}
-    return MethodResult(
-        name="stacker", nested_pred=cont, nested_scores=scores, figures=_figures(rows, scores, insample),
-        thresholds=thresholds.thresholds_for(TEST_ORIGIN if target.by_origin else None),
-        stacker=stacker, frontier=frontier,
-        extra={**_target_extra(final, used, thresholds), "params_per_fold": params_per_fold,
-               "params": stacker.params, "objective": objective},
-    )
-
-
 def model_scores(oofs: OOFSet, rows: Rows, target: Target) -> dict[str, np.ndarray]:
     """Each model's nested thresholded scores (thresholds per origin as the target says), for the intervals."""
-    out = {}
-    for name, pred in oofs.preds.items():
-        def fit_predict(train: np.ndarray, held: np.ndarray, _: float, pred: np.ndarray = pred
-                        ) -> tuple[np.ndarray, np.ndarray]:
-            found = _thresholder(rows, target, train, pred[train], rows.base[train])
-            return pred[held], _apply(found, rows, target, held, pred[held])
-
-        out[f"model:{name}"] = nested(fit_predict, rows, 1.0)[1]
-    return out
+    return {f"model:{name}": _chain(pred, rows, target).nested(rows.base).scores for name, pred in oofs.preds.items()}
 
 
 def prefer_simpler(order: Sequence[str], boot: Bootstrap) -> tuple[str, str]:
@@ -473,7 +380,7 @@ def build_ensemble(
     oofs: OOFSet,
     texts: list[str] | None,
     target: Target,
-    stacker_objective: Literal["regression", "qwk"],
+    stacker_objective: Objective,
     n_trials: int,
     prompt_mix: dict[str, float],
     seed: int,
@@ -482,7 +389,7 @@ def build_ensemble(
     n_draws: int = DEFAULT_DRAWS,
     level: float = DEFAULT_LEVEL,
 ) -> EnsembleResult:
-    """Score mean / greedy / scipy blends and the stacker nested, select one, refit it on all rows.
+    """Score every method of `COMBINERS` nested, select one, and fit each on all rows.
 
     Args:
         oofs: labels, folds, origins and every model's OOF predictions.
@@ -508,29 +415,17 @@ def build_ensemble(
     if target.select_on == "other" and np.unique(rows.y[rows.other]).size < 2:
         log.warning("ensemble.target=%s: too few other-origin rows to fit or select on; using all rows", target.mode)
         target = dataclasses.replace(target, mode="all")
-    P = check_prediction_matrix(oofs.matrix())
-    methods = {name: _blend(name, P, oofs.names, rows, target) for name in BLENDERS}
-    featurizer, text_frame = None, None
-    if texts is not None and text_features:
-        featurizer = TextFeaturizer().fit(texts)
-        text_frame = featurizer.transform(texts)
-    origin = oofs.other.astype(np.float64) if target.by_origin else None
-    X = stacker_features(oofs.preds, oofs.probs, text_frame, origin_other=origin)
-    assigner, prompt_stats = None, None
-    if prompt_features:
-        if texts is None:
-            raise ValueError("build_ensemble: prompt_features needs the train texts")
-        assigner = PromptAssigner(seed=seed).fit(texts, oofs.folds["prompt_cluster"].to_numpy())
-        prompts = assigner.predict(texts)
-        agreement = float(np.mean(prompts == oofs.folds["prompt_cluster"].to_numpy()))
-        log.info("prompt assigner: %d clusters, agrees with 00_prepare's clusters on %.1f%% of the train essays",
-                 len(assigner.classes_), 100 * agreement)
-        prompt_stats = fit_prompt_stats(X, prompts, assigner.classes_)
-        X = stacker_features(oofs.preds, oofs.probs, text_frame, prompts, prompt_stats, origin)
-    if len(np.unique(oofs.fold)) >= 4:
-        methods["stacker"] = stacker_method(X, rows, target, stacker_objective, n_trials, seed)
-    else:
-        log.warning("stacker skipped: nested stacking needs at least 4 folds (held out, inner CV of 3)")
+    P = pd.DataFrame(check_prediction_matrix(oofs.matrix()), columns=oofs.names)
+    features = StackerInputs.fit(oofs, texts, target.by_origin, prompt_features, text_features, seed)
+    n_folds = np.unique(rows.folds).size
+    methods = {}
+    for name, kind in COMBINERS.items():
+        if n_folds < kind.min_folds:
+            log.warning("%s skipped: its nested evaluation needs at least %d folds, there are %d", name,
+                        kind.min_folds, n_folds)
+            continue
+        proto = kind.configured(objective=stacker_objective, n_trials=n_trials, seed=seed)
+        methods[name] = evaluate_method(name, features.X if kind.uses_features else P, rows, target, proto)
 
     scores = {name: m.nested_scores for name, m in methods.items()} | model_scores(oofs, rows, target)
     boots = bootstraps(scores, rows, target, n_draws, level, seed)
@@ -541,7 +436,17 @@ def build_ensemble(
                  m.figures["qwk_nested"], _fmt(m.figures["qwk_nested_other"]), m.figures["qwk_insample"],
                  m.extra["target_weight"])
     log.info("selected %s by nested QWK on %s rows: %s", selected, target.select_on, reason)
-    metrics = {
+    metrics = _metrics(methods, selected, reason, target, intervals, oofs, bool(prompt_mix), n_draws, level)
+    if features.assigner is not None:
+        metrics["prompt_assigner_agreement"] = features.agreement
+    return EnsembleResult(methods, selected, features.featurizer, list(features.X.columns), metrics,
+                          features.assigner, features.prompt_stats, frontier_table(methods, rows), intervals)
+
+
+def _metrics(methods: Mapping[str, MethodResult], selected: str, reason: str, target: Target, intervals: pd.DataFrame,
+             oofs: OOFSet, weighted: bool, n_draws: int, level: float) -> dict[str, Any]:
+    """04_ensemble's metrics.json: the selection, every method's figures and the intervals."""
+    return {
         "selected": selected,
         "selection_reason": reason,
         "target": target.mode if isinstance(target.mode, str) else float(target.mode),
@@ -556,12 +461,43 @@ def build_ensemble(
         "models": oofs.names,
         "n_rows": len(oofs.y),
         "n_other": int(oofs.other.sum()),
-        "weighted_by_prompt_mix": bool(prompt_mix),
+        "weighted_by_prompt_mix": weighted,
     }
-    if assigner is not None:
-        metrics["prompt_assigner_agreement"] = agreement
-    return EnsembleResult(methods, selected, featurizer, list(X.columns), metrics, assigner, prompt_stats,
-                          frontier_table(methods, rows), intervals)
+
+
+@dataclass
+class StackerInputs:
+    """The stacker's features of the train rows, and what 05_infer needs to build them for test essays."""
+
+    X: pd.DataFrame
+    featurizer: TextFeaturizer | None = None
+    assigner: PromptAssigner | None = None
+    prompt_stats: PromptStats | None = None
+    agreement: float | None = None  # share of train essays the assigner puts in 00_prepare's cluster
+
+    @classmethod
+    def fit(cls, oofs: OOFSet, texts: list[str] | None, by_origin: bool, prompt_features: bool, text_features: bool,
+            seed: int) -> StackerInputs:
+        """Predictions, class probabilities, the origin (`by_origin`), text features (`text_features` and texts
+        given) and prompt features (`prompt_features`: needs texts); see `build_ensemble`."""
+        featurizer, text_frame = None, None
+        if texts is not None and text_features:
+            featurizer = TextFeaturizer().fit(texts)
+            text_frame = featurizer.transform(texts)
+        origin = oofs.other.astype(np.float64) if by_origin else None
+        X = stacker_features(oofs.preds, oofs.probs, text_frame, origin_other=origin)
+        if not prompt_features:
+            return cls(X, featurizer)
+        if texts is None:
+            raise ValueError("build_ensemble: prompt_features needs the train texts")
+        assigner = PromptAssigner(seed=seed).fit(texts, oofs.folds["prompt_cluster"].to_numpy())
+        prompts = assigner.predict(texts)
+        agreement = float(np.mean(prompts == oofs.folds["prompt_cluster"].to_numpy()))
+        log.info("prompt assigner: %d clusters, agrees with 00_prepare's clusters on %.1f%% of the train essays",
+                 len(assigner.classes_), 100 * agreement)
+        prompt_stats = fit_prompt_stats(X, prompts, assigner.classes_)
+        X = stacker_features(oofs.preds, oofs.probs, text_frame, prompts, prompt_stats, origin)
+        return cls(X, featurizer, assigner, prompt_stats, agreement)
 
 
 def _fmt(value: float | None) -> str:

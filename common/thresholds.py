@@ -15,7 +15,8 @@ totals and W_ij = (i - j)^2. One pass over the five thresholds costs O(n_distinc
 until none improves. A Nelder-Mead polish from the coordinate optimum then looks for joint moves (kept
 only if it improves and the thresholds stay strictly increasing), followed by another coordinate pass.
 
-`nested_threshold_qwk` is the honest estimate: thresholds for fold f are fitted on the other folds only.
+`threshold_report`'s nested figures are the honest estimate: thresholds for fold f are fitted on the other folds
+only (`common.nested.Chain` without a combiner).
 """
 
 from __future__ import annotations
@@ -41,25 +42,11 @@ from common.metrics import (
     qwk,
     qwk_by_group,
 )
+from common.nested import Chain, nested_qwk
 
 logger = logging.getLogger(__name__)
 
 _IMPROVEMENT = 1e-12
-
-
-def check_folds(folds: ArrayLike, n_rows: int) -> np.ndarray:
-    """Return fold ids as a 1-D int64 array of length `n_rows`; raise ValueError unless there are >= 2."""
-    arr = np.asarray(folds)
-    if arr.ndim != 1 or arr.shape[0] != n_rows:
-        raise ValueError(f"folds must have shape ({n_rows},), got {arr.shape}; give one fold id per row")
-    whole_floats = (np.issubdtype(arr.dtype, np.floating) and bool(np.all(np.isfinite(arr)))
-                    and bool(np.all(arr == np.round(arr))))
-    if not (np.issubdtype(arr.dtype, np.integer) or whole_floats):
-        raise ValueError(f"folds must hold integer fold ids, got dtype {arr.dtype}")
-    out = arr.astype(np.int64)
-    if np.unique(out).size < 2:
-        raise ValueError("folds must hold at least two distinct fold ids for a held-out estimate")
-    return out
 
 
 def check_thresholds(thresholds: ArrayLike, n_classes: int = N_CLASSES) -> np.ndarray:
@@ -268,71 +255,6 @@ class ThresholdSearcher(BaseEstimator):
 SearcherFactory = Callable[[], Any]
 
 
-def nested_threshold_predictions(
-    preds: ArrayLike,
-    y: ArrayLike,
-    folds: ArrayLike,
-    searcher_factory: SearcherFactory = ThresholdSearcher,
-    sample_weight: ArrayLike | None = None,
-) -> tuple[np.ndarray, dict[str, list[float]]]:
-    """Held-out thresholded scores: rows of fold f are scored with thresholds fitted on the other folds.
-
-    Returns:
-        scores: shape (n,), int64 in 1..6.
-        thresholds_per_fold: `{str(fold): [5 cut points]}`.
-    """
-    p = check_predictions(preds, "preds")
-    labels = check_labels(y, "y")
-    check_same_length(preds=p, y=labels)
-    f = check_folds(folds, len(p))
-    w = check_sample_weight(sample_weight, len(p))
-    scores = np.zeros(len(p), dtype=np.int64)
-    thresholds_per_fold: dict[str, list[float]] = {}
-    for fold in np.unique(f):
-        train, held = f != fold, f == fold
-        searcher = searcher_factory()
-        searcher.fit(p[train], labels[train], sample_weight=None if w is None else w[train])
-        scores[held] = searcher.predict(p[held])
-        thresholds_per_fold[str(fold)] = [float(t) for t in searcher.thresholds_]
-    return scores, thresholds_per_fold
-
-
-def nested_threshold_qwk(
-    preds: ArrayLike,
-    y: ArrayLike,
-    folds: ArrayLike,
-    searcher_factory: SearcherFactory = ThresholdSearcher,
-    sample_weight: ArrayLike | None = None,
-) -> dict[str, Any]:
-    """Honest QWK of thresholded OOF predictions: no threshold ever sees the labels it is scored on.
-
-    Args:
-        preds: continuous OOF predictions, shape (n,).
-        y: true scores 1..6, shape (n,).
-        folds: fold id per row, shape (n,); at least two folds.
-        searcher_factory: zero-argument callable returning an unfitted searcher (fit / predict /
-            thresholds_), `ThresholdSearcher` by default.
-        sample_weight: optional row weights, shape (n,), used for fitting and scoring.
-
-    Returns:
-        `{"qwk_nested": float, "per_fold": {fold: float}, "thresholds_per_fold": {fold: [float]}}`,
-        where `qwk_nested` is the QWK of all held-out scores pooled together.
-    """
-    labels = check_labels(y, "y")
-    w = check_sample_weight(sample_weight, len(labels))
-    scores, thresholds_per_fold = nested_threshold_predictions(preds, labels, folds, searcher_factory, w)
-    f = check_folds(folds, len(labels))
-    per_fold = {
-        str(fold): qwk(labels[f == fold], scores[f == fold], sample_weight=None if w is None else w[f == fold])
-        for fold in np.unique(f)
-    }
-    return {
-        "qwk_nested": qwk(labels, scores, sample_weight=w),
-        "per_fold": per_fold,
-        "thresholds_per_fold": thresholds_per_fold,
-    }
-
-
 def threshold_report(
     preds: ArrayLike,
     y: ArrayLike,
@@ -356,30 +278,25 @@ def threshold_report(
         `per_fold` (nested QWK per fold), `thresholds_per_fold`, and `per_group`: for each named grouping
         the nested-thresholded QWK per group (None where a group has fewer than two true scores).
     """
-    p = check_predictions(preds, "preds")
-    labels = check_labels(y, "y")
-    check_same_length(preds=p, y=labels)
+    chain = Chain(preds, y, folds, searcher_factory)
+    p, labels = chain.X, chain.y
     w = check_sample_weight(sample_weight, len(p))
-    nested_scores, thresholds_per_fold = nested_threshold_predictions(p, labels, folds, searcher_factory, w)
-    f = check_folds(folds, len(p))
+    nested = chain.nested(w)
     searcher = searcher_factory().fit(p, labels, sample_weight=w)
     per_group: dict[str, dict[str, float | None]] = {}
     for name, values in (groups or {}).items():
         g = np.asarray(values)
         if g.shape != (len(p),):
             raise ValueError(f"grouping {name!r} must have shape ({len(p)},), got {g.shape}")
-        per_group[name] = qwk_by_group(labels, nested_scores, g, sample_weight=w)
+        per_group[name] = qwk_by_group(labels, nested.scores, g, sample_weight=w)
+    figures = nested_qwk(labels, chain.folds, nested, w)
     report = {
         "thresholds": [float(t) for t in searcher.thresholds_],
         "qwk_rounded": qwk(labels, round_scores(p), sample_weight=w),
         "qwk_insample": qwk(labels, searcher.predict(p), sample_weight=w),
-        "qwk_nested": qwk(labels, nested_scores, sample_weight=w),
-        "per_fold": {
-            str(fold): qwk(labels[f == fold], nested_scores[f == fold],
-                           sample_weight=None if w is None else w[f == fold])
-            for fold in np.unique(f)
-        },
-        "thresholds_per_fold": thresholds_per_fold,
+        "qwk_nested": figures["qwk_nested"],
+        "per_fold": figures["per_fold"],
+        "thresholds_per_fold": figures["thresholds_per_fold"],
         "per_group": per_group,
     }
     logger.info("QWK rounded %.4f, thresholded in-sample %.4f, nested %.4f",

@@ -7,8 +7,7 @@
   such tokens. The model's embeddings must then be resized to `len(tokenizer)` (the caller's job).
 - `newline_safe` writes every line ending as "\\n"; `tokenize_essays` applies it to every text, so
   training and inference see the same tokens. It returns unpadded ids.
-- `EssayDataset` holds token ids, targets and row indices; `EssayCollator` pads each batch to its own
-  longest essay (dynamic padding).
+- `EssayCollator` pads each batch to its own longest essay (dynamic padding).
 - `LengthGroupedSampler` (training) and `batches_by_token_budget` (inference) put essays of similar
   length in the same batch, which is what makes dynamic padding pay off.
 """
@@ -132,47 +131,6 @@ def tokenize_essays(
     log.info("tokenised %d essays: median %d tokens, %d at max_length=%d (truncated on the %s)", len(ids),
              int(np.median([len(x) for x in ids])) if ids else 0, n_truncated, max_length, truncation_side)
     return ids
-
-
-class EssayDataset(torch.utils.data.Dataset):
-    """Tokenised essays with optional targets: item i is {"input_ids", "target"?, "index"}.
-
-    Args:
-        input_ids: n lists of token ids (unpadded).
-        targets: None, hard scores of shape (n,), or soft labels of shape (n, 6).
-        indices: the rows' indices in the original frame (default 0..n-1), returned as "index" so that
-            predictions made in a length-sorted order can be put back in place.
-    """
-
-    def __init__(self, input_ids: Sequence[Sequence[int]], targets: Sequence | np.ndarray | None = None,
-                 indices: Sequence[int] | np.ndarray | None = None):
-        self.input_ids = input_ids
-        self.targets = None if targets is None else np.asarray(targets, dtype=np.float32)
-        self.indices = np.arange(len(input_ids)) if indices is None else np.asarray(indices, dtype=np.int64)
-        if self.targets is not None:
-            if self.targets.ndim not in (1, 2) or len(self.targets) != len(input_ids):
-                raise ValueError(f"targets must have shape ({len(input_ids)},) or ({len(input_ids)}, k), "
-                                 f"got {self.targets.shape}")
-            bad = np.flatnonzero(~np.isfinite(self.targets.reshape(len(input_ids), -1)).all(axis=1))
-            if len(bad):
-                raise ValueError(f"targets are not finite at {len(bad)} rows, the first: {bad[:5].tolist()}")
-        if self.indices.shape != (len(input_ids),):
-            raise ValueError(f"indices must have shape ({len(input_ids)},), got {self.indices.shape}")
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def __getitem__(self, i: int) -> dict:
-        item: dict = {"input_ids": list(self.input_ids[i]), "index": int(self.indices[i])}
-        if self.targets is not None:
-            target = self.targets[i]
-            item["target"] = float(target) if target.ndim == 0 else target.tolist()
-        return item
-
-    @property
-    def lengths(self) -> list[int]:
-        """Token count per essay (for `LengthGroupedSampler` and `batches_by_token_budget`)."""
-        return [len(ids) for ids in self.input_ids]
 
 
 def pad_multiple(pad_to_multiple_of: int | None) -> int:

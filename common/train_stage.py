@@ -34,7 +34,7 @@ import yaml
 from common.config import ModelParams, Params, plain
 from common.folds import folds_fingerprint
 from common.io import staged_dir, write_csv, write_json, write_parquet
-from common.layout import checkpoint_dir, fold_dir, mlm_dir, model_dir, timings_file
+from common.layout import checkpoint_dir, fold_dir, mlm_checkpoint, mlm_dir, model_dir, timings_file
 from common.metrics import qwk
 from common.pseudo import StudentPseudo
 from common.thresholds import round_scores
@@ -312,36 +312,30 @@ def adapted_backbone(spec: ModelParams, base: str, texts: list[str], out: Path, 
 
     The adapted copy is made once per (base, MLM settings, essays, seed) and kept under
     <out>/mlm/<fingerprint>/backbone, so models that share those settings share one MLM run and a re-run
-    finds it done. Under data parallelism the main process adapts, the others wait for it.
+    finds it done. Under data parallelism every process takes part (the engine gives each a share of the
+    batches) and the main process writes the folder; a killed run resumes from its last epoch's checkpoint.
     """
     if spec.mlm.epochs <= 0:
         return base
     from common.mlm import METRICS_FILE, adapt_backbone
 
-    folder = mlm_dir(out, mlm_fingerprint(spec, base, texts, seed))
+    fingerprint = mlm_fingerprint(spec, base, texts, seed)
+    folder = mlm_dir(out, fingerprint)
     if (folder / METRICS_FILE).is_file():
         log.info("%s: MLM-adapted backbone found in %s", spec.name, folder)
         return str(folder)
-    if not is_main_process():
-        _wait_for(folder / METRICS_FILE)
-        return str(folder)
     m = spec.mlm
     log.info("%s: MLM domain adaptation of %s on %d essays -> %s", spec.name, base, len(texts), folder)
+    checkpoint = mlm_checkpoint(out, fingerprint)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
     metrics = adapt_backbone(base, texts, folder, mlm_probability=m.probability, whole_word_masking=m.whole_word,
                              max_length=m.max_length, epochs=m.epochs, batch_size=m.batch_size, lr=m.lr,
                              held_out_share=m.held_out_share, add_newline_tokens=spec.add_newline_tokens,
-                             seed=seed, device=device)
+                             seed=seed, device=device, mixed_precision=spec.mixed_precision, checkpoint=checkpoint,
+                             fingerprint=fingerprint)
     log.info("%s: held-out MLM loss %.4f -> %.4f", spec.name, metrics["held_out_loss_before"],
              metrics["held_out_loss_after"])
     return str(folder)
-
-
-def _wait_for(path: Path, timeout_s: float = 7 * 24 * 3600) -> None:
-    start = time.monotonic()
-    while not path.is_file():
-        if time.monotonic() - start > timeout_s:
-            raise TrainingError(f"gave up waiting for the main process to write {path}")
-        time.sleep(5)
 
 
 # --------------------------------------------------------------------------------------------------

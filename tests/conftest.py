@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common.demo import DEMO_FILES, make_demo_frames
+from common.tools.demo import DEMO_FILES, make_demo_frames
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE = str(REPO / "input" / "tiny-deberta-v2")
@@ -59,9 +59,9 @@ def prepared_output(demo_input, tmp_path_factory):
     return out
 
 
-TINY_TRAIN = ["train.models.tiny-regression.max_length=64", "train.models.tiny-regression.epochs=1.0",
-              "train.models.tiny-ordinal.max_length=64", "train.models.tiny-ordinal.epochs=1.0",
-              "train.models.tiny-ordinal.stage1_rows=none", "train.device=cpu"]
+ONE_EPOCH = "stages=[{rows: all, epochs: 1.0}]"
+TINY_TRAIN = ["train.models.tiny-regression.max_length=64", f"train.models.tiny-regression.{ONE_EPOCH}",
+              "train.models.tiny-ordinal.max_length=64", f"train.models.tiny-ordinal.{ONE_EPOCH}", "train.device=cpu"]
 
 
 NO_STUDENTS = "train.students={}"

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.config import ModelParams
-from common.demo import make_demo_frames
+from common.config import ModelParams, ScorerParams, StageParams
+from common.tools.demo import make_demo_frames
 from common.training import tokenize_train, train_fold
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,9 +27,9 @@ def main(out: Path, batch_size: int) -> None:
     table = pd.DataFrame({"essay_id": train["essay_id"], "score": train["score"],
                           "fold": np.arange(len(train)) % 4, "origin": "other"})
     # No dropout anywhere, so one process and two processes see the same computation.
-    spec = replace(ModelParams(name="ddp"), max_length=48, epochs=1.0, batch_size=batch_size,
+    spec = replace(ModelParams(name="ddp"), max_length=48, stages=[StageParams(epochs=1.0)], batch_size=batch_size,
                    effective_batch_size=16, lr=1e-3, head_lr=5e-3, warmup_ratio=0.0, scheduler="constant",
-                   dropout=0.0, add_newline_tokens=False)
+                   scorer=ScorerParams(dropout=0.0), add_newline_tokens=False)
     backbone = str(out / "backbone")
     tokenizer, data = tokenize_train(spec, backbone, table, train["full_text"].tolist())
     result = train_fold(spec, backbone, tokenizer, data, 0, out / "model", out / "ckpt", seed=1, device="cpu")

@@ -30,7 +30,7 @@ def test_competition_params_are_deberta_v3_two_stage():
         backbone = spec.backbone or params.backbone
         assert backbone.startswith("microsoft/deberta-v3-")
         assert spec.max_length >= 1024 and 1e-5 <= spec.lr <= 2e-5 and spec.layerwise_lr_decay < 1.0
-        assert (spec.stage1_rows, spec.stage2_rows) == ("persuade", "other")
+        assert [stage.rows for stage in spec.stages][-2:] == ["persuade", "other"]
         assert spec.mixed_precision in ("auto", "fp16", "bf16")
 
 
@@ -99,13 +99,16 @@ def test_models_are_keyed_by_name_and_overridable_one_field_at_a_time():
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("train:\n  models:\n    a: {pseudo_labels: two_stage, teacher: b}\n", r"goes under train\.students"),
-    ("train:\n  models: {a: {}}\n  students:\n    s: {teacher: nobody, pseudo_labels: two_stage}\n",
+    ("train:\n  models:\n    a: {stages: [{rows: pseudo}, {rows: all}], teacher: b}\n", r"goes under train\.students"),
+    ("train:\n  models: {a: {}}\n  students:\n    s: {teacher: nobody, stages: [{rows: pseudo}, {rows: all}]}\n",
      r"teacher='nobody' is not in train\.models"),
-    ("train:\n  models: {a: {}}\n  students:\n    s: {teacher: a}\n", "set pseudo_labels"),
-    ("train:\n  models: {a: {}}\n  students:\n    s: {teacher: a, pseudo_labels: concat}\n"
-     "    t: {teacher: s, pseudo_labels: concat}\n", "is a student itself"),
-    ("train:\n  models: {a: {}}\n  students:\n    a: {teacher: a, pseudo_labels: concat}\n", "both in"),
+    ("train:\n  models: {a: {}}\n  students:\n    s: {teacher: a}\n", "no stage trains on the pseudo-labels"),
+    ("train:\n  models:\n    a: {stages: []}\n", "stages is empty"),
+    ("train:\n  models: {a: {}}\n  students:\n    s: {teacher: a, stages: [{rows: all}, {rows: pseudo}]}\n",
+     "the last stage .* trains on pseudo-labels alone"),
+    ("train:\n  models: {a: {}}\n  students:\n    s: {teacher: a, stages: [{with_pseudo: true}]}\n"
+     "    t: {teacher: s, stages: [{with_pseudo: true}]}\n", "is a student itself"),
+    ("train:\n  models: {a: {}}\n  students:\n    a: {teacher: a, stages: [{with_pseudo: true}]}\n", "both in"),
     ("train:\n  models:\n    a: {name: b}\n", "a model's name is its key"),
     ("train:\n  models:\n    a.b: {}\n", "letters, digits"),
     ("train:\n  models:\n    - a\n", "must be a mapping"),
@@ -118,6 +121,44 @@ def test_model_mistakes_are_named(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ParamsError, match=message):
         load_params(path)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("scorer.pooling=median", r"'train\.models\.tiny-ordinal\.scorer\.pooling': unknown pooling 'median'; choose one of "
+                              r"cls, mean, max, mean_max, attention, weighted_layer, gem"),
+    ("scorer.head=poisson", r"'train\.models\.tiny-ordinal\.scorer\.head': unknown head 'poisson'; choose one of "
+                            r"regression, classification, ordinal"),
+    ("scorer.loss=huber", r"'train\.models\.tiny-ordinal\.scorer\.loss': unknown loss 'huber'; choose one of mse, "
+                          r"smooth_l1, cross_entropy, cumulative_bce"),
+    ("scorer.loss=cross_entropy", r"'train\.models\.tiny-ordinal\.scorer\.loss': loss 'cross_entropy' works with the "
+                                  r"classification head only, not 'ordinal'; choose another loss or leave loss empty "
+                                  r"for the head's default \('cumulative_bce'\)"),
+    ("scorer.dropout=1.5", r"'train\.models\.tiny-ordinal\.scorer\.dropout': 1\.5 is out of range: allowed \[0, 1\)"),
+    ("scorer.lora_r=4", r"'train\.models\.tiny-ordinal\.scorer\.lora_r': .*"),
+])
+def test_scorer_mistakes_fail_at_load_with_the_key_path_and_the_choices(override, message):
+    overrides = [f"train.models.tiny-ordinal.{override}"]
+    if override == "scorer.lora_r=4":  # a combination: LoRA with re-initialised layers
+        overrides.append("train.models.tiny-ordinal.scorer.reinit_layers=1")
+        message = r"'train\.models\.tiny-ordinal\.scorer\.reinit_layers': 1 with lora_r=4: LoRA freezes the backbone"
+    with pytest.raises(ParamsError, match=message):
+        load_params(REPO / "params.yaml", overrides)
+
+
+def test_a_scorer_name_error_exits_2_with_the_message():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "common.config", "--from", "params.yaml", "--to", "/dev/null",
+                             "train.models.tiny-regression.scorer.pooling=median"], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2
+    assert "'train.models.tiny-regression.scorer.pooling': unknown pooling 'median'; choose one of" in result.stderr
+
+
+def test_old_model_keys_are_named_as_unknown():
+    with pytest.raises(ParamsError, match=r"unknown key 'train\.models\.tiny-regression\.head'.* scorer"):
+        load_params(REPO / "params.yaml", ["train.models.tiny-regression.head=ordinal"])
 
 
 def test_plain_params_load_back_equal(tmp_path):
@@ -158,7 +199,8 @@ def test_cli_help_lists_every_key(capsys):
     out = capsys.readouterr().out
     for key in ("paths.input", "paths.output", "prepare.n_folds", "prepare.group_by", "ensemble.target",
                 "train.models.<name>.lr (float in (0, inf), default 2e-05)", "train.models.<name>.mlm.epochs (float in [0, inf)",
-                "train.models.<name>.head ('regression' | 'classification' | 'ordinal', default 'regression')",
+                "train.models.<name>.scorer.head (str, default 'regression'): Prediction head, by its name in HEADS",
+                "train.models.<name>.scorer.dropout (float in [0, 1), default 0.1)",
                 "train.students (mapping", "train.fold_workers (int in [0, inf)"):
         assert key in out
     assert "train.models.tiny-regression.lr=1e-5" in out  # the override syntax of one field of one model

@@ -1,4 +1,4 @@
-"""Tests of common/demo.py: schemas, realism (origins, prompts, duplicates, score signal) and determinism."""
+"""Tests of common/tools/demo.py: schemas, realism (origins, prompts, duplicates, score signal) and determinism."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sklearn.cluster import KMeans
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import adjusted_rand_score
 
-from common.demo import (
+from common.tools.demo import (
     DEMO_FILES,
     OTHER_PROMPTS,
     PERSUADE_COLUMNS,

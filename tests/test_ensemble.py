@@ -1,4 +1,5 @@
-"""Tests for common/ensemble.py: blenders, nested blend scores, the LightGBM stacker and its objective."""
+"""Tests for common/ensemble.py: the combiner interface and registry, blenders, the LightGBM stacker and its
+objective."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 
+from common.artifact_checks import ENSEMBLE_FILE, Problems
 from common.ensemble import (
+    COMBINERS,
     GreedyBlender,
     LGBMStacker,
     MeanBlender,
     ScipyBlender,
-    nested_blend_predictions,
-    nested_blend_qwk,
     prompt_mix_weights,
     qwk_objective,
     qwk_surrogate,
@@ -122,53 +125,6 @@ def test_blenders_reject_bad_inputs() -> None:
         blender.predict(P[:, :2])
 
 
-class SpyBlender(GreedyBlender):
-    """Records the rows (first column values) and labels it is fitted on."""
-
-    fitted_on: list[tuple[np.ndarray, np.ndarray]] = []  # noqa: RUF012
-
-    def fit(self, P, y, sample_weight=None):  # type: ignore[override]
-        SpyBlender.fitted_on.append((np.asarray(P)[:, 0].copy(), np.asarray(y).copy()))
-        return super().fit(P, y, sample_weight)
-
-
-def test_nested_blend_fits_on_other_folds_only() -> None:
-    P, y, folds = make_models(n=600)
-    P[:, 0] += np.arange(len(y)) * 1e-9  # identify rows by the first column
-    SpyBlender.fitted_on = []
-    result = nested_blend_qwk(P, y, folds, blender_factory=lambda: SpyBlender(max_iter=3))
-    n_folds = len(np.unique(folds))
-    assert len(SpyBlender.fitted_on) == n_folds + 1  # one per fold, then all rows for the in-sample fit
-    for fold, (column, _) in zip(np.unique(folds), SpyBlender.fitted_on[:n_folds], strict=True):
-        np.testing.assert_array_equal(np.sort(column), np.sort(P[folds != fold, 0]))
-    assert len(SpyBlender.fitted_on[-1][0]) == len(y)
-    decoded = json.loads(json.dumps(result))
-    assert set(decoded) >= {"qwk_nested", "qwk_insample", "optimism_gap", "per_fold", "weights_per_fold",
-                            "thresholds_per_fold", "weights", "thresholds"}
-
-
-def test_nested_blend_ignores_held_out_labels() -> None:
-    P, y, folds = make_models(n=800)
-    reference = nested_blend_predictions(P, y, folds, lambda: GreedyBlender(max_iter=5))
-    rng = np.random.default_rng(5)
-    for fold in np.unique(folds)[:2]:
-        held = folds == fold
-        garbage = y.copy()
-        garbage[held] = rng.integers(1, 7, size=held.sum())
-        scrambled = nested_blend_predictions(P, garbage, folds, lambda: GreedyBlender(max_iter=5))
-        np.testing.assert_array_equal(scrambled.scores[held], reference.scores[held])
-        np.testing.assert_array_equal(scrambled.blended[held], reference.blended[held])
-        assert scrambled.weights_per_fold[str(fold)] == reference.weights_per_fold[str(fold)]
-
-
-def test_greedy_nested_beats_mean_when_models_are_noise() -> None:
-    P, y, folds = make_models()
-    greedy = nested_blend_qwk(P, y, folds, GreedyBlender)
-    mean = nested_blend_qwk(P, y, folds, MeanBlender)
-    assert greedy["qwk_nested"] > mean["qwk_nested"]
-    assert greedy["qwk_insample"] >= greedy["qwk_nested"] - 0.02
-
-
 @pytest.mark.parametrize("weighted", [False, True])
 def test_qwk_surrogate_gradient_and_hessian_match_finite_differences(weighted: bool) -> None:
     rng = np.random.default_rng(7)
@@ -209,12 +165,12 @@ def test_qwk_objective_hessian_is_positive_at_constant_start() -> None:
 
 def test_stacker_fold_predictions_ignore_held_out_labels() -> None:
     X, y, folds = stacker_data()
-    reference = fast_stacker().fit_oof(X, y, folds)
+    reference = fast_stacker().fit(X, y, folds=folds).oof_
     held = folds == 2
     scrambled_y = y.copy()
     scrambled_y[held] = np.random.default_rng(0).permutation(scrambled_y[held])[::-1]
     scrambled_y[held] = np.where(scrambled_y[held] == 6, 1, scrambled_y[held] + 1)
-    scrambled = fast_stacker().fit_oof(X, scrambled_y, folds)
+    scrambled = fast_stacker().fit(X, scrambled_y, folds=folds).oof_
     np.testing.assert_array_equal(scrambled[held], reference[held])
     assert not np.array_equal(scrambled[~held], reference[~held])
 
@@ -234,7 +190,7 @@ def test_stacker_never_trains_or_early_stops_on_the_held_out_fold(monkeypatch: p
         return real_train(params, train_set, *args, **kwargs)
 
     monkeypatch.setattr(lgb, "train", spy_train)
-    fast_stacker().fit_oof(X, y, folds)
+    fast_stacker().fit(X, y, folds=folds)
     assert len(seen) == len(np.unique(folds))
     for fold, (train_rows, valid_rows) in zip(np.unique(folds), seen, strict=True):
         held = set(np.flatnonzero(folds == fold).tolist())
@@ -247,12 +203,12 @@ def test_stacker_never_trains_or_early_stops_on_the_held_out_fold(monkeypatch: p
 def test_stacker_save_load_round_trip(tmp_path, objective: str) -> None:
     X, y, folds = stacker_data()
     stacker = fast_stacker(objective)
-    oof = stacker.fit_oof(X, y, folds)
+    oof = stacker.fit(X, y, folds=folds).oof_
     assert qwk(y, round_scores(oof)) > 0.6
-    stacker.save(tmp_path / "stacker")
+    assert stacker.save(tmp_path) == {"params": {}, "objective": objective}
     assert sorted(p.name for p in (tmp_path / "stacker").iterdir()) == [
         "fold_0.txt", "fold_1.txt", "fold_2.txt", "fold_3.txt", "stacker.json"]
-    loaded = LGBMStacker.load(tmp_path / "stacker")
+    loaded = LGBMStacker.load(tmp_path)
     new_rows = X.iloc[:50][list(reversed(X.columns))]  # column order does not matter for frames
     np.testing.assert_array_equal(loaded.predict(new_rows), stacker.predict(new_rows))
     np.testing.assert_array_equal(loaded.predict(X.to_numpy()), stacker.predict(X))
@@ -262,9 +218,11 @@ def test_stacker_save_load_round_trip(tmp_path, objective: str) -> None:
 
 def test_stacker_is_deterministic_and_needs_three_folds() -> None:
     X, y, folds = stacker_data()
-    np.testing.assert_array_equal(fast_stacker().fit_oof(X, y, folds), fast_stacker().fit_oof(X, y, folds))
+    np.testing.assert_array_equal(fast_stacker().fit(X, y, folds=folds).oof_, fast_stacker().fit(X, y, folds=folds).oof_)
     with pytest.raises(ValueError, match="at least 3 folds"):
-        fast_stacker().fit_oof(X, y, folds % 2)
+        fast_stacker().fit(X, y, folds=folds % 2)
+    with pytest.raises(ValueError, match="needs folds"):
+        fast_stacker().fit(X, y)
 
 
 def test_tune_stacker_returns_usable_params() -> None:
@@ -274,15 +232,87 @@ def test_tune_stacker_returns_usable_params() -> None:
     assert set(best) == {"learning_rate", "num_leaves", "min_data_in_leaf", "feature_fraction",
                          "bagging_fraction", "lambda_l2"}
     assert best == tune_stacker(X, y, folds, **settings)
-    LGBMStacker(params=best, n_estimators=60, early_stopping_rounds=10, num_threads=1).fit_oof(X, y, folds)
+    LGBMStacker(params=best, n_estimators=60, early_stopping_rounds=10, num_threads=1).fit(X, y, folds=folds)
+    tuned = LGBMStacker(n_trials=4, n_estimators=60, early_stopping_rounds=10).tune(X, y, folds)
+    assert set(tuned.tuned_params) == set(best) and not hasattr(tuned, "models_")  # tuned, not fitted
 
 
 def test_stacker_feature_importance_ranks_the_good_model_first() -> None:
     X, y, folds = stacker_data()
-    with pytest.raises(RuntimeError, match="fit_oof or load"):
+    with pytest.raises(NotFittedError, match="fit or load"):
         fast_stacker().feature_importance()
-    stacker = fast_stacker()
-    stacker.fit_oof(X, y, folds)
+    stacker = fast_stacker().fit(X, y, folds=folds)
     importance = stacker.feature_importance()
     assert set(importance) == set(X.columns) and sum(importance.values()) == pytest.approx(1.0)
     assert next(iter(importance)) == "good" and importance["good"] > importance["noise_a"] + importance["noise_b"]
+
+
+# ------------------------------------------------------------------------------------------------
+# The combiner interface, for every registered method
+
+
+def combiner_inputs(name: str, n: int = 400):
+    """(X, y, folds) of the kind the method takes: named model predictions, or stacker features."""
+    P, y, folds = make_models(n=n, seed=4, n_folds=4)
+    frame = pd.DataFrame(P, columns=["good", "mediocre", "noise_a", "noise_b"])
+    return (frame.add_prefix("pred__") if COMBINERS[name].uses_features else frame), y, folds
+
+
+def configured(name: str):
+    combiner = COMBINERS[name].configured(objective="regression", n_trials=0, seed=1)
+    return combiner.set_params(n_estimators=80, early_stopping_rounds=10) if name == "stacker" else combiner
+
+
+def test_the_registry_lists_the_methods_simplest_first():
+    assert list(COMBINERS) == ["mean", "greedy", "scipy", "stacker"]
+    assert [COMBINERS[name].uses_features for name in COMBINERS] == [False, False, False, True]
+    assert COMBINERS["stacker"].out_of_fold and COMBINERS["stacker"].min_folds == 4
+    assert configured("greedy").max_iter == 50
+
+
+@pytest.mark.parametrize("name", list(COMBINERS))
+def test_every_combiner_is_a_scikit_learn_estimator(name: str):
+    combiner = configured(name)
+    copy = clone(combiner)
+    assert copy.get_params() == combiner.get_params()  # __init__ only stores its arguments
+    X, y, folds = combiner_inputs(name)
+    assert combiner.fit(X, y, folds=folds) is combiner
+    assert not hasattr(copy, "fit_pred_")
+    assert combiner.fit_pred_.shape == (len(y),)
+    assert qwk(y, round_scores(combiner.fit_pred_)) > 0.5
+
+
+@pytest.mark.parametrize("name", list(COMBINERS))
+def test_every_combiner_saves_loads_and_predicts_the_same(name: str, tmp_path):
+    X, y, folds = combiner_inputs(name)
+    combiner = configured(name).fit(X, y, folds=folds)
+    entry = combiner.save(tmp_path)
+    json.dumps(entry)
+    loaded = COMBINERS[name].load(tmp_path, json.loads(json.dumps(entry)))
+    shuffled = X[list(reversed(X.columns))]  # columns are matched by name
+    np.testing.assert_array_equal(loaded.predict(shuffled), combiner.predict(X))
+    problems = Problems()
+    COMBINERS[name].check(tmp_path, entry, ["good", "mediocre", "noise_a", "noise_b"], problems, "re-run")
+    assert not problems
+
+
+@pytest.mark.parametrize("name", ["mean", "greedy", "scipy"])
+def test_a_blend_check_names_a_model_without_weight(name: str, tmp_path):
+    X, y, _ = combiner_inputs(name)
+    entry = configured(name).fit(X, y).save(tmp_path)
+    problems = Problems()
+    COMBINERS[name].check(tmp_path, entry, ["good", "mediocre", "noise_a", "noise_b", "new"], problems, "re-run")
+    assert len(problems.lines) == 1 and problems.lines[0].startswith(f"{tmp_path / ENSEMBLE_FILE}: ")
+    assert "no weight for every model" in problems.lines[0] and problems.unreadable
+
+
+def test_the_stacker_check_names_a_missing_and_a_truncated_booster(tmp_path):
+    X, y, folds = combiner_inputs("stacker")
+    entry = configured("stacker").fit(X, y, folds=folds).save(tmp_path)
+    (tmp_path / "stacker" / "fold_0.txt").unlink()
+    cut = tmp_path / "stacker" / "fold_2.txt"
+    cut.write_bytes(cut.read_bytes()[:200])
+    problems = Problems()
+    LGBMStacker.check(tmp_path, entry, [], problems, "re-run")
+    assert problems.lines[0] == f"{tmp_path / 'stacker' / 'fold_0.txt'}: not found"
+    assert problems.lines[1].startswith(f"{cut}: ") and "truncated or corrupt" in problems.lines[1]

@@ -20,10 +20,8 @@ from common.inference import (
     ArtifactError,
     ArtifactSet,
     TokenCache,
-    autocast_dtype,
     ensemble_scores,
     estimate_runtime,
-    inference_devices,
     make_submission,
     predict_fold_model,
     read_test,
@@ -102,17 +100,6 @@ def test_submission_follows_the_sample_and_is_validated():
         make_submission(sample, np.array(["a", "b"]), np.array([2, 3]))
     with pytest.raises(PipelineError, match="set or order"):
         validate_submission(submission.iloc[::-1], sample)
-
-
-def test_devices_and_precision_on_this_machine():
-    if not torch.cuda.is_available():
-        assert inference_devices("auto") == [torch.device("cpu")]
-        with pytest.raises(PipelineError, match="no CUDA device"):
-            inference_devices("cuda")
-    assert autocast_dtype("auto", torch.device("cpu")) is None
-    assert autocast_dtype("auto", torch.device("cuda", 0)) is torch.float16  # T4 / P100: no bf16
-    assert autocast_dtype("fp32", torch.device("cuda", 0)) is None
-    assert autocast_dtype("bf16", torch.device("cuda", 0)) is torch.bfloat16
 
 
 def test_paths_switch_to_kaggle_when_its_input_folder_exists(tmp_path):
@@ -265,7 +252,7 @@ def test_every_unreadable_file_is_named_in_one_message(artifacts_copy, demo_inpu
 def test_a_lightgbm_model_cut_anywhere_is_refused_before_lightgbm_reads_it(tmp_path):
     import lightgbm as lgb
 
-    from common.inference import lightgbm_model_problem
+    from common.ensemble import lightgbm_model_problem
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 4))
@@ -307,7 +294,7 @@ def test_the_stacker_gets_in_inference_the_features_it_was_trained_on(artifacts_
                          fit_prompt_stats(plain, prompts, np.unique(oofs.folds["prompt_cluster"])),
                          origin_other=np.ones(len(texts)))
     assert list(X.columns) == spec["feature_columns"]
-    stacker = LGBMStacker.load(artifacts_copy / "ensemble" / "artifacts" / "stacker")
+    stacker = LGBMStacker.load(artifacts_copy / "ensemble" / "artifacts")
     np.testing.assert_allclose(continuous, stacker.predict(X), rtol=0, atol=1e-9)
     assert set(np.unique(scores)) <= set(range(1, 7))
 
@@ -360,7 +347,7 @@ def test_kaggle_bundle_runs_as_a_notebook_on_a_fake_kaggle_with_the_network_bloc
                                                                                       tmp_path):
     import nbformat
 
-    from common.kaggle import build_bundle
+    from common.tools.kaggle import build_bundle
 
     folder, _ = demo_input
     params = load_params(REPO / "params.yaml", [f"paths.input={folder}", f"paths.output={trained_output}",
@@ -373,6 +360,7 @@ def test_kaggle_bundle_runs_as_a_notebook_on_a_fake_kaggle_with_the_network_bloc
     dataset = bundle / "dataset"
     assert json.loads((dataset / "dataset-metadata.json").read_text())["id"] == "someone/aes-pipeline-artifacts"
     assert (dataset / "code" / "common" / "inference.py").is_file()
+    assert not (dataset / "code" / "common" / "tools").exists()  # inference runs without the tooling
     assert not list(dataset.rglob("oof.parquet")) and not list(dataset.rglob("__pycache__"))
     assert "kaggle datasets create" in (bundle / "UPLOAD.md").read_text()
 
@@ -403,7 +391,7 @@ def test_kaggle_bundle_runs_as_a_notebook_on_a_fake_kaggle_with_the_network_bloc
 
 
 def test_the_notebook_fails_clearly_when_a_library_is_too_old(tmp_path):
-    from common.kaggle import setup_cell
+    from common.tools.kaggle import setup_cell
 
     dataset = tmp_path / "input" / "aes-pipeline-artifacts"
     (dataset / "wheels").mkdir(parents=True)
@@ -430,8 +418,8 @@ def test_several_devices_share_the_batches_and_agree_with_one(trained_output, de
 
 
 def test_a_lora_models_base_backbone_travels_with_the_bundle(tmp_path, monkeypatch):
-    from common.kaggle import _ship_lora_base
     from common.models import EssayScorer, ScorerConfig
+    from common.tools.kaggle import _ship_lora_base
 
     monkeypatch.chdir(REPO)  # the model names its base relative to where it was trained
     torch.manual_seed(0)

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel
 
+from common import mlm
 from common.mlm import (
     IGNORE_INDEX,
     METRICS_FILE,
@@ -192,6 +193,34 @@ def test_same_seed_gives_the_same_weights(essays, tmp_path):
     assert not torch.equal(weights["a"][embeddings], weights["c"][embeddings])
     assert NEWLINE_TOKEN not in load_tokenizer(str(tmp_path / "a")).get_vocab()  # not asked for: not added
     assert weights["a"][embeddings].shape[0] == 2000
+
+
+def test_a_killed_run_resumes_from_its_last_epoch_to_the_same_weights(essays, tmp_path, monkeypatch):
+    settings = {**FAST, "epochs": 3, "lr": 1e-3, "batch_size": 8, "seed": 3}
+    whole = adapt_backbone(BACKBONE, essays[:24], tmp_path / "whole", **settings)
+    checkpoint = tmp_path / "ckpt" / "checkpoint.pt"
+    checkpoint.parent.mkdir()
+    real_step, calls = mlm._mlm_step, {"n": 0}
+
+    def dies_in_the_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > whole["steps"] // 3 + 1:
+            raise KeyboardInterrupt("killed")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(mlm, "_mlm_step", dies_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        adapt_backbone(BACKBONE, essays[:24], tmp_path / "resumed", checkpoint=checkpoint, fingerprint="f", **settings)
+    assert checkpoint.is_file() and not (tmp_path / "resumed").exists()
+    taken = []
+    monkeypatch.setattr(mlm, "_mlm_step", lambda *args, **kwargs: taken.append(1) or real_step(*args, **kwargs))
+    resumed = adapt_backbone(BACKBONE, essays[:24], tmp_path / "resumed", checkpoint=checkpoint, fingerprint="f",
+                             **settings)
+    assert 0 < len(taken) <= whole["steps"] - whole["steps"] // 3  # the first epoch was not trained again
+    assert not checkpoint.exists()  # removed once the folder is written
+    a, b = (load_file(tmp_path / name / "model.safetensors") for name in ("whole", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["held_out_loss_after"] == whole["held_out_loss_after"] and resumed["steps"] == whole["steps"]
 
 
 def test_a_missing_backbone_is_a_clear_error(tmp_path):

@@ -128,5 +128,6 @@ def test_gem_runs_from_mean_to_max_with_its_learned_p() -> None:
 
 
 def test_unknown_pooling_lists_the_choices() -> None:
-    with pytest.raises(ValueError, match="choose one of cls, mean, max, mean_max, attention, weighted_layer, gem"):
+    with pytest.raises(ValueError, match="unknown pooling 'median'; choose one of cls, mean, max, mean_max, attention, "
+                                         "weighted_layer, gem"):
         build_pooling("median", HIDDEN, N_LAYERS)

@@ -93,7 +93,7 @@ def test_artifacts_load_without_training_code(run_dir, demo_input):
     assert np.all(np.diff(spec["thresholds"]) > 0)
     # The stacker is plain LightGBM text files + JSON: load the boosters directly and compare.
     meta = json.loads((art / "stacker" / "stacker.json").read_text())
-    stacker = LGBMStacker.load(art / "stacker")
+    stacker = LGBMStacker.load(art)
     assert stacker.feature_names_ == spec["feature_columns"]
     folds = pd.read_parquet(run_dir / "prepare" / "folds.parquet")
     x = np.random.default_rng(0).normal(3, 1, size=(5, len(spec["feature_columns"])))

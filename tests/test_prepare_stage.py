@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from common.demo import DEMO_FILES
 from common.stage import run_stage
+from common.tools.demo import DEMO_FILES
 from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]

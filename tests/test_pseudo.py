@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,8 @@ import pytest
 import torch
 
 from common import training
-from common.config import ModelParams
-from common.models import build_head
+from common.config import ModelParams, StageParams
+from common.models import HEADS, LOSSES
 from common.pseudo import (
     PROB_COLUMNS,
     StudentPseudo,
@@ -62,22 +63,23 @@ def test_class_probabilities_are_renormalised_and_checked():
 
 def test_student_loss_is_the_kl_divergence_to_the_soft_labels_by_hand():
     torch.manual_seed(0)
-    head = build_head("classification", 4)
+    head = HEADS.build("classification", 4)
+    loss_fn = partial(LOSSES.build("cross_entropy"), head)
     logits = torch.tensor([[0.5, 1.0, -0.5, 0.0, 0.2, -1.0], [0.0, 0.0, 2.0, 1.0, 0.0, 0.0]])
     soft = torch.tensor([[0.1, 0.6, 0.3, 0.0, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5, 0.0, 0.0]])
     q = torch.softmax(logits, dim=-1).numpy()
     p = soft.numpy()
     by_hand = np.mean([sum(p[i, c] * np.log(p[i, c] / q[i, c]) for c in range(6) if p[i, c] > 0) for i in range(2)])
-    loss = _batch_loss(head, logits, soft, torch.tensor([True, True]), weight=0.5)
+    loss = _batch_loss(loss_fn, logits, soft, torch.tensor([True, True]), weight=0.5)
     assert loss.item() == pytest.approx(by_hand, rel=1e-5)
     # Concat mode: a labelled row (one-hot) and a pseudo row, the pseudo one weighted 0.25.
     hard = torch.tensor([[0, 1.0, 0, 0, 0, 0], [0.0, 0.0, 0.5, 0.5, 0.0, 0.0]])
-    mixed = _batch_loss(head, logits, hard, torch.tensor([False, True]), weight=0.25)
+    mixed = _batch_loss(loss_fn, logits, hard, torch.tensor([False, True]), weight=0.25)
     ce = -np.log(q[0, 1])
     kl = sum(p[1, c] * np.log(p[1, c] / q[1, c]) for c in (2, 3))
     assert mixed.item() == pytest.approx((ce + 0.25 * kl) / 1.25, rel=1e-5)
     # A regression student: MSE between its prediction and the labels' expected score.
-    reg = build_head("regression", 4)
+    reg = partial(LOSSES.build("mse"), HEADS.build("regression", 4))
     value = torch.tensor([[2.0], [4.5]])
     assert _batch_loss(reg, value, soft, torch.tensor([True, True]), 1.0).item() == pytest.approx(
         np.mean((np.array([2.0, 4.5]) - p @ np.arange(1, 7)) ** 2), rel=1e-5)
@@ -92,9 +94,9 @@ def test_copies_of_train_essays_are_found_through_whitespace_and_case():
 # ------------------------------------------------------------------------------------------------
 # Students on the training engine
 
-STUDENT = ModelParams(name="s", max_length=64, epochs=1.0, batch_size=8, effective_batch_size=16, lr=1e-3,
-                      head_lr=5e-3, warmup_ratio=0.0, scheduler="linear", pseudo_labels="two_stage",
-                      pseudo_epochs=1.0)
+STUDENT = ModelParams(name="s", max_length=64, stages=[StageParams("pseudo", 1.0), StageParams("all", 1.0)],
+                      batch_size=8, effective_batch_size=16, lr=1e-3, head_lr=5e-3, warmup_ratio=0.0,
+                      scheduler="linear")
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +171,7 @@ def test_students_read_only_their_own_folds_labels(world, tmp_path, monkeypatch)
 def test_a_killed_student_resumes_to_the_same_result(world, tmp_path):
     _table, texts, folder = world
     pseudo = load_student_pseudo(folder, folder / "external.parquet", [0, 1, 2], texts)
-    spec = replace(STUDENT, pseudo_labels="concat", pseudo_weight=0.3, epochs=2.0, checkpoint_every=2)
+    spec = replace(STUDENT, stages=[StageParams("all", 2.0, with_pseudo=True)], pseudo_weight=0.3, checkpoint_every=2)
     whole = fit_student(world, pseudo, tmp_path / "whole", spec)
     with pytest.raises(Interrupted):
         fit_student(world, pseudo, tmp_path / "killed", spec, stop_after_steps=3)
@@ -198,7 +200,7 @@ def test_bad_pseudo_files_are_refused(world, tmp_path):
 # The stages on the demo
 
 
-STUDENT_FAST = ["train.students.tiny-student.max_length=64", "train.students.tiny-student.epochs=1.0",
+STUDENT_FAST = ["train.students.tiny-student.max_length=64", "train.students.tiny-student.stages=[{rows: pseudo, epochs: 1.0}, {rows: all, epochs: 1.0}]",
                 "train.students.tiny-student.mlm.max_length=64"]
 
 

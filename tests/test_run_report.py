@@ -7,7 +7,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from common.run_report import SECTIONS, build_report, main
+from common.tools.run_report import SECTIONS, build_report, main
 from tests.conftest import NO_STUDENTS, run_cli
 
 pytestmark = pytest.mark.slow

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, BertConfig, BertModel
 
@@ -69,6 +70,17 @@ def test_forward_and_predict_shapes(backbone_dir: Path, head: str, n_logits: int
     scores, probs = model.predict(ids, mask)
     assert scores.shape == (3,) and scores.dtype == torch.float32
     assert probs is None if head == "regression" else probs.shape == (3, 6)
+
+
+@pytest.mark.parametrize(("head", "loss", "formula"), [
+    ("regression", "", lambda logits, y: F.mse_loss(logits[:, 0], y)),
+    ("classification", "", lambda logits, y: F.cross_entropy(logits, y.long() - 1)),
+    ("ordinal", "mse", lambda logits, y: F.mse_loss(1 + torch.sigmoid(logits).sum(-1), y)),
+])
+def test_the_model_trains_with_the_configured_loss(backbone_dir: Path, head: str, loss: str, formula) -> None:
+    model = EssayScorer(ScorerConfig(backbone=str(backbone_dir), head=head, loss=loss))
+    logits, y = model(*make_batch()), torch.tensor([1.0, 4.0, 6.0])
+    torch.testing.assert_close(model.loss(logits, y), formula(logits, y))
 
 
 def test_weights_are_fp32_even_from_a_half_precision_backbone(backbone_dir: Path) -> None:
@@ -197,12 +209,20 @@ def test_bert_like_layout_directly_and_through_peft() -> None:
 
 
 def test_bad_configs_are_rejected(backbone_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="head='poisson'"):
+    with pytest.raises(ValueError, match="head: unknown head 'poisson'; choose one of regression, classification"):
         ScorerConfig(backbone=str(backbone_dir), head="poisson")
-    with pytest.raises(ValueError, match="pooling='median'"):
+    with pytest.raises(ValueError, match="pooling: unknown pooling 'median'; choose one of cls, mean"):
         ScorerConfig(backbone=str(backbone_dir), pooling="median")
+    with pytest.raises(ValueError, match="loss: loss 'cumulative_bce' works with the ordinal head only"):
+        ScorerConfig(backbone=str(backbone_dir), loss="cumulative_bce")
+    with pytest.raises(ValueError, match=r"dropout: 1\.5 is out of range"):
+        ScorerConfig(backbone=str(backbone_dir), dropout=1.5)
     with pytest.raises(ValueError, match="LoRA freezes the backbone"):
         ScorerConfig(backbone=str(backbone_dir), lora_r=8, reinit_layers=1)
+    with pytest.raises(ValueError, match="vocab_size: 0"):
+        ScorerConfig(backbone=str(backbone_dir), vocab_size=0)
+    with pytest.raises(TypeError):
+        ScorerConfig(str(backbone_dir))  # keyword-only: a positional backbone cannot land in another field
     path = tmp_path / "scorer.json"
     path.write_text(json.dumps({"backbone": "x", "poolng": "mean"}))
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['poolng'\]"):

@@ -4,19 +4,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from common.ensemble import ScipyBlender
 from common.oof import OOFSet
 from common.selection import (
     COMPLEXITY,
     Rows,
     Target,
-    _blend,
     build_ensemble,
+    evaluate_method,
     fit_prompt_stats,
     frontier_table,
     select_method,
     stacker_features,
 )
-from common.synthetic import origin_shift_oofs
+from common.tools.synthetic import origin_shift_oofs
 from common.uncertainty import bootstrap_qwk
 
 
@@ -84,7 +85,7 @@ def test_every_method_is_scored_on_all_and_other_rows(result):
 def test_greedy_blend_ignores_the_noise_model_and_beats_the_mean(result):
     _, res = result
     greedy = res.methods["greedy"]
-    assert greedy.weights["noise"] == 0.0
+    assert greedy.combiner.model_weights["noise"] == 0.0
     assert greedy.figures["qwk_nested"] >= res.methods["mean"].figures["qwk_nested"]
 
 
@@ -146,7 +147,7 @@ def test_an_all_rows_fit_loses_to_the_mean_on_other_rows_and_the_default_does_no
     _, default, all_rows = origin_shift
     mean_other = default.methods["mean"].figures["qwk_nested_other"]
     # The failure of an all-rows fit: the scipy blend piles weight on the corpus-strong model ...
-    assert all_rows.methods["scipy"].weights["corpus-strong"] > 0.15
+    assert all_rows.methods["scipy"].combiner.model_weights["corpus-strong"] > 0.15
     assert all_rows.methods["scipy"].figures["qwk_nested_other"] < mean_other - 0.01
     # ... the target-aware default weights other-origin rows up and picks a method that does not lose to the mean.
     assert default.metrics["select_on"] == "other" and default.metrics["by_origin"] is True
@@ -157,8 +158,10 @@ def test_an_all_rows_fit_loses_to_the_mean_on_other_rows_and_the_default_does_no
 def test_weighting_other_rows_up_moves_blend_weight_off_the_corpus_strong_model(origin_shift):
     oofs, _, all_rows = origin_shift
     rows = Rows(oofs.y, oofs.fold, oofs.other, np.ones(len(oofs.y)))
-    heavy = _blend("scipy", oofs.matrix(), oofs.names, rows, Target(16.0, (1.0,), False))
-    assert heavy.weights["corpus-strong"] < all_rows.methods["scipy"].weights["corpus-strong"] - 0.05
+    P = pd.DataFrame(oofs.matrix(), columns=oofs.names)
+    heavy = evaluate_method("scipy", P, rows, Target(16.0, (1.0,), False), ScipyBlender())
+    all_rows_weights = all_rows.methods["scipy"].combiner.model_weights
+    assert heavy.combiner.model_weights["corpus-strong"] < all_rows_weights["corpus-strong"] - 0.05
     assert heavy.figures["qwk_nested_other"] > all_rows.methods["scipy"].figures["qwk_nested_other"]
 
 

@@ -14,8 +14,6 @@ from common.metrics import qwk
 from common.thresholds import (
     ThresholdSearcher,
     apply_thresholds,
-    nested_threshold_predictions,
-    nested_threshold_qwk,
     round_scores,
     threshold_report,
 )
@@ -130,50 +128,6 @@ def test_searcher_rejects_bad_inputs(preds: list, y: list, message: str) -> None
         ThresholdSearcher().fit(np.array(preds), np.array(y))
 
 
-class SpySearcher(ThresholdSearcher):
-    """Records every (preds, y) it is fitted on."""
-
-    calls: list[tuple[np.ndarray, np.ndarray]] = []  # noqa: RUF012
-
-    def fit(self, preds, y, sample_weight=None):  # type: ignore[override]
-        SpySearcher.calls.append((np.asarray(preds).copy(), np.asarray(y).copy()))
-        return super().fit(preds, y, sample_weight)
-
-
-def test_nested_fits_each_fold_on_other_folds_only() -> None:
-    preds, y, folds = make_oof(n=600, seed=7)
-    preds = preds + np.arange(len(preds)) * 1e-9  # make every prediction identify its row
-    SpySearcher.calls = []
-    nested_threshold_qwk(preds, y, folds, searcher_factory=SpySearcher)
-    assert len(SpySearcher.calls) == len(np.unique(folds))
-    for fold, (fit_preds, _) in zip(np.unique(folds), SpySearcher.calls, strict=True):
-        np.testing.assert_array_equal(np.sort(fit_preds), np.sort(preds[folds != fold]))
-
-
-def test_nested_predictions_ignore_held_out_labels() -> None:
-    preds, y, folds = make_oof(n=1500, seed=8)
-    scores, thresholds = nested_threshold_predictions(preds, y, folds)
-    rng = np.random.default_rng(0)
-    for fold in np.unique(folds):
-        garbage = y.copy()
-        held = folds == fold
-        garbage[held] = rng.integers(1, 7, size=held.sum())
-        scores_g, thresholds_g = nested_threshold_predictions(preds, garbage, folds)
-        np.testing.assert_array_equal(scores_g[held], scores[held])
-        assert thresholds_g[str(fold)] == thresholds[str(fold)]
-
-
-def test_nested_qwk_is_not_above_in_sample_on_noise() -> None:
-    rng = np.random.default_rng(9)
-    y = rng.choice(np.arange(1, 7), size=1000, p=SCORE_MIX)
-    preds = rng.normal(3.0, 1.0, size=1000)  # no signal: in-sample thresholds overfit, nested does not
-    folds = rng.integers(0, 5, size=1000)
-    nested = nested_threshold_qwk(preds, y, folds)["qwk_nested"]
-    insample = ThresholdSearcher().fit(preds, y).score_
-    assert nested < insample
-    assert abs(nested) < 0.1
-
-
 def test_threshold_report_is_json_serialisable_and_complete() -> None:
     preds, y, folds = make_oof(n=1200, seed=10)
     rng = np.random.default_rng(10)
@@ -187,9 +141,3 @@ def test_threshold_report_is_json_serialisable_and_complete() -> None:
     assert set(decoded["per_fold"]) == {str(f) for f in np.unique(folds)}
     assert report["qwk_insample"] >= report["qwk_rounded"] - 1e-12
     assert all(isinstance(v, float) and math.isfinite(v) for v in decoded["per_fold"].values())
-
-
-def test_nested_requires_two_folds() -> None:
-    preds, y, _ = make_oof(n=100)
-    with pytest.raises(ValueError, match="two distinct fold"):
-        nested_threshold_qwk(preds, y, np.zeros(100, dtype=int))

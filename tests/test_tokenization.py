@@ -1,4 +1,4 @@
-"""Tokenizer loading, the newline token, essays to ids, the dataset, the collator, length-grouped batches."""
+"""Tokenizer loading, the newline token, essays to ids, the collator, length-grouped batches."""
 
 from pathlib import Path
 
@@ -11,7 +11,6 @@ from transformers import PreTrainedTokenizerFast
 from common.tokenization import (
     NEWLINE_TOKEN,
     EssayCollator,
-    EssayDataset,
     LengthGroupedSampler,
     batches_by_token_budget,
     load_tokenizer,
@@ -210,25 +209,3 @@ def test_collator_soft_labels_and_no_targets(tiny):
     assert set(EssayCollator(tiny)([{"input_ids": [1, 2]}])) == {"input_ids", "attention_mask"}
     with pytest.raises(ValueError, match="all or none"):
         EssayCollator(tiny)([{"input_ids": [1], "target": 1.0}, {"input_ids": [2]}])
-
-
-def test_dataset_sampler_and_collator_in_a_dataloader(tiny):
-    texts = [f"Essay number {i}. " + "Some words here. " * (i % 11) for i in range(50)]
-    ids = tokenize_essays(tiny, texts, 64)
-    scores = np.arange(50) % 6 + 1.0
-    dataset = EssayDataset(ids, scores, indices=np.arange(100, 150))
-    sampler = LengthGroupedSampler(dataset.lengths, batch_size=4, seed=0)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=4, sampler=sampler, collate_fn=EssayCollator(tiny))
-    seen = []
-    for batch in loader:
-        rows = batch["index"].numpy() - 100
-        assert torch.equal(batch["targets"], torch.tensor(scores[rows], dtype=torch.float32))
-        assert batch["input_ids"].shape[1] == -(-max(len(ids[r]) for r in rows) // 8) * 8
-        seen.extend(rows.tolist())
-    assert sorted(seen) == list(range(50))
-    soft = EssayDataset(ids[:2], np.full((2, 6), 1 / 6))
-    assert len(soft[1]["target"]) == 6 and soft[1]["index"] == 1
-    with pytest.raises(ValueError, match="shape"):
-        EssayDataset(ids, scores[:3])
-    with pytest.raises(ValueError, match="not finite"):
-        EssayDataset(ids[:2], [1.0, float("nan")])

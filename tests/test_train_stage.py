@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
-FAST = ["train.models.tiny-regression.max_length=64", "train.models.tiny-regression.epochs=1.0", "train.device=cpu"]
+FAST = ["train.models.tiny-regression.max_length=64", "train.models.tiny-regression.stages=[{rows: all, epochs: 1.0}]", "train.device=cpu"]
 
 
 def test_trains_every_fold_and_collects_the_oof(prepared_output, demo_input, tmp_path):
@@ -65,7 +65,7 @@ def test_fold_not_in_folds_file(prepared_output, demo_input, tmp_path):
 
 def test_a_bad_model_entry_is_named(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text("train:\n  models: {a: {}}\n  students: {a: {teacher: a, pseudo_labels: concat}}\n")
+    params.write_text("train:\n  models: {a: {}}\n  students: {a: {teacher: a, stages: [{with_pseudo: true}]}}\n")
     result = run_cli("02_train", "--params", str(params))
     assert result.returncode == 2 and "['a'] are both in train.models and train.students" in result.stderr
     assert "Traceback" not in result.stderr
@@ -169,7 +169,7 @@ def test_a_failing_worker_fails_the_stage_and_keeps_the_other_folds(model_args, 
     # Fold 1's first stage selects no rows: its training rows hold no persuade-origin essay.
     folds.loc[(folds["fold"] != 1) & (folds["origin"] == "persuade"), "origin"] = "other"
     folds.to_parquet(tmp_path / "prepare" / "folds.parquet", index=False)
-    result = run_cli("02_train", *model_args, "train.models.tiny-regression.stage1_rows=persuade",
+    result = run_cli("02_train", *model_args, "train.models.tiny-regression.stages=[{rows: persuade, epochs: 1.0}, {rows: all, epochs: 1.0}]",
                      "train.fold_workers=2")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "fold(s) [1] failed in their workers" in result.stderr and "selects no rows" in result.stderr

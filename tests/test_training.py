@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 
 from common import training
-from common.config import ModelParams
+from common.config import ModelParams, ScorerParams, StageParams
 from common.training import Interrupted, TrainingError, tokenize_train, train_fold
 from tests.conftest import BACKBONE, REPO, fold_table
 
 pytestmark = pytest.mark.slow
 
 BASE = ModelParams(
-    name="t", max_length=64, epochs=1.0, batch_size=8, effective_batch_size=16, lr=1e-3, head_lr=5e-3,
-    warmup_ratio=0.0, scheduler="linear", dropout=0.1,
+    name="t", max_length=64, stages=[StageParams(epochs=1.0)], batch_size=8, effective_batch_size=16, lr=1e-3, head_lr=5e-3,
+    warmup_ratio=0.0, scheduler="linear", scorer=ScorerParams(dropout=0.1),
 )
 
 
@@ -35,16 +35,19 @@ def fit(frame, spec=BASE, fold=0, tmp=None, **kwargs):
 @pytest.mark.parametrize("head", ["regression", "classification", "ordinal"])
 def test_each_head_trains_and_predicts_the_held_out_fold(frame, tmp_path, head):
     table, _ = frame
-    result = fit(frame, replace(BASE, head=head), tmp=tmp_path)
+    result = fit(frame, replace(BASE, scorer=ScorerParams(head=head)), tmp=tmp_path)
     held = table[table["fold"] == 0]
     assert sorted(result.oof["essay_id"]) == sorted(held["essay_id"])
-    assert (result.oof["fold"] == 0).all() and result.oof["pred"].between(0.5, 6.5).all()
+    pred = result.oof["pred"].to_numpy()
+    assert (result.oof["fold"] == 0).all() and np.isfinite(pred).all() and pred.std() > 0
     prob_cols = [c for c in result.oof.columns if c.startswith("prob_")]
     if head == "regression":
         assert prob_cols == []
     else:
         assert len(prob_cols) == 6
-        np.testing.assert_allclose(result.oof[prob_cols].sum(axis=1), 1.0, atol=1e-5)
+        probs = result.oof[prob_cols].to_numpy()
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(pred, probs @ np.arange(1, 7), atol=1e-5)  # the expected score under them
     assert np.isfinite(result.log["train_loss"]).all() and "eval_qwk" in result.log
     assert (tmp_path / "model" / "train_config.json").exists()
 
@@ -52,15 +55,15 @@ def test_each_head_trains_and_predicts_the_held_out_fold(frame, tmp_path, head):
 def test_no_held_out_essay_is_ever_in_a_training_batch(frame, tmp_path, monkeypatch):
     table, _ = frame
     seen: list[int] = []
-    original = training._epoch_batches
+    original = training.epoch_batches
 
     def spy(*args, **kwargs):
         batches = original(*args, **kwargs)
         seen.extend(i for b in batches for i in b)
         return batches
 
-    monkeypatch.setattr(training, "_epoch_batches", spy)
-    spec = replace(BASE, stage1_rows="persuade", stage1_epochs=1.0, stage2_rows="all", epochs=1.0)
+    monkeypatch.setattr(training, "epoch_batches", spy)
+    spec = replace(BASE, stages=[StageParams("persuade", 1.0), StageParams("all", 1.0)])
     fit(frame, spec, fold=1, tmp=tmp_path)
     held = set(np.flatnonzero(table["fold"].to_numpy() == 1).tolist())
     assert seen and not held & set(seen)
@@ -71,25 +74,30 @@ def test_two_stages_train_on_the_chosen_rows(frame, tmp_path, monkeypatch):
     table, _ = frame
     calls = []
     original = training._stage_rows
-    monkeypatch.setattr(training, "_stage_rows", lambda d, f, w, **kw: calls.append(w) or original(d, f, w, **kw))
-    spec = replace(BASE, stage1_rows="persuade", stage2_rows="other", stage1_epochs=1.0, epochs=1.0)
+    monkeypatch.setattr(training, "_stage_rows", lambda d, f, stage: calls.append(stage.rows) or original(d, f, stage))
+    spec = replace(BASE, stages=[StageParams("persuade", 1.0), StageParams("other", 1.0)])
     result = fit(frame, spec, tmp=tmp_path)
     assert calls == ["persuade", "other"]
     assert sorted(result.log["stage"].unique()) == [1, 2]
     other_train = ((table["fold"] != 0) & (table["origin"] == "other")).to_numpy()
     assert training._stage_rows(training.TrainData(
         table["essay_id"].to_numpy(), [], table["score"].to_numpy(), table["fold"].to_numpy(),
-        table["origin"].to_numpy()), 0, "other").tolist() == np.flatnonzero(other_train).tolist()
+        table["origin"].to_numpy()), 0, StageParams("other")).tolist() == np.flatnonzero(other_train).tolist()
 
 
-def test_same_seed_same_predictions(frame, tmp_path):
-    a = fit(frame, tmp=tmp_path / "a")
-    b = fit(frame, tmp=tmp_path / "b")
-    pd.testing.assert_frame_equal(a.oof, b.oof)
+@pytest.fixture(scope="module")
+def plain(frame, tmp_path_factory):
+    """BASE trained on fold 0."""
+    return fit(frame, tmp=tmp_path_factory.mktemp("plain"))
+
+
+def test_same_seed_same_predictions(frame, plain, tmp_path):
+    again = fit(frame, tmp=tmp_path / "again")
+    pd.testing.assert_frame_equal(plain.oof, again.oof)
 
 
 def test_a_killed_run_resumes_to_the_same_result(frame, tmp_path):
-    spec = replace(BASE, epochs=2.0, checkpoint_every=2, eval_every=2, ema_decay=0.9)
+    spec = replace(BASE, stages=[StageParams(epochs=2.0)], checkpoint_every=2, eval_every=2, ema_decay=0.9)
     whole = fit(frame, spec, tmp=tmp_path / "whole")
     with pytest.raises(Interrupted):
         fit(frame, spec, tmp=tmp_path / "killed", stop_after_steps=5)
@@ -115,7 +123,7 @@ def test_a_checkpoint_is_loaded_as_tensors_only(frame, tmp_path):
 
     import torch
 
-    spec = replace(BASE, epochs=2.0, checkpoint_every=2)
+    spec = replace(BASE, stages=[StageParams(epochs=2.0)], checkpoint_every=2)
     with pytest.raises(Interrupted):
         fit(frame, spec, tmp=tmp_path, stop_after_steps=3)
     ckpt = tmp_path / "ckpt" / training.CHECKPOINT_FILE
@@ -132,26 +140,35 @@ def test_a_checkpoint_is_loaded_as_tensors_only(frame, tmp_path):
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(frame, tmp_path, monkeypatch):
-    from common.models import heads
+    from common.models import losses
 
     calls = {"n": 0}
-    original = heads.RegressionHead.loss
+    original = losses.MeanSquaredError.compute
 
-    def flaky(self, logits, target):
+    def flaky(self, head, logits, target):
         calls["n"] += 1
-        loss = original(self, logits, target)
+        loss = original(self, head, logits, target)
         return loss * float("nan") if calls["n"] > 6 else loss
 
-    monkeypatch.setattr(heads.RegressionHead, "loss", flaky)
-    spec = replace(BASE, epochs=2.0, checkpoint_every=1)
+    monkeypatch.setattr(losses.MeanSquaredError, "compute", flaky)
+    spec = replace(BASE, stages=[StageParams(epochs=2.0)], checkpoint_every=1)
     with pytest.raises(TrainingError, match=r"loss is nan at stage 1, step \d+.*fp16 overflow.*last good checkpoint"):
         fit(frame, spec, tmp=tmp_path)
     assert (tmp_path / "ckpt" / training.CHECKPOINT_FILE).exists()
 
 
+@pytest.mark.parametrize("setting", [{"awp_lr": 0.5, "awp_start_epoch": 0.0}, {"ema_decay": 0.5},
+                                     {"scorer": ScorerParams(n_dropout_samples=3)}],
+                         ids=["awp", "ema", "multi-sample dropout"])
+def test_awp_ema_and_multi_sample_dropout_change_the_model(frame, plain, tmp_path, setting):
+    changed = fit(frame, replace(BASE, **setting), tmp=tmp_path / "changed")
+    assert np.isfinite(changed.oof["pred"]).all()
+    assert not np.allclose(plain.oof["pred"], changed.oof["pred"], rtol=0, atol=1e-6)
+
+
 def test_awp_keep_best_and_ema_run(frame, tmp_path):
-    spec = replace(BASE, epochs=2.0, awp_lr=0.5, awp_start_epoch=0.5, keep_best=True, eval_every=1, ema_decay=0.5,
-                   head="classification", pooling="attention", n_dropout_samples=3)
+    spec = replace(BASE, stages=[StageParams(epochs=2.0)], awp_lr=0.5, awp_start_epoch=0.5, keep_best=True, eval_every=1, ema_decay=0.5,
+                   scorer=ScorerParams(head="classification", pooling="attention", n_dropout_samples=3))
     result = fit(frame, spec, tmp=tmp_path)
     assert result.metrics["best_step"] in result.log["step"].tolist()
     assert np.isfinite(result.oof["pred"]).all()

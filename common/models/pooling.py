@@ -14,6 +14,9 @@ batch is padded to its own length or to a longer one.
 - attention: a small MLP scores each token; a softmax over each essay's real tokens weights them.
 - weighted_layer: a learned softmax mix of the last `num_hidden_layers` layers, then masked mean.
 - gem: generalised mean (mean x^p)^(1/p) over real tokens with a learned p, on states clamped > 0.
+
+A new pooling is a `Pooling` subclass under `@POOLINGS.register("name")`; one that needs the backbone's
+depth overrides `for_backbone`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-POOLINGS = ("cls", "mean", "max", "mean_max", "attention", "weighted_layer", "gem")
+from common.models.registry import Registry
+
+POOLINGS: Registry[Pooling] = Registry("pooling")
 
 
 def _masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -38,10 +43,16 @@ class Pooling(nn.Module):
         super().__init__()
         self.out_dim = out_dim
 
+    @classmethod
+    def for_backbone(cls, hidden_size: int, num_hidden_layers: int) -> Pooling:
+        """The pooling for a backbone of this hidden size and number of encoder layers."""
+        return cls(hidden_size)
+
     def forward(self, hidden_states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 
+@POOLINGS.register("cls")
 class ClsPooling(Pooling):
     """State of the first real token, located through the mask so that left padding works too."""
 
@@ -54,6 +65,7 @@ class ClsPooling(Pooling):
         return last[torch.arange(last.size(0), device=last.device), first_real]
 
 
+@POOLINGS.register("mean")
 class MeanPooling(Pooling):
     """Mean of the last layer over real tokens."""
 
@@ -65,6 +77,7 @@ class MeanPooling(Pooling):
         return _masked_mean(last, attention_mask).to(last.dtype)
 
 
+@POOLINGS.register("max")
 class MaxPooling(Pooling):
     """Feature-wise maximum of the last layer over real tokens."""
 
@@ -77,6 +90,7 @@ class MaxPooling(Pooling):
         return last.masked_fill(padding, torch.finfo(last.dtype).min).max(dim=1).values
 
 
+@POOLINGS.register("mean_max")
 class MeanMaxPooling(Pooling):
     """Masked mean and masked max of the last layer, concatenated: out_dim = 2 x hidden."""
 
@@ -89,6 +103,7 @@ class MeanMaxPooling(Pooling):
         return torch.cat([self.mean(hidden_states, attention_mask), self.max(hidden_states, attention_mask)], dim=-1)
 
 
+@POOLINGS.register("attention")
 class AttentionPooling(Pooling):
     """Weighted sum of the last layer's tokens; weights = softmax over each essay's real tokens of learned scores.
 
@@ -109,6 +124,7 @@ class AttentionPooling(Pooling):
         return torch.bmm(weights, last.to(torch.float32)).squeeze(1).to(last.dtype)
 
 
+@POOLINGS.register("weighted_layer")
 class WeightedLayerPooling(Pooling):
     """Softmax-weighted mix of the last `num_layers` layer outputs (equal weights at start), then masked mean."""
 
@@ -118,6 +134,10 @@ class WeightedLayerPooling(Pooling):
             raise ValueError(f"weighted_layer pooling needs num_hidden_layers >= 1, got {num_layers}")
         self.num_layers = num_layers
         self.layer_logits = nn.Parameter(torch.zeros(num_layers))
+
+    @classmethod
+    def for_backbone(cls, hidden_size: int, num_hidden_layers: int) -> Pooling:
+        return cls(hidden_size, num_hidden_layers)
 
     def forward(self, hidden_states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor) -> torch.Tensor:
         if len(hidden_states) < self.num_layers:
@@ -132,6 +152,7 @@ class WeightedLayerPooling(Pooling):
         return _masked_mean(mixed, attention_mask).to(last.dtype)
 
 
+@POOLINGS.register("gem")
 class GeMPooling(Pooling):
     """Generalised mean over real tokens, (mean_t x_t^p)^(1/p), with a learned exponent p (initially 3).
 
@@ -153,17 +174,6 @@ class GeMPooling(Pooling):
 
 
 def build_pooling(name: str, hidden_size: int, num_hidden_layers: int) -> Pooling:
-    """The pooling called `name` (one of POOLINGS) for a backbone of this hidden size and depth."""
-    if name == "weighted_layer":
-        return WeightedLayerPooling(hidden_size, num_hidden_layers)
-    simple: dict[str, type[Pooling]] = {
-        "cls": ClsPooling,
-        "mean": MeanPooling,
-        "max": MaxPooling,
-        "mean_max": MeanMaxPooling,
-        "attention": AttentionPooling,
-        "gem": GeMPooling,
-    }
-    if name not in simple:
-        raise ValueError(f"unknown pooling {name!r}; choose one of {', '.join(POOLINGS)}")
-    return simple[name](hidden_size)
+    """The pooling registered as `name` for a backbone of this hidden size and depth."""
+    POOLINGS.check(name)
+    return POOLINGS[name].for_backbone(hidden_size, num_hidden_layers)

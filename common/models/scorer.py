@@ -2,7 +2,8 @@
 
 `EssayScorer(config)` builds a model to train: the backbone from `config.backbone` (a hub name or a
 local directory, loaded in fp32), optionally with resized embeddings, re-initialised top layers, frozen
-embeddings, activation checkpointing or LoRA adapters; then a pooling and a head (common.models).
+embeddings, activation checkpointing or LoRA adapters; then a pooling and a head, and the loss it trains
+with (`loss(logits, target)`), each built by name from its registry (common.models).
 
 Weights are created, trained and saved in fp32. Mixed precision belongs to autocast in the training
 engine; fp16 weights under a GradScaler fail with "Attempting to unscale FP16 gradients".
@@ -25,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -33,9 +34,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
+from common.config import ScorerParams
 from common.io import atomic_write, staged_dir, write_json
-from common.models.heads import HEADS, REGRESSION_LOSSES, Head, build_head
-from common.models.pooling import POOLINGS, Pooling, build_pooling
+from common.models.heads import HEADS, Head
+from common.models.losses import Loss, loss_for
+from common.models.pooling import Pooling, build_pooling
 
 log = logging.getLogger(__name__)
 
@@ -51,54 +54,20 @@ NEW_TOKENS_KEY = "new_token_embeddings"
 _LAYER_PATHS = ("encoder.layer", "encoder.layers", "transformer.layer", "layers", "layer")
 
 
-@dataclass
-class ScorerConfig:
-    """Everything needed to rebuild an EssayScorer; saved as `scorer.json` beside its weights."""
+@dataclass(kw_only=True)
+class ScorerConfig(ScorerParams):
+    """Everything needed to rebuild an EssayScorer, saved as `scorer.json` beside its weights: the
+    architecture chosen in params (ScorerParams, common/config.py) plus what training fills in.
+    """
 
     backbone: str  # hub name or local directory (a relative path resolves against the working directory)
-    head: str = "regression"  # one of HEADS
-    pooling: str = "mean"  # one of POOLINGS
-    regression_loss: str = "mse"  # "mse" or "smooth_l1" (regression head only)
-    dropout: float = 0.1  # dropout before the head
-    n_dropout_samples: int = 1  # multi-sample dropout: head passes averaged in training
-    reinit_layers: int = 0  # re-initialise the top N encoder layers with the backbone's own init
-    freeze_embeddings: bool = False  # requires_grad False on the embeddings block
-    gradient_checkpointing: bool = False  # activation checkpointing in the backbone (non-reentrant)
-    lora_r: int = 0  # 0 = full fine-tuning; > 0 = LoRA adapters (peft) of this rank
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(default_factory=lambda: ["query_proj", "key_proj", "value_proj"])
     vocab_size: int | None = None  # resize the token embeddings to this (a tokenizer with added tokens)
 
-    def __post_init__(self) -> None:
-        problems = []
-        if self.head not in HEADS:
-            problems.append(f"head={self.head!r} (choose one of {', '.join(HEADS)})")
-        if self.pooling not in POOLINGS:
-            problems.append(f"pooling={self.pooling!r} (choose one of {', '.join(POOLINGS)})")
-        if self.regression_loss not in REGRESSION_LOSSES:
-            problems.append(f"regression_loss={self.regression_loss!r} (choose one of {', '.join(REGRESSION_LOSSES)})")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout={self.dropout} (must be in [0, 1))")
-        if self.n_dropout_samples < 1:
-            problems.append(f"n_dropout_samples={self.n_dropout_samples} (must be >= 1)")
-        if self.reinit_layers < 0:
-            problems.append(f"reinit_layers={self.reinit_layers} (must be >= 0)")
-        if self.lora_r < 0:
-            problems.append(f"lora_r={self.lora_r} (must be >= 0; 0 = full fine-tuning)")
-        if self.lora_r > 0 and self.reinit_layers > 0:
-            problems.append(
-                f"reinit_layers={self.reinit_layers} with lora_r={self.lora_r} (LoRA freezes the backbone, so the "
-                "re-initialised layers would stay random; use one or the other)"
-            )
-        if self.lora_r > 0 and not self.lora_target_modules:
-            problems.append("lora_target_modules is empty (LoRA needs at least one module name)")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            problems.append(f"lora_dropout={self.lora_dropout} (must be in [0, 1))")
+    def problems(self) -> dict[str, str]:
+        problems = super().problems()
         if self.vocab_size is not None and self.vocab_size < 1:
-            problems.append(f"vocab_size={self.vocab_size} (must be None or >= 1)")
-        if problems:
-            raise ValueError("invalid ScorerConfig: " + "; ".join(problems))
+            problems["vocab_size"] = f"{self.vocab_size} (must be None or >= 1)"
+        return problems
 
 
 def _unwrap(backbone: nn.Module) -> nn.Module:
@@ -229,8 +198,8 @@ class EssayScorer(nn.Module):
         self.backbone = backbone
         hidden_size = _unwrap(backbone).config.hidden_size
         self.pooling: Pooling = build_pooling(config.pooling, hidden_size, len(layers))
-        self.head: Head = build_head(config.head, self.pooling.out_dim, config.dropout, config.n_dropout_samples,
-                                     config.regression_loss)
+        self.head: Head = HEADS.build(config.head, self.pooling.out_dim, config.dropout, config.n_dropout_samples)
+        self.training_loss: Loss = loss_for(config.head, config.loss)()
         self.train()  # from_pretrained returns the backbone in eval mode; a new model starts in train mode
 
     @staticmethod
@@ -260,6 +229,10 @@ class EssayScorer(nn.Module):
         pooled = self.pooling(out.hidden_states, attention_mask)
         head_dtype = next(self.head.parameters()).dtype
         return self.head(pooled.to(head_dtype))
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The configured training loss of `logits` against hard scores (batch,) or soft labels (batch, 6)."""
+        return self.training_loss(self.head, logits, target)
 
     @torch.no_grad()
     def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

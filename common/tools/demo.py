@@ -16,7 +16,7 @@ that the pipeline has to cope with:
 - A few exact and near duplicates inside train (under different ids) and inside the corpus.
 
 Everything is drawn from one `numpy.random.default_rng(seed)`: the same seed gives byte-identical files.
-Run `python -m common.demo --out input --seed 7` to regenerate the bundled demo.
+Run `python -m common.tools.demo --out input --seed 7` to regenerate the bundled demo.
 """
 
 from __future__ import annotations
@@ -576,70 +576,12 @@ def make_demo_frames(
     rng = np.random.default_rng(seed)
     by_name = {p.name: p for p in PROMPTS}
     other_prompts = [by_name[name] for name in OTHER_PROMPTS]
-
-    # Train: persuade-origin rows on 7 prompts, other-origin rows on 5 prompts with lower scores.
-    n_persuade = round(PERSUADE_FRACTION * n_train)
-    n_other = n_train - n_persuade
-    origins = ["persuade"] * n_persuade + ["other"] * n_other
-    scores = _shuffled_labels(rng, SCORES, PERSUADE_SCORE_SHARES, n_persuade) + _shuffled_labels(
-        rng, SCORES, OTHER_SCORE_SHARES, n_other
-    )
-    prompts = _shuffled_labels(rng, PROMPTS[:7], _TRAIN_PROMPT_WEIGHTS, n_persuade) + _shuffled_labels(
-        rng, other_prompts, [1.0] * len(other_prompts), n_other
-    )
-    texts = [_essay(rng, prompt, score) for prompt, score in zip(prompts, scores, strict=True)]
-
-    # Duplicates: overwrite some rows with a copy (exact, or a few words changed) of another row of the
-    # same origin, prompt and score, so the score distribution stays as allocated.
-    duplicate_of: list[int | None] = [None] * n_train
-    duplicate_kind = [""] * n_train
-    n_dups = N_EXACT_DUPLICATES + N_NEAR_DUPLICATES
-    order = [int(i) for i in rng.permutation(n_train)]
-    for k, src in enumerate(order[:n_dups]):
-        twin = next(
-            (
-                i
-                for i in order[n_dups:]
-                if duplicate_of[i] is None and origins[i] == origins[src] and scores[i] == scores[src]
-            ),
-            None,
-        )
-        if twin is None:
-            continue
-        prompts[twin] = prompts[src]
-        exact = k < N_EXACT_DUPLICATES
-        texts[twin] = texts[src] if exact else _near_duplicate(rng, texts[src])
-        duplicate_of[twin] = src
-        duplicate_kind[twin] = "exact" if exact else "near"
-
+    origins, scores, prompts, texts = _train_essays(rng, n_train, other_prompts)
+    duplicate_of, duplicate_kind = _add_duplicates(rng, origins, scores, prompts, texts)
     taken: set[str] = set()
     train_ids = _unique_ids(rng, n_train, 7, upper=False, taken=taken)
     test_ids = _unique_ids(rng, n_test, 7, upper=False, taken=taken)
-
-    # Corpus: one row per distinct persuade-origin train text (whitespace changed), then corpus-only rows.
-    corpus_rows: list[dict] = []
-    corpus_id_of_text: dict[str, str] = {}
-    essay_id_comp = [""] * n_train
-    persuade_rows = [i for i in range(n_train) if origins[i] == "persuade"]
-    corpus_ids = _unique_ids(rng, len(persuade_rows) + n_corpus_only, 12, upper=True, taken=set())
-    for i in persuade_rows:
-        if texts[i] not in corpus_id_of_text:
-            corpus_id = corpus_ids[len(corpus_rows)]
-            corpus_id_of_text[texts[i]] = corpus_id
-            variant = _whitespace_variant(rng, texts[i])
-            corpus_rows.append(_corpus_row(rng, corpus_id, variant, prompts[i], scores[i]))
-        essay_id_comp[i] = corpus_id_of_text[texts[i]]
-    corpus_scores = _shuffled_labels(rng, SCORES, PERSUADE_SCORE_SHARES, n_corpus_only)
-    corpus_prompts = _shuffled_labels(rng, PROMPTS, [1.0] * len(PROMPTS), n_corpus_only)
-    corpus_texts = [_essay(rng, p, s) for p, s in zip(corpus_prompts, corpus_scores, strict=True)]
-    for k in range(N_CORPUS_NEAR_DUPLICATES):
-        corpus_texts[n_corpus_only - 1 - k] = _near_duplicate(rng, corpus_texts[k])
-        corpus_prompts[n_corpus_only - 1 - k] = corpus_prompts[k]
-        corpus_scores[n_corpus_only - 1 - k] = corpus_scores[k]
-    for text, prompt, score in zip(corpus_texts, corpus_prompts, corpus_scores, strict=True):
-        corpus_rows.append(_corpus_row(rng, corpus_ids[len(corpus_rows)], text, prompt, score))
-    persuade = pd.DataFrame(corpus_rows, columns=list(PERSUADE_COLUMNS))
-    persuade = persuade.iloc[rng.permutation(len(persuade))].reset_index(drop=True)
+    persuade, essay_id_comp = _corpus(rng, origins, scores, prompts, texts, n_corpus_only)
 
     # Test: like the other-origin essays.
     test_scores = _shuffled_labels(rng, SCORES, OTHER_SCORE_SHARES, n_test)
@@ -673,6 +615,81 @@ def make_demo_frames(
     }
 
 
+def _train_essays(rng: np.random.Generator, n_train: int, other_prompts: list[Prompt]
+                  ) -> tuple[list[str], list[int], list[Prompt], list[str]]:
+    """Persuade-origin rows on 7 prompts, other-origin rows on 5 prompts with lower scores."""
+    n_persuade = round(PERSUADE_FRACTION * n_train)
+    n_other = n_train - n_persuade
+    origins = ["persuade"] * n_persuade + ["other"] * n_other
+    scores = _shuffled_labels(rng, SCORES, PERSUADE_SCORE_SHARES, n_persuade) + _shuffled_labels(
+        rng, SCORES, OTHER_SCORE_SHARES, n_other
+    )
+    prompts = _shuffled_labels(rng, PROMPTS[:7], _TRAIN_PROMPT_WEIGHTS, n_persuade) + _shuffled_labels(
+        rng, other_prompts, [1.0] * len(other_prompts), n_other
+    )
+    texts = [_essay(rng, prompt, score) for prompt, score in zip(prompts, scores, strict=True)]
+    return origins, scores, prompts, texts
+
+
+def _add_duplicates(rng: np.random.Generator, origins: list[str], scores: list[int], prompts: list[Prompt],
+                    texts: list[str]) -> tuple[list[int | None], list[str]]:
+    """Overwrite some rows (in place) with a copy -- exact, or a few words changed -- of another row of the
+    same origin, prompt and score, so the score distribution stays as allocated; returns, per row, the row
+    it copies (or None) and the kind of copy."""
+    n_train = len(texts)
+    duplicate_of: list[int | None] = [None] * n_train
+    duplicate_kind = [""] * n_train
+    n_dups = N_EXACT_DUPLICATES + N_NEAR_DUPLICATES
+    order = [int(i) for i in rng.permutation(n_train)]
+    for k, src in enumerate(order[:n_dups]):
+        twin = next(
+            (
+                i
+                for i in order[n_dups:]
+                if duplicate_of[i] is None and origins[i] == origins[src] and scores[i] == scores[src]
+            ),
+            None,
+        )
+        if twin is None:
+            continue
+        prompts[twin] = prompts[src]
+        exact = k < N_EXACT_DUPLICATES
+        texts[twin] = texts[src] if exact else _near_duplicate(rng, texts[src])
+        duplicate_of[twin] = src
+        duplicate_kind[twin] = "exact" if exact else "near"
+    return duplicate_of, duplicate_kind
+
+
+def _corpus(rng: np.random.Generator, origins: list[str], scores: list[int], prompts: list[Prompt],
+            texts: list[str], n_corpus_only: int) -> tuple[pd.DataFrame, list[str]]:
+    """One corpus row per distinct persuade-origin train text (whitespace changed), then corpus-only rows;
+    returns the corpus and each train row's corpus id ("" for other-origin rows)."""
+    n_train = len(texts)
+    corpus_rows: list[dict] = []
+    corpus_id_of_text: dict[str, str] = {}
+    essay_id_comp = [""] * n_train
+    persuade_rows = [i for i in range(n_train) if origins[i] == "persuade"]
+    corpus_ids = _unique_ids(rng, len(persuade_rows) + n_corpus_only, 12, upper=True, taken=set())
+    for i in persuade_rows:
+        if texts[i] not in corpus_id_of_text:
+            corpus_id = corpus_ids[len(corpus_rows)]
+            corpus_id_of_text[texts[i]] = corpus_id
+            variant = _whitespace_variant(rng, texts[i])
+            corpus_rows.append(_corpus_row(rng, corpus_id, variant, prompts[i], scores[i]))
+        essay_id_comp[i] = corpus_id_of_text[texts[i]]
+    corpus_scores = _shuffled_labels(rng, SCORES, PERSUADE_SCORE_SHARES, n_corpus_only)
+    corpus_prompts = _shuffled_labels(rng, PROMPTS, [1.0] * len(PROMPTS), n_corpus_only)
+    corpus_texts = [_essay(rng, p, s) for p, s in zip(corpus_prompts, corpus_scores, strict=True)]
+    for k in range(N_CORPUS_NEAR_DUPLICATES):
+        corpus_texts[n_corpus_only - 1 - k] = _near_duplicate(rng, corpus_texts[k])
+        corpus_prompts[n_corpus_only - 1 - k] = corpus_prompts[k]
+        corpus_scores[n_corpus_only - 1 - k] = corpus_scores[k]
+    for text, prompt, score in zip(corpus_texts, corpus_prompts, corpus_scores, strict=True):
+        corpus_rows.append(_corpus_row(rng, corpus_ids[len(corpus_rows)], text, prompt, score))
+    persuade = pd.DataFrame(corpus_rows, columns=list(PERSUADE_COLUMNS))
+    return persuade.iloc[rng.permutation(len(persuade))].reset_index(drop=True), essay_id_comp
+
+
 def write_demo_data(
     out_dir: Path, seed: int = 7, n_train: int = 360, n_test: int = 48, n_corpus_only: int = 420
 ) -> dict[str, Path]:
@@ -693,7 +710,7 @@ def write_demo_data(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: `python -m common.demo --out input --seed 7`."""
+    """Command line: `python -m common.tools.demo --out input --seed 7`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("input"), help="Folder to write the CSVs into.")
     parser.add_argument("--seed", type=int, default=7, help="Seed of the generator.")

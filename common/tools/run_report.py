@@ -1,6 +1,6 @@
 """The run report: one self-contained HTML page (plots inlined) from a finished run's outputs.
 
-    python -m common.run_report [--output output] [--to output/report/index.html]     (make report)
+    python -m common.tools.run_report [--output output] [--to output/report/index.html]     (make report)
 
 It reads only what the stages declare as outputs (and `runtime.jsonl`, which every stage appends to):
 data overview, folds, per-model and ensemble QWK (rounded, in-sample, nested; all rows and other-origin

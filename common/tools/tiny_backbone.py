@@ -7,7 +7,7 @@ input), as a folder that `AutoTokenizer`, `AutoModel` and `AutoModelForMaskedLM`
 checkpoint -- so the pipeline runs end to end without downloading weights. The tokenizer normalises
 whitespace the way deberta-v3's does: every run of whitespace, newlines included, becomes one space.
 
-Command line: `python -m common.backbone --train-csv input/train.csv
+Command line: `python -m common.tools.tiny_backbone --train-csv input/train.csv
 --extra-csv input/persuade_2.0_human_scores_demo_id_github.csv --out input/tiny-deberta-v2`.
 """
 

@@ -1,4 +1,4 @@
-"""Tests of common/backbone.py: the tiny backbone loads through the Auto classes, runs and is reproducible."""
+"""Tests of common/tools/tiny_backbone.py: the tiny backbone loads through the Auto classes, runs and is reproducible."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
-from common.backbone import SPECIAL_TOKENS, build_tiny_backbone, main
-from common.demo import make_demo_frames
+from common.tools.demo import make_demo_frames
+from common.tools.tiny_backbone import SPECIAL_TOKENS, build_tiny_backbone, main
 
 HIDDEN_SIZE = 32
 

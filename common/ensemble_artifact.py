@@ -1,0 +1,198 @@
+"""The ensemble as 04_ensemble saves it and 05_infer opens, checks and applies it: the 04 -> 05 contract.
+
+Files, under <output>/ensemble/artifacts/:
+- ensemble.json: the selected method, the models and folds, the test essays' thresholds, and per method its
+  entry (`Combiner.save`'s fields -- blend weights, the stacker's parameters -- with its thresholds, target
+  weights and tuning), plus what the stacker's features need (`feature_columns`, `text_features`,
+  `prompt_features`, `prompt_stats`);
+- what each method's `save` writes beside it (the stacker's stacker/ folder);
+- text_vocabulary.json and prompt_assigner.npz, when the stacker was given text or prompt features.
+
+Nothing here knows one method from another: `COMBINERS` maps the selected name to the class that loads, checks
+and applies it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from common.artifact_checks import (
+    COPY_HINT,
+    ENSEMBLE_FILE,
+    TRUNCATED,
+    ArtifactError,
+    Problems,
+    json_problem,
+    read_json,
+)
+from common.clusters import PromptAssigner
+from common.ensemble import COMBINERS, Combiner
+from common.io import write_json
+from common.selection import TEST_ORIGIN, EnsembleResult, stacker_features
+from common.text_features import TextFeaturizer
+from common.thresholds import apply_thresholds
+
+log = logging.getLogger(__name__)
+
+ENSEMBLE_DIR = Path("ensemble") / "artifacts"
+"""Where the artifacts lie under an output (or artifacts) root."""
+VOCABULARY_FILE = "text_vocabulary.json"
+REQUIRED_KEYS = ("models", "selected", "thresholds")
+NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
+"""What PromptAssigner.load raises on a truncated or damaged .npz (a zip archive of arrays)."""
+RERUN = "re-run python 04_ensemble/run.py"
+
+
+@dataclass
+class EnsembleArtifact:
+    """ensemble.json's contents, the fitted combiners (loaded: the selected one only) and the stacker's feature
+    builders. `save` writes every file; `read_spec`, `check` and `load` read them back; `predict` scores essays."""
+
+    spec: dict[str, Any]
+    combiners: dict[str, Combiner] = field(default_factory=dict)
+    featurizer: TextFeaturizer | None = None
+    prompt_assigner: PromptAssigner | None = None
+
+    @property
+    def selected(self) -> str:
+        return str(self.spec["selected"])
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.spec["models"])
+
+    @classmethod
+    def from_result(cls, result: EnsembleResult, models: list[str], folds: list[int]) -> EnsembleArtifact:
+        """What 04_ensemble saves of `build_ensemble`'s result; each method's entry is completed by its `save`."""
+        by_origin = result.metrics["by_origin"]
+        spec = {
+            "selected": result.selected,
+            "models": list(models),
+            "folds": list(folds),
+            "thresholds": result.methods[result.selected].thresholds,
+            "by_origin": by_origin,
+            "thresholds_origin": TEST_ORIGIN if by_origin else None,
+            # "weights": the blends' (a method without stays None); their entries' own fields fill it in.
+            "methods": {name: {"weights": None, "thresholds": m.thresholds, **m.extra}
+                        for name, m in result.methods.items()},
+            "feature_columns": result.feature_columns,
+            "text_features": result.featurizer is not None,
+            "prompt_features": result.prompt_assigner is not None,
+            "prompt_stats": result.prompt_stats,
+        }
+        combiners = {name: m.combiner for name, m in result.methods.items()}
+        return cls(spec, combiners, result.featurizer, result.prompt_assigner)
+
+    def save(self, directory: Path) -> None:
+        """Every combiner's files and entry, then ensemble.json, the text vocabulary and the prompt assigner."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, combiner in self.combiners.items():
+            self.spec["methods"][name].update(combiner.save(directory))
+        write_json(directory / ENSEMBLE_FILE, self.spec)
+        if self.featurizer is not None:
+            write_json(directory / VOCABULARY_FILE, sorted(self.featurizer.vocabulary_))
+        if self.prompt_assigner is not None:
+            self.prompt_assigner.save(directory)
+
+    @staticmethod
+    def read_spec(root: Path) -> dict[str, Any]:
+        """ensemble.json under `root` (an output or artifacts root), parsed, with the keys every reader needs."""
+        ensemble_file = root / ENSEMBLE_DIR / ENSEMBLE_FILE
+        if not ensemble_file.is_file():
+            raise ArtifactError(f"{ensemble_file} not found: run 04_ensemble, or point infer.artifacts at the "
+                                "folder that holds train/ and ensemble/artifacts/")
+        spec, problem = json_problem(ensemble_file)
+        if problem is None and not isinstance(spec, dict):
+            problem = f"holds a JSON {type(spec).__name__}, not an object: {TRUNCATED}"
+        if problem is None:
+            absent = [key for key in REQUIRED_KEYS if key not in spec]
+            if absent:
+                problem = f"lacks {absent}: {TRUNCATED}, or written by another version"
+        if problem is not None:
+            raise ArtifactError(
+                f"{ensemble_file}: {problem}, so no submission was written.\nFix: re-run 04_ensemble "
+                f"(python 04_ensemble/run.py), or copy the complete ensemble/artifacts/ folder under {root} again "
+                f"({COPY_HINT})."
+            )
+        return spec
+
+    @staticmethod
+    def check(directory: Path, spec: dict[str, Any], problems: Problems) -> None:
+        """Record in `problems` what of the selected method is missing or unreadable: the thresholds, its entry and
+        files (its class's `check`), and for a method on stacker features the vocabulary and the prompt assigner."""
+        ensemble_file = directory / ENSEMBLE_FILE
+        thresholds = spec.get("thresholds")
+        numbers = isinstance(thresholds, list) and all(isinstance(t, int | float) for t in thresholds)
+        if not numbers or len(thresholds) != 5 or list(thresholds) != sorted(thresholds):
+            problems.bad(ensemble_file, f"'thresholds' must be 5 increasing cut points, found {thresholds!r}", RERUN)
+        selected = spec["selected"]
+        kind = COMBINERS.get(selected)
+        entry = spec.get("methods", {}).get(selected) if isinstance(spec.get("methods"), dict) else None
+        if kind is None:
+            problems.bad(ensemble_file, f"selects method {selected!r}, which this version does not know (it knows "
+                         f"{list(COMBINERS)}): written by another version", RERUN)
+            return
+        if not isinstance(entry, dict):
+            problems.bad(ensemble_file, f"has no entry for the selected method {selected!r}: {TRUNCATED}", RERUN)
+            return
+        kind.check(directory, entry, list(spec["models"]), problems, RERUN)
+        if not kind.uses_features:
+            return
+        if spec.get("text_features"):
+            words = read_json(directory / VOCABULARY_FILE, problems, RERUN, kind=list)
+            if words is not None and not all(isinstance(word, str) for word in words):
+                problems.bad(directory / VOCABULARY_FILE, f"holds non-text entries: {TRUNCATED}", RERUN)
+        if spec.get("prompt_features"):
+            assigner_file = directory / PromptAssigner.FILE
+            if not assigner_file.is_file():
+                problems.missing(assigner_file, RERUN)
+            else:
+                try:
+                    PromptAssigner.load(directory)
+                except NPZ_ERRORS as exc:
+                    problems.bad(assigner_file, f"not a readable prompt assigner ({type(exc).__name__}: {exc}): "
+                                 f"{TRUNCATED}", RERUN)
+
+    @classmethod
+    def load(cls, directory: Path, spec: dict[str, Any]) -> EnsembleArtifact:
+        """The selected combiner and, when it takes stacker features, their builders (call `check` first)."""
+        kind = COMBINERS[spec["selected"]]
+        combiner = kind.load(directory, spec["methods"][spec["selected"]])
+        featurizer, assigner = None, None
+        if kind.uses_features and spec.get("text_features"):
+            words = json.loads((directory / VOCABULARY_FILE).read_text(encoding="utf-8"))
+            featurizer = TextFeaturizer.from_vocabulary(words)
+        if kind.uses_features and spec.get("prompt_features"):
+            assigner = PromptAssigner.load(directory)
+        return cls(spec, {spec["selected"]: combiner}, featurizer, assigner)
+
+    def features(self, preds: dict[str, np.ndarray], probs: dict[str, pd.DataFrame], texts: list[str]
+                 ) -> pd.DataFrame:
+        """The stacker features of test essays, built as 04 built them for the train rows; every test essay is
+        other-origin."""
+        text_frame = self.featurizer.transform(texts) if self.featurizer is not None else None
+        prompts = None
+        if self.prompt_assigner is not None:
+            prompts = self.prompt_assigner.predict(texts)
+            log.info("test essays per prompt cluster: %s",
+                     {int(k): int(n) for k, n in zip(*np.unique(prompts, return_counts=True), strict=True)})
+        origin = np.ones(len(texts)) if self.spec.get("by_origin") else None
+        return stacker_features(preds, probs, text_frame, prompts, self.spec.get("prompt_stats"), origin)
+
+    def predict(self, preds: dict[str, np.ndarray], probs: dict[str, pd.DataFrame], texts: list[str]
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(continuous ensemble prediction, integer scores 1-6), shape (n,) each, of essays from every model's
+        prediction (model -> (n,)), class probabilities (model -> (n, 6) frame) and texts."""
+        combiner = self.combiners[self.selected]
+        inputs = self.features(preds, probs, texts) if combiner.uses_features else pd.DataFrame(preds)
+        continuous = np.asarray(combiner.predict(inputs), dtype=float)
+        return continuous, apply_thresholds(continuous, np.asarray(self.spec["thresholds"], dtype=float))

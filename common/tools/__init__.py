@@ -1,0 +1,3 @@
+"""What surrounds the pipeline but no stage needs to predict: the demo data and tiny backbone generators, the
+run report, the Kaggle bundle packager and synthetic OOF predictions for benchmarks. The Kaggle bundle ships
+`common/` without this package."""

@@ -1,0 +1,74 @@
+"""The shared training engine: batches per process, RNG states, checkpoints, one optimisation step."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from common.engine import (
+    Engine,
+    TrainingError,
+    epoch_batches,
+    read_checkpoint,
+    remove_checkpoint,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+
+
+def test_epoch_batches_are_seeded_and_shared_out_between_processes():
+    lengths = np.random.default_rng(0).integers(10, 500, size=103)
+    rows = np.arange(3, 103)
+    whole = epoch_batches(lengths, rows, batch_size=8, seed=1, epoch=0)
+    assert sorted(i for b in whole for i in b) == rows.tolist()
+    assert whole == epoch_batches(lengths, rows, batch_size=8, seed=1, epoch=0)
+    assert whole != epoch_batches(lengths, rows, batch_size=8, seed=1, epoch=1)
+    shares = [epoch_batches(lengths, rows, batch_size=8, seed=1, epoch=0, rank=r, world=3) for r in range(3)]
+    assert len({len(share) for share in shares}) == 1  # every process takes as many steps
+    flat = [i for share in shares for b in share for i in b]
+    assert len(flat) == len(set(flat)) and set(flat) <= set(rows.tolist())
+
+
+def test_rng_state_round_trip():
+    seed_everything(3)
+    saved = rng_state()
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(saved)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    torch.testing.assert_close(first[0], again[0])
+    assert np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+def test_checkpoints_of_other_settings_are_ignored_and_damaged_ones_refused(tmp_path):
+    engine = Engine("cpu", "auto")
+    path = tmp_path / "checkpoint.pt"
+    assert read_checkpoint(path, "abc") is None
+    engine.save_checkpoint(path, "abc", {"state": {"step": 4}, "weights": torch.ones(2)}, step=4)
+    loaded = read_checkpoint(path, "abc")
+    assert loaded["state"] == {"step": 4} and loaded["fingerprint"] == "abc" and "rng" in loaded
+    assert read_checkpoint(path, "other settings") is None
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="cannot be loaded safely"):
+        read_checkpoint(path, "abc")
+    remove_checkpoint(path)
+    assert not path.exists() and not path.with_suffix(".json").exists()
+
+
+def test_one_step_clips_steps_and_zeroes():
+    engine = Engine("cpu", "no")
+    assert engine.precision == "no" and engine.world == 1 and engine.is_main
+    model = nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
+    wrapped, optimizer = engine.prepare(model, optimizer)
+    before = model.weight.detach().clone()
+    with engine.autocast():
+        loss = (wrapped(torch.ones(2, 4)) * 1000.0).sum()
+    engine.backward(loss)
+    assert engine.step(wrapped, optimizer, scheduler, max_grad_norm=1.0)
+    moved = (model.weight.detach() - before).norm()
+    assert 0 < moved <= 1.0 + 1e-5  # the gradient was clipped to norm 1 (lr 1)
+    assert model.weight.grad is None and scheduler.get_last_lr() == [0.5]
