@@ -45,7 +45,7 @@ def main(params: Params) -> None:
     target = Target(p.target, tuple(p.target_weights), p.by_origin)
     result = build_ensemble(oofs, texts, target, p.stacker_objective, p.n_trials, p.prompt_mix, params.seed,
                             prompt_features=p.prompt_features, text_features=p.text_features,
-                            n_draws=p.bootstrap_draws, level=p.interval_level)
+                            n_draws=p.bootstrap_draws, level=p.interval_level, selection=p.selection)
 
     with staged_dir(out / "ensemble") as tmp:
         art = tmp / "artifacts"

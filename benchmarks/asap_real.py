@@ -259,7 +259,8 @@ def main() -> int:
                     bool(ensemble_params["by_origin"]))
     result = build_ensemble(oofs, texts, target, "regression", n_trials, {}, args.seed,
                             prompt_features=bool(ensemble_params["prompt_features"]),
-                            text_features=bool(ensemble_params["text_features"]))
+                            text_features=bool(ensemble_params["text_features"]),
+                            selection=ensemble_params.get("selection", "best"))
     ensemble = result.methods[result.selected].nested_scores
     columns = {
         "text-LGBM": per_prompt_qwk(y, text_lgbm_scores(texts, oofs, n_trials, args.seed), prompts),

@@ -318,10 +318,22 @@ def prefer_simpler(order: Sequence[str], boot: Bootstrap) -> tuple[str, str]:
     return best, best
 
 
-def select_method(methods: Mapping[str, MethodResult], boot: Bootstrap) -> tuple[str, str]:
-    """The simplest method (in `COMPLEXITY` order) that the best one by nested QWK on the target's rows does not
-    beat by more than the interval of their paired difference."""
-    return prefer_simpler([m for m in COMPLEXITY if m in methods], boot)
+SELECTIONS = ("best", "simplest")
+
+
+def select_method(methods: Mapping[str, Any], boot: Bootstrap, rule: str = "best") -> tuple[str, str]:
+    """The method to keep, and why. "best": the best nested QWK on the target's rows (ties to the simpler);
+    "simplest": the simplest (in `COMPLEXITY` order) that the best does not beat beyond the interval of their
+    paired difference."""
+    if rule not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {rule!r}")
+    order = [m for m in COMPLEXITY if m in methods]
+    simplest, reason = prefer_simpler(order, boot)
+    if rule == "simplest":
+        return simplest, reason
+    best = max(order, key=lambda m: boot.point[m])
+    note = "" if simplest == best else f"; selection=simplest would keep {simplest} ({reason})"
+    return best, f"{best} has the best nested QWK ({boot.point[best]:.4f}){note}"
 
 
 def best_weight(scores: Mapping[float, np.ndarray], rows: Rows, target: Target, within: np.ndarray) -> float:
@@ -388,6 +400,7 @@ def build_ensemble(
     text_features: bool = True,
     n_draws: int = DEFAULT_DRAWS,
     level: float = DEFAULT_LEVEL,
+    selection: str = "best",
 ) -> EnsembleResult:
     """Score every method of `COMBINERS` nested, select one, and fit each on all rows.
 
@@ -408,6 +421,7 @@ def build_ensemble(
             per-cluster means and deviations (`EnsembleResult.prompt_stats`, no score used either) are taken
             over all train rows and reused for the test essays. Needs `texts`.
         n_draws, level: bootstrap resamples and interval level of the intervals and of the selection rule.
+        selection: "best" or "simplest" (`select_method`).
     """
     base = (prompt_mix_weights(oofs.folds["prompt_name"].to_numpy(), prompt_mix) if prompt_mix
             else np.ones(len(oofs.y)))
@@ -429,7 +443,7 @@ def build_ensemble(
 
     scores = {name: m.nested_scores for name, m in methods.items()} | model_scores(oofs, rows, target)
     boots = bootstraps(scores, rows, target, n_draws, level, seed)
-    selected, reason = select_method(methods, boots["target"])
+    selected, reason = select_method(methods, boots["target"], selection)
     intervals = interval_table(boots, selected)
     for m in methods.values():
         log.info("%-8s nested QWK %.4f (other-origin %s), in-sample %.4f, target weight %s", m.name,

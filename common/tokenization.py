@@ -93,6 +93,12 @@ def newline_safe(text: str) -> str:
     return _LINE_ENDINGS.sub("\n", text)
 
 
+TRUNCATION_SIDES = ("right", "left", "head_tail")
+HEAD_TAIL_SHARE = 0.25
+"""With truncation_side="head_tail", the share of a long essay's token budget kept from its beginning; the rest
+comes from its end (an essay's conclusion says much about its score)."""
+
+
 def tokenize_essays(
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
@@ -102,28 +108,33 @@ def tokenize_essays(
 ) -> list[list[int]]:
     """Token ids per essay (special tokens included), truncated to `max_length`, not padded.
 
-    `truncation_side="left"` keeps an essay's end instead of its beginning. The tokenizer is left as
-    it was found.
+    `truncation_side`: "right" keeps an essay's beginning, "left" its end, "head_tail" both: the first
+    HEAD_TAIL_SHARE of the budget and the end (essays that fit are whole either way). The tokenizer is left
+    as it was found.
     """
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
-    if truncation_side not in ("right", "left"):
-        raise ValueError(f"truncation_side must be 'right' or 'left', got {truncation_side!r}")
+    if truncation_side not in TRUNCATION_SIDES:
+        raise ValueError(f"truncation_side must be one of {', '.join(TRUNCATION_SIDES)}, got {truncation_side!r}")
     for row, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"essay text at row {row} is {type(text).__name__} ({text!r}), not a string")
     previous_side = tokenizer.truncation_side
-    tokenizer.truncation_side = truncation_side
+    head_tail = truncation_side == "head_tail"
+    tokenizer.truncation_side = "right" if head_tail else truncation_side
     ids: list[list[int]] = []
     try:
         with tqdm(total=len(texts), desc="tokenising", unit="essay", leave=False,
                   disable=len(texts) <= TOKENIZE_CHUNK) as progress:
             for start in range(0, len(texts), TOKENIZE_CHUNK):
                 chunk = [newline_safe(text) for text in texts[start : start + TOKENIZE_CHUNK]]
-                encoded = tokenizer(chunk, max_length=max_length, truncation=True,
-                                    add_special_tokens=add_special_tokens, return_attention_mask=False,
-                                    return_token_type_ids=False)
-                ids.extend(encoded["input_ids"])
+                if head_tail:
+                    ids.extend(_head_tail(tokenizer, chunk, max_length, add_special_tokens))
+                else:
+                    encoded = tokenizer(chunk, max_length=max_length, truncation=True,
+                                        add_special_tokens=add_special_tokens, return_attention_mask=False,
+                                        return_token_type_ids=False)
+                    ids.extend(encoded["input_ids"])
                 progress.update(len(chunk))
     finally:
         tokenizer.truncation_side = previous_side
@@ -131,6 +142,28 @@ def tokenize_essays(
     log.info("tokenised %d essays: median %d tokens, %d at max_length=%d (truncated on the %s)", len(ids),
              int(np.median([len(x) for x in ids])) if ids else 0, n_truncated, max_length, truncation_side)
     return ids
+
+
+def _head_tail(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, add_special_tokens: bool
+               ) -> list[list[int]]:
+    """The whole essay when it fits, else its first and last tokens between the tokenizer's special tokens."""
+    encoded = tokenizer(texts, add_special_tokens=add_special_tokens, return_special_tokens_mask=True,
+                        return_attention_mask=False, return_token_type_ids=False)
+    out = []
+    for ids, special in zip(encoded["input_ids"], encoded["special_tokens_mask"], strict=True):
+        if len(ids) <= max_length:
+            out.append(ids)
+            continue
+        n_front = next((i for i, flag in enumerate(special) if not flag), len(ids))
+        n_back = next((i for i, flag in enumerate(reversed(special)) if not flag), 0)
+        budget = max_length - n_front - n_back
+        if budget < 2:
+            raise ValueError(f"max_length={max_length} leaves {budget} tokens besides the special ones: too few to "
+                             "keep a head and a tail")
+        body = ids[n_front : len(ids) - n_back]
+        head = max(1, round(HEAD_TAIL_SHARE * budget))
+        out.append(ids[:n_front] + body[:head] + body[len(body) - (budget - head):] + ids[len(ids) - n_back:])
+    return out
 
 
 def pad_multiple(pad_to_multiple_of: int | None) -> int:
@@ -155,14 +188,25 @@ class EssayCollator:
     essay rounded up to a multiple of `pad_to_multiple_of` (never max_length), padded with the PAD id
     on the tokenizer's padding side; "targets" as float32 (batch,) for hard scores or (batch, k) for
     soft labels, and "index" (batch,) int64, when the items have them.
+
+    Token cutout (training augmentation): with `cutout` > 0 each real token other than the special ones is
+    replaced by the mask token with that probability, drawn from torch's global RNG (which training seeds and
+    checkpoints, so a resumed run draws the same masks). 0 draws nothing.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = 8):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = 8, cutout: float = 0.0):
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no PAD token: load it with common.tokenization.load_tokenizer")
+        if not 0.0 <= cutout < 1.0:
+            raise ValueError(f"cutout must be in [0, 1), got {cutout}")
+        if cutout and tokenizer.mask_token_id is None:
+            raise ValueError(f"{type(tokenizer).__name__} has no MASK token, so token cutout has nothing to put in")
         self.pad_id = int(tokenizer.pad_token_id)
         self.left = tokenizer.padding_side == "left"
         self.multiple = pad_multiple(pad_to_multiple_of)
+        self.cutout = cutout
+        self.mask_id = tokenizer.mask_token_id
+        self.special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
 
     def __call__(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
         width = batch_width(items, self.multiple, "EssayCollator")
@@ -173,6 +217,10 @@ class EssayCollator:
             ids.append([self.pad_id] * pad + row if self.left else row + [self.pad_id] * pad)
             mask.append([0] * pad + row_mask if self.left else row_mask + [0] * pad)
         batch = {"input_ids": torch.tensor(ids, dtype=torch.long), "attention_mask": torch.tensor(mask, dtype=torch.long)}
+        if self.cutout:
+            ids_t = batch["input_ids"]
+            cut = (torch.rand(ids_t.shape) < self.cutout) & batch["attention_mask"].bool() & ~torch.isin(ids_t, self.special)
+            batch["input_ids"] = ids_t.masked_fill(cut, self.mask_id)
         for key, out, dtype in (("target", "targets", torch.float32), ("index", "index", torch.long)):
             present = sum(key in item for item in items)
             if present == len(items):

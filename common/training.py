@@ -245,7 +245,8 @@ class _Run:
     seed: int  # the fold's seed: the run's seed + fold
     engine: Engine
     model: EssayScorer  # unwrapped, fp32
-    collator: EssayCollator
+    collator: EssayCollator  # evaluation batches: whole essays
+    train_collator: EssayCollator  # training batches: with token cutout when asked for
     ids: list[list[int]]  # token ids of every row: train essays, then pseudo-labelled ones
     targets: np.ndarray  # (rows,) hard scores, or (rows, 6) soft labels with pseudo rows
     lengths: np.ndarray
@@ -300,7 +301,8 @@ def _plan(spec: ModelParams, backbone: str, tokenizer, data: TrainData, fold: in
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = fold_fingerprint(spec, backbone, data.source, (data.pseudo_labels or {}).get(fold), fold, seed)
     return _Run(spec=spec, backbone=backbone, data=data, fold=fold, seed=seed + fold, engine=engine, model=model,
-                collator=EssayCollator(tokenizer), ids=ids, targets=targets,
+                collator=EssayCollator(tokenizer), train_collator=EssayCollator(tokenizer, cutout=spec.token_cutout),
+                ids=ids, targets=targets,
                 lengths=np.array([len(row) for row in ids]), held_out=np.flatnonzero(data.folds == fold),
                 accum=spec.effective_batch_size // per_step, checkpoint=checkpoint_dir / CHECKPOINT_FILE,
                 fingerprint=fingerprint)
@@ -404,7 +406,7 @@ def _train_epoch(run: _Run, st: _Stage, batches: list[list[int]], stop_after: in
 def _micro_step(run: _Run, st: _Stage, rows: list[int], final_micro: bool) -> float:
     """Forward and backward of one micro-batch (and AWP's adversarial pass); returns its loss."""
     spec, engine, n_real = run.spec, run.engine, len(run.data.scores)
-    batch = run.collator([{"input_ids": run.ids[i], "target": run.targets[i].tolist()} for i in rows])
+    batch = run.train_collator([{"input_ids": run.ids[i], "target": run.targets[i].tolist()} for i in rows])
     batch = {k: v.to(engine.device) for k, v in batch.items()}
     is_pseudo = torch.tensor([i >= n_real for i in rows], device=engine.device)
 

@@ -9,13 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from common.models import losses as losses_module
 from common.models.heads import HEADS
 from common.models.losses import LOSSES, cumulative_targets, expected_score, kl_divergence, loss_for
 
 IN_DIM = 8
 SCORES = torch.arange(1.0, 7.0)
 VARIANTS = [("regression", "mse"), ("regression", "smooth_l1"), ("classification", "cross_entropy"),
-            ("classification", "mse"), ("ordinal", "cumulative_bce"), ("ordinal", "mse")]
+            ("classification", "mse"), ("ordinal", "cumulative_bce"), ("ordinal", "mse"),
+            ("classification", "smoothed_cross_entropy"), ("classification", "focal"), ("regression", "qwk"),
+            ("ordinal", "qwk")]
 
 
 def toy_problem(n: int = 128, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,6 +150,9 @@ def test_soft_label_loss_decreases_under_sgd(kind: str, name: str) -> None:
     if name == "cumulative_bce":
         events = cumulative_targets(soft)
         floor = F.binary_cross_entropy(events, events).item()
+    if name == "smoothed_cross_entropy":  # a cross-entropy: its floor is the smoothed labels' entropy
+        smoothed = soft @ losses_module._neighbour_smoothing(soft.device)
+        floor = -(smoothed * smoothed.log()).sum(-1).mean().item()
     assert losses[-1] - floor < 0.7 * (losses[0] - floor)
 
 
@@ -169,3 +175,34 @@ def test_a_target_of_the_wrong_shape_is_rejected() -> None:
     head, logits, _ = head_and_logits("classification", n=3)
     with pytest.raises(ValueError, match="soft labels of shape"):
         LOSSES.build("cross_entropy")(head, logits, torch.ones(3, 5))
+
+
+def test_smoothing_moves_mass_to_the_neighbouring_scores_only() -> None:
+    head, _, _ = head_and_logits("classification")
+    hard = torch.tensor([1.0, 3.0, 6.0])
+    logits = torch.randn(3, 6)
+    loss = LOSSES.build("smoothed_cross_entropy")(head, logits, hard)
+    eps = losses_module.LABEL_SMOOTHING
+    goal = torch.tensor([[1 - eps, eps, 0, 0, 0, 0], [0, eps / 2, 1 - eps, eps / 2, 0, 0], [0, 0, 0, 0, eps, 1 - eps]])
+    assert loss.item() == pytest.approx(-(goal * F.log_softmax(logits, dim=-1)).sum(-1).mean().item(), rel=1e-6)
+    assert loss.item() != pytest.approx(LOSSES.build("cross_entropy")(head, logits, hard).item(), rel=1e-3)
+
+
+def test_focal_weighs_down_confident_essays() -> None:
+    head, _, _ = head_and_logits("classification")
+    confident, unsure = torch.tensor([[8.0, 0, 0, 0, 0, 0]]), torch.tensor([[0.5, 0, 0, 0, 0, 0]])
+    y = torch.tensor([1.0])
+    focal, ce = LOSSES.build("focal"), LOSSES.build("cross_entropy")
+    ratio = lambda logits: (focal(head, logits, y) / ce(head, logits, y)).item()  # noqa: E731
+    assert ratio(confident) < 1e-4 < ratio(unsure) < 1.0
+    q = F.softmax(unsure, dim=-1)[0, 0]
+    assert focal(head, unsure, y).item() == pytest.approx(-((1 - q) ** losses_module.FOCAL_GAMMA * q.log()).item(), rel=1e-6)
+
+
+def test_qwk_loss_is_one_minus_the_kappa_of_continuous_scores() -> None:
+    head = HEADS.build("regression", IN_DIM, 0.0, 1)
+    pred, y = torch.tensor([1.5, 2.0, 3.5, 5.0, 6.0]), torch.tensor([1.0, 2.0, 4.0, 5.0, 6.0])
+    loss = LOSSES.build("qwk")(head, pred.unsqueeze(-1), y).item()
+    pairs = ((pred[:, None] - y[None, :]) ** 2).sum() / len(y)
+    assert loss == pytest.approx(((pred - y) ** 2).sum().item() / pairs.item(), rel=1e-6)
+    assert LOSSES.build("qwk")(head, y.unsqueeze(-1), y).item() == 0.0  # perfect agreement

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -319,17 +320,24 @@ def test_load_rejects_missing_or_unexpected_weights(backbone_dir: Path, tmp_path
 
 
 def test_half_precision_inference_agrees_with_fp32(backbone_dir: Path, tmp_path: Path) -> None:
-    """fp16 is what Kaggle's T4/P100 run; CPU kernels in this torch run the tiny model in fp16 too."""
+    """The path inference takes on Kaggle's T4/P100: fp32 weights under fp16 autocast (predict_fold_model with
+    precision fp16); CPU autocast runs the same kernels' fp16 variants here."""
+    from common.inference import predict_fold_model
+    from common.tokenization import EssayCollator, load_tokenizer
+
     torch.manual_seed(0)
     model = EssayScorer(ScorerConfig(backbone=str(backbone_dir), head="ordinal", pooling="mean_max"))
     look_trained(model)
     model.save(tmp_path)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ids, mask = make_batch()
-    fp32_scores, fp32_probs = EssayScorer.load(tmp_path).predict(ids, mask)
-    half = EssayScorer.load(tmp_path, dtype=torch.float16, device=device)
-    assert {p.dtype for p in half.parameters()} == {torch.float16}
-    scores, probs = half.predict(ids.to(device), mask.to(device))
-    assert scores.dtype == torch.float32
-    torch.testing.assert_close(scores.cpu(), fp32_scores, atol=0.05, rtol=0)
-    torch.testing.assert_close(probs.cpu(), fp32_probs, atol=0.02, rtol=0)
+    rows = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
+    collator = EssayCollator(load_tokenizer(str(backbone_dir)))
+    fp32_scores, fp32_probs = predict_fold_model(tmp_path, rows, collator, [device], "fp32", 4096)
+    scores, probs = predict_fold_model(tmp_path, rows, collator, [device], "fp16", 4096)
+    assert scores.dtype == np.float64 and probs.shape == (3, 6)
+    assert not np.array_equal(scores, fp32_scores)  # autocast did run in half precision
+    np.testing.assert_allclose(scores, fp32_scores, atol=0.05, rtol=0)
+    np.testing.assert_allclose(probs, fp32_probs, atol=0.02, rtol=0)
+    reference, _ = EssayScorer.load(tmp_path).predict(ids, mask)
+    np.testing.assert_allclose(fp32_scores, reference.numpy(), atol=1e-5, rtol=0)

@@ -74,12 +74,8 @@ def test_every_method_is_scored_on_all_and_other_rows(result):
             assert 0.0 < m.figures[key] <= 1.0
         assert m.nested_scores.min() >= 1 and m.nested_scores.max() <= 6
         assert np.all(np.diff(m.thresholds) > 0)
-    best = max(res.methods, key=lambda k: res.methods[k].figures["qwk_nested"])
-    selected = res.metrics["selected"]
-    assert COMPLEXITY.index(selected) <= COMPLEXITY.index(best)
-    if selected != best:  # kept only because the best one's paired win is inside its interval
-        row = res.intervals.set_index("name").loc[best]
-        assert row["diff_low"] <= 0 < row["diff_vs_selected"]
+    best = max(COMPLEXITY, key=lambda k: res.methods[k].figures["qwk_nested"])  # ties to the simpler
+    assert res.metrics["selected"] == best  # selection=best on target=all: the best nested QWK on all rows
 
 
 def test_greedy_blend_ignores_the_noise_model_and_beats_the_mean(result):
@@ -204,9 +200,16 @@ def test_selection_keeps_the_simpler_method_unless_the_complex_one_wins_beyond_i
     close[fixed], close[broken] = y[fixed], np.where(y[broken] < 6, y[broken] + 1, 5)  # wins a few, loses a few
     tiny = bootstrap_qwk(y, {"mean": near, "scipy": close}, folds, n_draws=300)
     assert tiny.point["scipy"] > tiny.point["mean"]
-    assert select_method(methods, large)[0] == "scipy"
-    assert select_method(methods, tiny)[0] == "mean" and "simpler mean is kept" in select_method(methods, tiny)[1]
-    assert select_method(methods, small)[0] in ("mean", "scipy")
+    assert select_method(methods, large, "simplest")[0] == "scipy"
+    kept = select_method(methods, tiny, "simplest")
+    assert kept[0] == "mean" and "simpler mean is kept" in kept[1]
+    assert select_method(methods, small, "simplest")[0] in ("mean", "scipy")
+    # The default takes the best nested QWK, and says what the simpler rule would have kept.
+    best = select_method(methods, tiny)
+    assert best[0] == "scipy" and "best nested QWK" in best[1] and "simplest would keep mean" in best[1]
+    assert select_method(methods, large, "best")[0] == "scipy"
+    tie = bootstrap_qwk(y, {"mean": near, "scipy": near}, folds, n_draws=50)
+    assert select_method(methods, tie, "best")[0] == "mean"  # a tie goes to the simpler method
     assert small.difference("scipy", "mean")["low"] <= small.difference("scipy", "mean")["diff"]
 
 

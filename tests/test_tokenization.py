@@ -117,6 +117,23 @@ def test_truncation_sides_and_special_tokens(tiny):
     assert len(tokenize_essays(tiny, ["short"], 32, add_special_tokens=False)[0]) < 4
 
 
+def test_head_tail_keeps_both_ends_of_a_long_essay_and_short_ones_whole(tiny, tiny_nl):
+    text = "first words " + "middle " * 100 + "last words"
+    ids = tokenize_essays(tiny, [text], 32, truncation_side="head_tail")[0]
+    assert len(ids) == 32 and ids[0] == tiny.cls_token_id and ids[-1] == tiny.sep_token_id
+    both = tiny.decode(ids)
+    assert "first words" in both and "last words" in both
+    body = tiny(text, add_special_tokens=False)["input_ids"]
+    assert ids[1:8] == body[:8 - 1] and ids[-9:-1] == body[-8:]  # a quarter of the 30 tokens from the start
+    short = ["a short essay.", "two\n\nparagraphs here."]
+    for tok in (tiny, tiny_nl):
+        assert tokenize_essays(tok, short, 32, truncation_side="head_tail") == tokenize_essays(tok, short, 32)
+    bare = tokenize_essays(tiny, [text], 32, add_special_tokens=False, truncation_side="head_tail")[0]
+    assert len(bare) == 32 and bare[:8] == body[:8] and bare[-24:] == body[-24:]
+    with pytest.raises(ValueError, match="truncation_side must be one of"):
+        tokenize_essays(tiny, [text], 32, truncation_side="middle")
+
+
 def test_batched_tokenising_matches_one_by_one(tiny):
     texts = [f"Essay {i}: " + "words and more words " * (i % 7) for i in range(2500)]
     batched = tokenize_essays(tiny, texts, 64)
@@ -209,3 +226,24 @@ def test_collator_soft_labels_and_no_targets(tiny):
     assert set(EssayCollator(tiny)([{"input_ids": [1, 2]}])) == {"input_ids", "attention_mask"}
     with pytest.raises(ValueError, match="all or none"):
         EssayCollator(tiny)([{"input_ids": [1], "target": 1.0}, {"input_ids": [2]}])
+
+
+def test_token_cutout_masks_real_tokens_only_and_off_draws_nothing(tiny):
+    rows = [tokenize_essays(tiny, ["word " * 300], 200)[0], tokenize_essays(tiny, ["short essay"], 200)[0]]
+    items = [{"input_ids": row} for row in rows]
+    torch.manual_seed(0)
+    plain = EssayCollator(tiny)(items)
+    after = torch.rand(1)
+    torch.manual_seed(0)
+    assert torch.equal(EssayCollator(tiny, cutout=0.0)(items)["input_ids"], plain["input_ids"])
+    assert torch.equal(torch.rand(1), after)  # cutout 0 leaves the RNG stream (dropout) as it was
+    cut = EssayCollator(tiny, cutout=0.3)(items)
+    changed = cut["input_ids"] != plain["input_ids"]
+    assert bool((cut["input_ids"][changed] == tiny.mask_token_id).all())
+    assert not bool(changed[plain["attention_mask"] == 0].any())  # padding untouched
+    special = torch.isin(plain["input_ids"], torch.tensor(tiny.all_special_ids))
+    assert not bool(changed[special].any())  # [CLS], [SEP] untouched
+    share = changed.sum().item() / (plain["attention_mask"].bool() & ~special).sum().item()
+    assert 0.2 < share < 0.4
+    with pytest.raises(ValueError, match="cutout must be in"):
+        EssayCollator(tiny, cutout=1.0)

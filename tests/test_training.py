@@ -1,6 +1,7 @@
 """The training engine on the tiny backbone: heads, fold discipline, resume, determinism, faults."""
 
-from dataclasses import replace
+import json
+from dataclasses import asdict, replace
 
 import numpy as np
 import pandas as pd
@@ -158,8 +159,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(frame, tmp_path, 
 
 
 @pytest.mark.parametrize("setting", [{"awp_lr": 0.5, "awp_start_epoch": 0.0}, {"ema_decay": 0.5},
-                                     {"scorer": ScorerParams(n_dropout_samples=3)}],
-                         ids=["awp", "ema", "multi-sample dropout"])
+                                     {"scorer": ScorerParams(n_dropout_samples=3)}, {"token_cutout": 0.2}],
+                         ids=["awp", "ema", "multi-sample dropout", "token cutout"])
 def test_awp_ema_and_multi_sample_dropout_change_the_model(frame, plain, tmp_path, setting):
     changed = fit(frame, replace(BASE, **setting), tmp=tmp_path / "changed")
     assert np.isfinite(changed.oof["pred"]).all()
@@ -212,3 +213,19 @@ def test_two_processes_match_one_process(tmp_path):
         outs[name] = pd.read_csv(tmp_path / "oof.csv").sort_values("essay_id")
         assert (tmp_path / "processes.txt").read_text() == {"one": "1", "two": "2"}[name]
     np.testing.assert_allclose(outs["one"]["pred"], outs["two"]["pred"], atol=1e-4)
+
+
+def test_head_tail_tokens_are_the_same_in_training_and_inference(frame, tmp_path):
+    from common.inference import TokenCache
+
+    table, texts = frame
+    texts = [f"{text} {'and in the end ' * 40}the last words." for text in texts]
+    spec = replace(BASE, truncation_side="head_tail")
+    tokenizer, data = tokenize_train(spec, BACKBONE, table, texts)
+    tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "train_config.json").write_text(json.dumps({"model": asdict(spec)}))
+    ids, _ = TokenCache(texts).get(tmp_path)
+    assert ids == data.input_ids
+    assert all(len(row) == spec.max_length for row in ids)
+    tail = tokenizer(" the last words.", add_special_tokens=False)["input_ids"]
+    assert all(row[-1 - len(tail) : -1] == tail for row in ids)  # every essay's end is kept

@@ -9,6 +9,13 @@ the scores 1..6 (pseudo-labels). Every loss computes in fp32 and averages over t
   divergence (soft cross-entropy less the labels' entropy: same gradients). Classification head.
 - cumulative_bce: binary cross-entropy on the ordinal head's 5 events "score > k" (soft labels: the
   events' probabilities under the distribution). Ordinal head.
+- smoothed_cross_entropy: cross-entropy against the target distribution with LABEL_SMOOTHING of its mass
+  moved to the neighbouring scores (a 4 is close to a 3 and a 5, far from a 1). Classification head.
+- focal: focal loss -sum_c p_c (1 - q_c)^FOCAL_GAMMA log q_c, which weighs down the essays already scored
+  confidently (hard scores: p one-hot). Classification head.
+- qwk: a QWK-shaped loss on the predicted scores of the batch, sum (pred - y)^2 over the sum of (pred_i - y_j)^2
+  over all pairs / n: one minus it is the QWK of continuous scores, so lowering it raises the batch's kappa.
+  Any head.
 
 A new loss is a `Loss` subclass under `@LOSSES.register("name")` that implements `compute`; `heads`
 names the head classes it works with (checked when the scorer's settings are built).
@@ -113,6 +120,63 @@ class CumulativeBCE(Loss):
 
     def compute(self, head: Head, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(logits.to(torch.float32), cumulative_targets(target))
+
+
+LABEL_SMOOTHING = 0.1
+FOCAL_GAMMA = 2.0
+
+
+def _distribution(target: torch.Tensor) -> torch.Tensor:
+    """Soft labels (batch, 6) as they are; hard scores as one-hot distributions."""
+    if target.ndim == 2:
+        return target.to(torch.float32)
+    return F.one_hot(target.round().long() - 1, N_SCORES).to(torch.float32)
+
+
+@LOSSES.register("smoothed_cross_entropy")
+class SmoothedCrossEntropy(Loss):
+    """Cross-entropy against the target distribution with LABEL_SMOOTHING of each score's mass shared by its
+    neighbouring scores (the edge scores give it all to their one neighbour)."""
+
+    heads = (ClassificationHead,)
+
+    def compute(self, head: Head, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        smoothed = _distribution(target) @ _neighbour_smoothing(logits.device)
+        return -(smoothed * F.log_softmax(logits.to(torch.float32), dim=-1)).sum(dim=-1).mean()
+
+
+def _neighbour_smoothing(device: torch.device) -> torch.Tensor:
+    """(6, 6) row-stochastic matrix: row k keeps 1 - LABEL_SMOOTHING on score k and shares the rest equally
+    between its neighbouring scores."""
+    matrix = torch.zeros(N_SCORES, N_SCORES, device=device)
+    for k in range(N_SCORES):
+        neighbours = [j for j in (k - 1, k + 1) if 0 <= j < N_SCORES]
+        matrix[k, k] = 1.0 - LABEL_SMOOTHING
+        matrix[k, neighbours] = LABEL_SMOOTHING / len(neighbours)
+    return matrix
+
+
+@LOSSES.register("focal")
+class Focal(Loss):
+    """Focal loss: cross-entropy whose terms are weighted by (1 - q_c)^FOCAL_GAMMA (soft labels as weights)."""
+
+    heads = (ClassificationHead,)
+
+    def compute(self, head: Head, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        log_q = F.log_softmax(logits.to(torch.float32), dim=-1)
+        weight = (1.0 - log_q.exp()).pow(FOCAL_GAMMA)
+        return -(_distribution(target) * weight * log_q).sum(dim=-1).mean()
+
+
+@LOSSES.register("qwk")
+class QWKShaped(Loss):
+    """sum_i (pred_i - y_i)^2 / (sum_ij (pred_i - y_j)^2 / n) on the predicted and target scores of the batch."""
+
+    def compute(self, head: Head, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        pred, goal = head.predict(logits), expected_score(target)
+        observed = (pred - goal).pow(2).sum()
+        expected = (pred.unsqueeze(1) - goal.unsqueeze(0)).pow(2).sum() / pred.numel()
+        return observed / expected.clamp(min=1e-6)
 
 
 def loss_for(head: str, loss: str = "") -> type[Loss]:

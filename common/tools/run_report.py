@@ -173,7 +173,7 @@ def section_ensemble(out: Path) -> str:
             + _table(pd.DataFrame(rows))
             + (f"<h3>Intervals</h3><p>{level:.0%} bootstrap intervals (essays resampled within folds, "
                f"{intervals.get('draws')} draws); 'minus selected': paired difference on the rows the method is "
-               "selected on. A more complex method is selected only when its paired interval lies above 0.</p>"
+               "selected on (ensemble.selection=simplest keeps a simpler method unless that interval lies below 0).</p>"
                + _table(table) if level else "")
             + frontier + "".join(_img(p) for p in sorted((out / "ensemble" / "plots").glob("*.png"))))
 
