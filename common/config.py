@@ -332,10 +332,8 @@ class EnsembleParams:
     interval_level: float = _help("Two-sided level of the bootstrap intervals.", 0.9)
     selection: Literal["best", "simplest"] = _help(
         "Which method 04 keeps. best: the best nested QWK on the target's rows (ties to the simpler); simplest: the "
-        "simplest (mean < greedy < scipy < stacker) that the best does not beat beyond the interval of their paired "
-        "difference. Nested CV fits each method on fewer rows than the final fit, which understates the methods that "
-        "learn most from data: on the ASAP benchmark simplest kept the mean blend and lost 0.0118 [0.0004, 0.0236] "
-        "held-out QWK to the stacker that best keeps (benchmarks/ASAP.md).", "best"),
+        "simplest (mean < greedy < scipy < stacker) that the best does not beat beyond their paired interval (on "
+        "ASAP it kept the mean and lost 0.012 held-out QWK to the stacker: benchmarks/ASAP.md).", "best")
     text_features: bool = _help("Give the LightGBM stacker text features beside model predictions.", True)
     prompt_features: bool = _help(
         "Give the LightGBM stacker the essay's recovered prompt cluster (one 0/1 column per cluster; test essays "
