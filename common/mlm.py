@@ -48,6 +48,7 @@ from transformers import (
     set_seed,
 )
 
+from common.devices import autocast_dtype
 from common.engine import Engine, epoch_batches, read_checkpoint, remove_checkpoint, set_rng_state
 from common.io import staged_dir, write_json
 from common.optim import build_scheduler
@@ -239,10 +240,9 @@ def fixed_mask_batches(items: Sequence[dict], collator: MaskingCollator, batch_s
 
 
 def _autocast(device: torch.device, mixed_precision: str):
-    """Autocast to bf16 or fp16 on CUDA; nothing on CPU or with mixed_precision 'no'."""
-    if device.type != "cuda" or mixed_precision == "no":
-        return nullcontext()
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
+    """Autocast to a resolved training precision (bf16 or fp16) on CUDA; nothing on CPU or with 'no'."""
+    dtype = autocast_dtype(mixed_precision, device) if device.type == "cuda" else None
+    return torch.autocast(device_type="cuda", dtype=dtype) if dtype is not None else nullcontext()
 
 
 def _masked_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
