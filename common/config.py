@@ -184,14 +184,29 @@ class ModelParams:
         "What a long essay keeps: right: its beginning; left: its end; head_tail: its first quarter of max_length "
         "and its end (training and inference alike).", "right")
     add_special_tokens: bool = _help("Add [CLS]/[SEP] (or the tokenizer's equivalents).", True)
+    windows: int = _help(
+        "Long essays: up to this many windows of max_length tokens (each between the special tokens, overlapping "
+        "by window_overlap), scored each and their logits averaged, in training and inference alike; what does not "
+        "fit them is cut by truncation_side. 1: one window. Memory grows with it: lower batch_size.", 1)
+    window_overlap: int = _help("Essay tokens consecutive windows share (windows > 1).", 64)
     token_cutout: float = _help("Augmentation: share of each training batch's real tokens replaced by the mask token "
                                 "(special tokens kept; evaluation and inference see whole essays). 0: off.", 0.0)
+    random_crop: float = _help("Augmentation: share of training essays cut, each time drawn, to a random contiguous "
+                               "span of half to all of their tokens (special tokens kept). 0: off.", 0.0)
+    max_length_schedule: list[int] = _help(
+        "Progressive max_length: in epoch e of each stage, training essays are cut to entry e (the last entry from "
+        "then on) as truncation_side cuts; evaluation and inference use max_length. Empty: max_length throughout.",
+        factory=list)
     # Optimisation
     stages: list[StageParams] = _help(
         "Training stages in order, each with a fresh optimizer and schedule: rows and epochs (e.g. persuade rows, "
         "then other rows; a student's pseudo-labelled essays first). Evaluation and keep_best follow the last.",
         factory=lambda: [StageParams()])
     batch_size: int = _help("Essays per batch per device.", 8)
+    batch_tokens: int = _help(
+        "Training batches by a budget of tokens instead: essays of similar length, essays x longest <= batch_tokens "
+        "(short essays in big batches); accumulation stays effective_batch_size / batch_size micro-batches a step. "
+        "0: batch_size essays.", 0)
     effective_batch_size: int = _help(
         "Essays per optimizer step across devices and accumulation steps (a multiple of batch_size).", 16
     )
@@ -203,6 +218,10 @@ class ModelParams:
     warmup_ratio: float = _help("Share of steps spent warming up.", 0.1)
     max_grad_norm: float = _help("Gradient clipping norm (0: off).", 1.0)
     ema_decay: float = _help("EMA of weights used for evaluation and saving (0: off).", 0.0)
+    swa_start: float = _help(
+        "SWA: from this share of the last stage's steps on, the weights after every optimizer step are averaged "
+        "(torch.optim.swa_utils.AveragedModel); the average is the model evaluated at the end and saved. 0: off.",
+        0.0)
     awp_lr: float = _help("Adversarial weight perturbation step (0: off).", 0.0)
     awp_eps: float = _help("AWP perturbation bound, relative to weight size.", 1e-3)
     awp_start_epoch: float = _help("Epoch from which AWP is applied.", 1.0)
@@ -211,14 +230,22 @@ class ModelParams:
     )
     # Pseudo-labelled external essays (output/pseudo/<student>/fold_<k>.parquet, from a teacher that never saw fold k)
     teacher: str = _help(
-        "Students only: the model (of train.models) whose fold-k model labels the external essays for this "
-        "student's fold k.", "")
+        "Students only: the model whose fold-k model labels the external essays for this student's fold k: one of "
+        "train.models, or another student (a further round of pseudo-labels, as leak-free).", "")
     pseudo_weight: float = _help("Loss weight of a pseudo-labelled row relative to a labelled one (in a stage "
                                  "with_pseudo).", 0.5)
     # Evaluation and checkpoints
     eval_every: int = _help("Evaluate on the held-out fold every N optimizer steps (0: at each epoch end).", 0)
     keep_best: bool = _help("Keep the best-by-eval-QWK weights instead of the final ones.", False)
     checkpoint_every: int = _help("Save a resumable checkpoint every N optimizer steps (0: each epoch).", 0)
+    # Seeds and the full fit
+    seeds: list[int] = _help(
+        "Seeds of this model: each fold trains once per seed; OOF and test predictions are their mean. Empty: the "
+        "top-level seed, once. Adding a seed trains only the new one.", factory=list)
+    full_fit: Literal["off", "beside", "alone"] = _help(
+        "After CV, a model per seed on every labelled row, stopped where CV stopped (keep_best: the folds' mean "
+        "best share of the last stage). Inference uses it beside the fold models (one more member) or alone; "
+        "OOF, thresholds and the ensemble stay the fold models'.", "off")
 
     @property
     def uses_pseudo(self) -> bool:
@@ -275,6 +302,20 @@ class TrainParams:
             if spec.stages[-1].rows == "pseudo":
                 raise ParamsError(f"train.{group}.{name}.stages: the last stage (whose weights are kept and "
                                   "evaluated) trains on pseudo-labels alone; end with a stage on labelled rows")
+            if spec.windows > 1 and spec.window_overlap >= spec.max_length // 2:
+                raise ParamsError(f"train.{group}.{name}.window_overlap={spec.window_overlap} must be below half of "
+                                  f"max_length={spec.max_length} (windows would barely move)")
+            schedule = spec.max_length_schedule
+            if schedule and (spec.windows > 1 or not all(8 <= n <= spec.max_length for n in schedule)):
+                raise ParamsError(f"train.{group}.{name}.max_length_schedule={schedule}: "
+                                  + ("not with windows > 1 (the windows are max_length long)" if spec.windows > 1
+                                     else f"every entry must be in [8, max_length={spec.max_length}]"))
+            if spec.swa_start > 0 and (spec.keep_best or spec.ema_decay > 0):
+                raise ParamsError(f"train.{group}.{name}: swa_start={spec.swa_start} averages the last weights, while "
+                                  f"{'keep_best picks one' if spec.keep_best else 'ema_decay averages them too'}; "
+                                  "use one of them")
+            if len(set(spec.seeds)) != len(spec.seeds):
+                raise ParamsError(f"train.{group}.{name}.seeds={spec.seeds} lists a seed twice; list each once")
             if spec.effective_batch_size % spec.batch_size:
                 raise ParamsError(f"train.{group}.{name}: effective_batch_size={spec.effective_batch_size} is not a "
                                   f"multiple of batch_size={spec.batch_size} (it is batch_size x processes x "
@@ -290,12 +331,18 @@ class TrainParams:
                 raise ParamsError(f"train.students.{name}: no stage trains on the pseudo-labels; add one, e.g. stages: "
                                   "[{rows: pseudo, epochs: 1}, {rows: all, epochs: 2}], or a stage with with_pseudo: "
                                   "true (a model without pseudo-labels goes under train.models)")
-            if spec.teacher not in self.models:
-                known = ", ".join(self.models) or "none"
-                reason = ("is a student itself (its labels would feed on pseudo-labels)" if spec.teacher in self.students
-                          else "is not in train.models")
-                raise ParamsError(f"train.students.{name}.teacher={spec.teacher!r} {reason}; the teacher must be a "
-                                  f"model of train.models ({known})")
+            if spec.teacher not in self.all_models:
+                known = ", ".join(n for n in self.all_models if n != name) or "none"
+                raise ParamsError(f"train.students.{name}.teacher={spec.teacher!r} is not in train.models or "
+                                  f"train.students; the teacher must be another model ({known})")
+        for name in self.students:
+            chain = [name]
+            while chain[-1] in self.students:
+                chain.append(self.students[chain[-1]].teacher)
+                if chain[-1] in chain[:-1]:
+                    raise ParamsError(f"train.students.{name}: the teachers go round in a circle ("
+                                      f"{' -> '.join(chain)}); the first round's teacher must be a model of "
+                                      "train.models")
         if self.model and self.model not in self.all_models:
             raise ParamsError(f"train.model={self.model!r} is not in train.models or train.students "
                               f"({', '.join(self.all_models) or 'none'})")
@@ -431,10 +478,11 @@ RANGES: dict[type, dict[str, str]] = {
     ScorerParams: {"dropout": "[0, 1)", "n_dropout_samples": "[1, inf)", "reinit_layers": "[0, inf)",
                    "lora_r": "[0, inf)", "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)"},
     ModelParams: {
-        "max_length": "[8, inf)", "token_cutout": "[0, 1)",
-        "batch_size": "[1, inf)", "effective_batch_size": "[1, inf)", "lr": "(0, inf)", "head_lr": "(0, inf)",
+        "max_length": "[8, inf)", "token_cutout": "[0, 1)", "windows": "[1, inf)", "window_overlap": "[0, inf)",
+        "random_crop": "[0, 1]",
+        "batch_size": "[1, inf)", "batch_tokens": "[0, inf)", "effective_batch_size": "[1, inf)", "lr": "(0, inf)", "head_lr": "(0, inf)",
         "layerwise_lr_decay": "(0, 1]", "weight_decay": "[0, inf)", "warmup_ratio": "[0, 1)",
-        "max_grad_norm": "[0, inf)", "ema_decay": "[0, 1)", "awp_lr": "[0, inf)", "awp_eps": "[0, inf)",
+        "max_grad_norm": "[0, inf)", "ema_decay": "[0, 1)", "swa_start": "[0, 1)", "awp_lr": "[0, inf)", "awp_eps": "[0, inf)",
         "awp_start_epoch": "[0, inf)",
         "pseudo_weight": "(0, inf)", "eval_every": "[0, inf)", "checkpoint_every": "[0, inf)"},
     TrainParams: {"fold_workers": "[0, inf)", "num_threads": "[0, inf)"},

@@ -30,7 +30,7 @@ from torch import nn
 from common.devices import resolve_device, resolve_mixed_precision
 from common.io import atomic_write, write_json
 from common.stage import PipelineError
-from common.tokenization import LengthGroupedSampler
+from common.tokenization import LengthGroupedSampler, batches_by_token_budget
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +118,37 @@ class Engine:
 
 
 def epoch_batches(lengths: np.ndarray, rows: np.ndarray, batch_size: int, seed: int, epoch: int, rank: int = 0,
-                  world: int = 1) -> list[list[int]]:
+                  world: int = 1, batch_tokens: int = 0) -> list[list[int]]:
     """Length-grouped batches of `rows` (indices into `lengths`) for one epoch, a function of (seed, epoch);
-    under data parallelism this process's share (every process the same number of batches)."""
-    sampler = LengthGroupedSampler(lengths[rows].tolist(), batch_size=batch_size, seed=seed, shuffle=True)
-    sampler.set_epoch(epoch)
-    order = [int(rows[i]) for i in sampler]
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    under data parallelism this process's share (every process the same number of batches).
+
+    `batch_size` essays each, or with `batch_tokens` > 0 a budget of tokens instead: as many essays of similar
+    length as keep essays x longest <= batch_tokens (as inference batches), so short essays come in big batches.
+    """
+    if batch_tokens > 0:
+        batches = _token_budget_batches(lengths, rows, batch_tokens, seed, epoch)
+    else:
+        sampler = LengthGroupedSampler(lengths[rows].tolist(), batch_size=batch_size, seed=seed, shuffle=True)
+        sampler.set_epoch(epoch)
+        order = [int(rows[i]) for i in sampler]
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     usable = len(batches) - len(batches) % world if world > 1 else len(batches)
     return batches[:usable][rank::world]
+
+
+TOKEN_BUDGET_CHUNK = 2048
+"""Rows shuffled, then sorted by length within chunks of this many before they are cut by the token budget."""
+
+
+def _token_budget_batches(lengths: np.ndarray, rows: np.ndarray, batch_tokens: int, seed: int, epoch: int
+                          ) -> list[list[int]]:
+    rng = np.random.default_rng([seed, epoch])
+    shuffled = np.asarray(rows)[rng.permutation(len(rows))]
+    batches: list[list[int]] = []
+    for start in range(0, len(shuffled), TOKEN_BUDGET_CHUNK):
+        chunk = shuffled[start : start + TOKEN_BUDGET_CHUNK]
+        batches += [[int(chunk[i]) for i in b] for b in batches_by_token_budget(lengths[chunk], batch_tokens)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def read_checkpoint(path: Path, fingerprint: str) -> dict | None:

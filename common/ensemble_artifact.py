@@ -71,13 +71,19 @@ class EnsembleArtifact:
         return list(self.spec["models"])
 
     @classmethod
-    def from_result(cls, result: EnsembleResult, models: list[str], folds: list[int]) -> EnsembleArtifact:
-        """What 04_ensemble saves of `build_ensemble`'s result; each method's entry is completed by its `save`."""
+    def from_result(cls, result: EnsembleResult, models: list[str], folds: list[int],
+                    members: dict[str, list[str]] | None = None) -> EnsembleArtifact:
+        """What 04_ensemble saves of `build_ensemble`'s result; each method's entry is completed by its `save`.
+
+        `members`: per model, the folders under train/<model>/folds/ whose test predictions 05_infer averages
+        (its fold models per seed, its full fits); a model without an entry averages fold_<k> of `folds`.
+        """
         by_origin = result.metrics["by_origin"]
         spec = {
             "selected": result.selected,
             "models": list(models),
             "folds": list(folds),
+            "members": {name: list(units) for name, units in (members or {}).items()},
             "thresholds": result.methods[result.selected].thresholds,
             "by_origin": by_origin,
             "thresholds_origin": TEST_ORIGIN if by_origin else None,

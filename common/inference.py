@@ -51,7 +51,14 @@ from common.models.scorer import (
     read_config,
 )
 from common.stage import PipelineError
-from common.tokenization import EssayCollator, batches_by_token_budget, load_tokenizer, tokenize_essays
+from common.tokenization import (
+    EssayCollator,
+    batches_by_token_budget,
+    load_tokenizer,
+    model_collator,
+    model_token_ids,
+    token_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +175,7 @@ def validate_submission(submission: pd.DataFrame, sample: pd.DataFrame) -> None:
 
 # Tokenizer files AutoTokenizer reads as JSON when a fold folder has them.
 TOKENIZER_JSON = ("tokenizer.json", "special_tokens_map.json", "added_tokens.json", "vocab.json")
-# What TokenCache reads from a fold's train_config.json["model"].
+# What TokenCache needs in a fold's train_config.json["model"] (the later TOKEN_SETTINGS have defaults).
 TOKENIZE_SETTINGS = ("max_length", "add_newline_tokens", "padding_side", "truncation_side", "add_special_tokens")
 
 
@@ -223,7 +230,8 @@ class ArtifactSet:
         for name in self.models:
             rerun_train = (f"re-run python 02_train/run.py train.model={name} (it trains again every fold whose "
                            "files are missing or unreadable)")
-            self.fold_dirs[name] = [layout.fold_dir(self.root, name, k) for k in self.folds]
+            members = self.spec.get("members", {}).get(name) or [layout.unit_name(k) for k in self.folds]
+            self.fold_dirs[name] = [layout.model_dir(self.root, name) / "folds" / member for member in members]
             for fold_dir in self.fold_dirs[name]:
                 self._check_fold(fold_dir, problems, rerun_train)
         EnsembleArtifact.check(self.root / ENSEMBLE_DIR, self.spec, problems)
@@ -304,16 +312,12 @@ class TokenCache:
 
     def get(self, fold_dir: Path) -> tuple[list[list[int]], EssayCollator]:
         spec = json.loads((fold_dir / "train_config.json").read_text(encoding="utf-8"))["model"]
-        settings = {k: spec[k] for k in ("max_length", "add_newline_tokens", "padding_side", "truncation_side",
-                                         "add_special_tokens")}
+        settings = token_settings(spec)
         key = _tokenizer_key(fold_dir, settings)
         if key not in self._ids:
             tokenizer = load_tokenizer(str(fold_dir), add_newline_tokens=settings["add_newline_tokens"],
                                        padding_side=settings["padding_side"])
-            ids = tokenize_essays(tokenizer, self.texts, settings["max_length"],
-                                  add_special_tokens=settings["add_special_tokens"],
-                                  truncation_side=settings["truncation_side"])
-            self._ids[key] = (ids, EssayCollator(tokenizer))
+            self._ids[key] = (model_token_ids(tokenizer, self.texts, settings), model_collator(tokenizer, settings))
         return self._ids[key]
 
     @property
@@ -329,7 +333,8 @@ def _predict_batches(model: EssayScorer, ids: list[list[int]], collator: EssayCo
     for batch_rows in batches:
         batch = collator([{"input_ids": ids[i]} for i in batch_rows])
         with autocast:
-            scores, p = model.predict(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            windows = batch["windows"].to(device) if "windows" in batch else None
+            scores, p = model.predict(batch["input_ids"].to(device), batch["attention_mask"].to(device), windows)
         out[batch_rows] = scores.float().cpu().numpy()
         if probs is not None and p is not None:
             probs[batch_rows] = p.float().cpu().numpy()
@@ -386,7 +391,8 @@ class TestPredictions:
     preds: dict[str, np.ndarray]  # model -> mean over its fold models, (n,)
     probs: dict[str, pd.DataFrame]  # model -> mean class probabilities, prob_1..prob_6 (heads that have them)
     seconds: dict[str, float]
-    fold_preds: dict[str, np.ndarray] = field(default_factory=dict)  # model -> (n_folds, n) per fold model
+    fold_preds: dict[str, np.ndarray] = field(default_factory=dict)  # model -> (n_members, n) per member model
+    members: dict[str, list[str]] = field(default_factory=dict)  # model -> its member folders' names (fold_0, ...)
 
 
 def spread(fold_preds: np.ndarray) -> dict[str, float]:
@@ -425,10 +431,10 @@ def predict_models(artifacts: ArtifactSet, texts: list[str], devices: list[torch
     for name in artifacts.models:
         start = time.perf_counter()
         fold_preds, fold_probs = [], []
-        for k, fold_dir in zip(artifacts.folds, artifacts.fold_dirs[name], strict=True):
+        for fold_dir in artifacts.fold_dirs[name]:
             ids, collator = cache.get(fold_dir)
             pred, prob = predict_fold_model(fold_dir, ids, collator, devices, precision, batch_tokens,
-                                            desc=f"{name} fold {k}")
+                                            desc=f"{name} {fold_dir.name}")
             fold_preds.append(pred)
             if prob is not None:
                 fold_probs.append(prob)
@@ -437,18 +443,23 @@ def predict_models(artifacts: ArtifactSet, texts: list[str], devices: list[torch
         if fold_probs:
             probs[name] = pd.DataFrame(np.mean(fold_probs, axis=0), columns=[f"prob_{s}" for s in range(1, 7)])
         seconds[name] = time.perf_counter() - start
-        log.info("%s: %d fold models in %.1f s", name, len(artifacts.folds), seconds[name])
+        log.info("%s: %d models (%s) in %.1f s", name, len(artifacts.fold_dirs[name]),
+                 ", ".join(d.name for d in artifacts.fold_dirs[name]), seconds[name])
     log.info("%d distinct tokenizer(s) tokenised the essays", cache.n_tokenizers)
-    return TestPredictions(preds=preds, probs=probs, seconds=seconds, fold_preds=per_fold)
+    return TestPredictions(preds=preds, probs=probs, seconds=seconds, fold_preds=per_fold,
+                           members={name: [d.name for d in artifacts.fold_dirs[name]] for name in artifacts.models})
 
 
 def prediction_frame(test_ids: np.ndarray, predictions: TestPredictions) -> pd.DataFrame:
-    """essay_id, then per model its mean prediction `<model>` and every fold model's `<model>__fold_<k>`."""
+    """essay_id, then per model its mean prediction `<model>` and every member model's `<model>__<member>`
+    (`<model>__fold_<k>`; with seeds `__fold_<k>_seed<s>`, a full fit `__full`)."""
     columns: dict[str, np.ndarray] = {"essay_id": np.asarray(test_ids)}
     for name, mean in predictions.preds.items():
         columns[name] = mean
-        for k, values in enumerate(predictions.fold_preds.get(name, [])):
-            columns[f"{name}__fold_{k}"] = values
+        values = predictions.fold_preds.get(name, [])
+        names = predictions.members.get(name) or [f"fold_{k}" for k in range(len(values))]
+        for member, column in zip(names, values, strict=True):
+            columns[f"{name}__{member}"] = column
     return pd.DataFrame(columns)
 
 
@@ -480,13 +491,13 @@ def count_parameters(fold_dir: Path) -> int:
 
 def estimate_runtime(artifacts: ArtifactSet, mean_tokens: float, n_essays: int, measured_essays_per_s: float | None,
                      limit_hours: float) -> dict:
-    """Hours for `n_essays` with every fold model: from this run's measured speed, and on a T4 (FLOPs).
+    """Hours for `n_essays` with every member model: from this run's measured speed, and on a T4 (FLOPs).
 
     The T4 figure counts 2 x parameters FLOPs per token (the encoder's matmuls; attention adds a little
     at 1024 tokens) at T4_EFFECTIVE_FLOPS. Both are estimates; Kaggle's limit is checked on the larger.
     """
-    n_fold_models = len(artifacts.models) * len(artifacts.folds)
-    flops = sum(2 * count_parameters(artifacts.fold_dirs[m][0]) * mean_tokens * n_essays * len(artifacts.folds)
+    n_fold_models = sum(len(artifacts.fold_dirs[m]) for m in artifacts.models)
+    flops = sum(2 * count_parameters(artifacts.fold_dirs[m][0]) * mean_tokens * n_essays * len(artifacts.fold_dirs[m])
                 for m in artifacts.models)
     t4_hours = flops / T4_EFFECTIVE_FLOPS / 3600
     here_hours = n_essays * n_fold_models / measured_essays_per_s / 3600 if measured_essays_per_s else None

@@ -1,12 +1,14 @@
 """Where each artifact lives under paths.output: the one place that spells the folder layout.
 
     train/<model>/folds/fold_<k>/   one fold's model, tokenizer, config, held-out predictions, log
+    train/<model>/folds/fold_<k>_seed<s>/   the same per seed, for a model that lists `seeds`
+    train/<model>/folds/full[_seed<s>]/     the full fit: every labelled row (`full_fit`)
     train/<model>/oof.parquet       the model's out-of-fold predictions (+ metrics.json, log.csv)
     pseudo/<student>/fold_<k>.parquet   soft labels for a student's fold k (from its teacher's fold k)
     mlm/<fingerprint>/backbone/     a backbone adapted by masked-language modelling (shared by models)
-    checkpoints/<model>/fold_<k>/   resumable checkpoints while a fold trains (removed when it is done)
+    checkpoints/<model>/<unit>/     resumable checkpoints while a fold (or full fit) trains (removed when done)
     checkpoints/mlm/<fingerprint>/  the same while a backbone is adapted
-    timings/<model>/fold_<k>.json   a fold's wall-clock time and speed; timings/<stage>.json a stage's:
+    timings/<model>/<unit>.json     a fold's wall-clock time and speed; timings/<stage>.json a stage's:
                                     figures that change from run to run stay out of what dvc.lock hashes
 
 Every fold folder of a model sits under one parent (`folds/`), so dvc.yaml declares it as one output
@@ -15,23 +17,35 @@ whatever `prepare.n_folds` says.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from common.config import ModelParams
 
 
 def model_dir(out: Path, name: str) -> Path:
     return Path(out) / "train" / name
 
 
-def fold_dir(out: Path, name: str, fold: int) -> Path:
-    return model_dir(out, name) / "folds" / f"fold_{fold}"
+def unit_name(fold: int | None, seed: int | None = None) -> str:
+    """The folder name of one trained model: fold k (None: the full fit on every row), with its seed when the
+    model lists seeds (None: the run's seed, no suffix)."""
+    base = "full" if fold is None else f"fold_{fold}"
+    return base if seed is None else f"{base}_seed{seed}"
+
+
+def fold_dir(out: Path, name: str, fold: int | None, seed: int | None = None) -> Path:
+    return model_dir(out, name) / "folds" / unit_name(fold, seed)
 
 
 def pseudo_dir(out: Path, student: str) -> Path:
     return Path(out) / "pseudo" / student
 
 
-def checkpoint_dir(out: Path, name: str, fold: int) -> Path:
-    return Path(out) / "checkpoints" / name / f"fold_{fold}"
+def checkpoint_dir(out: Path, name: str, fold: int | None, seed: int | None = None) -> Path:
+    return Path(out) / "checkpoints" / name / unit_name(fold, seed)
 
 
 def mlm_dir(out: Path, fingerprint: str) -> Path:
@@ -42,9 +56,57 @@ def mlm_checkpoint(out: Path, fingerprint: str) -> Path:
     return Path(out) / "checkpoints" / "mlm" / fingerprint / "checkpoint.pt"
 
 
-def timings_file(out: Path, name: str, fold: int) -> Path:
-    return Path(out) / "timings" / name / f"fold_{fold}.json"
+def timings_file(out: Path, name: str, unit: str) -> Path:
+    """A trained unit's (`unit_name`: fold_<k>[_seed<s>] or full[_seed<s>]) wall-clock time and speed."""
+    return Path(out) / "timings" / name / f"{unit}.json"
 
 
 def stage_timings(out: Path, stage: str) -> Path:
     return Path(out) / "timings" / f"{stage}.json"
+
+
+# --------------------------------------------------------------------------------------------------
+# What trains: a model's units (fold x seed, and the full fits), each one folder under train/<model>/folds/
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One model that trains: a fold (None: the full fit on every labelled row) and a seed (None: the run's)."""
+
+    fold: int | None
+    seed: int | None = None
+
+    @property
+    def name(self) -> str:
+        return unit_name(self.fold, self.seed)
+
+    @property
+    def label(self) -> str:
+        where = "full fit" if self.fold is None else f"fold {self.fold}"
+        return where if self.seed is None else f"{where} seed {self.seed}"
+
+    def run_seed(self, seed: int) -> int:
+        return seed if self.seed is None else self.seed
+
+
+def model_seeds(spec: ModelParams, seed: int) -> list[int | None]:
+    """The seeds a model trains with: its `seeds`, the run's `seed` as None (its folders carry no suffix, so a
+    model that lists the run's seed among others keeps the folds it trained before it listed any), or [None]."""
+    return [None if s == seed else s for s in spec.seeds] or [None]
+
+
+def fold_units(spec: ModelParams, fold_ids: list[int], seed: int) -> list[Unit]:
+    """Every (fold, seed) model of the CV: their OOF predictions are averaged over the seeds."""
+    return [Unit(k, s) for k in fold_ids for s in model_seeds(spec, seed)]
+
+
+def full_units(spec: ModelParams, seed: int) -> list[Unit]:
+    """The full-fit models (one per seed), or none when full_fit is off."""
+    return [] if spec.full_fit == "off" else [Unit(None, s) for s in model_seeds(spec, seed)]
+
+
+def inference_units(spec: ModelParams, fold_ids: list[int], seed: int) -> list[Unit]:
+    """What 05_infer averages for this model: the fold models, the full fits beside them, or the full fits alone."""
+    if spec.full_fit == "alone":
+        return full_units(spec, seed)
+    return fold_units(spec, fold_ids, seed) + full_units(spec, seed)

@@ -2,7 +2,9 @@
 
 Fold k of a student's `teacher` (trained by 02_train without fold k) predicts every external essay that is
 no copy of a train essay; the predictions become soft labels (`common.pseudo.soft_labels`). Only the
-student's fold k reads them, so no label ever comes from a model that saw the fold it is evaluated on.
+student's fold k reads them, so no label ever comes from a model that saw the fold it is evaluated on. A
+teacher with several seeds labels with the mean of its fold-k models; a teacher that is a student itself (a
+second round) is as leak-free: its fold-k model trained on labels from its own teacher's fold k.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from common.config import Params
+from common.config import ModelParams, Params
 from common.data import load_competition_data
 from common.folds import folds_fingerprint
 from common.io import staged_dir, write_csv, write_json, write_parquet
-from common.layout import fold_dir, pseudo_dir
+from common.layout import fold_dir, fold_units, pseudo_dir
 from common.oof import read_folds
 from common.pseudo import (
     PROB_COLUMNS,
@@ -51,8 +54,26 @@ def label_students(params: Params) -> None:
     devices = inference_devices(t.device)
     cache = TokenCache(external["full_text"].tolist())
     for student, spec in students.items():
-        _check_teacher(out, student, spec.teacher, folds)
-        label_student(params, student, spec.teacher, folds, external, cache, devices)
+        teacher = t.all_models[spec.teacher]
+        _check_teacher(out, student, teacher, folds, params.seed)
+        label_student(params, student, teacher, folds, external, cache, devices)
+
+
+def _teacher_predictions(params: Params, spec: ModelParams, fold: int, cache, devices
+                         ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The teacher's fold-`fold` predictions of the external essays, averaged over its seeds."""
+    from common.inference import predict_fold_model
+
+    preds, probs = [], []
+    for unit in fold_units(spec, [fold], params.seed):
+        folder = fold_dir(params.output_dir, spec.name, unit.fold, unit.seed)
+        ids, collator = cache.get(folder)
+        pred, prob = predict_fold_model(folder, ids, collator, devices, "auto", params.infer.batch_tokens,
+                                        desc=f"{spec.name} {unit.label}")
+        preds.append(pred)
+        if prob is not None:
+            probs.append(prob)
+    return np.mean(preds, axis=0), (np.mean(probs, axis=0) if probs else None)
 
 
 def _external_essays(params: Params) -> pd.DataFrame:
@@ -70,13 +91,14 @@ def _external_essays(params: Params) -> pd.DataFrame:
     return external
 
 
-def _check_teacher(out: Path, student: str, teacher: str, folds: pd.DataFrame) -> None:
-    """Every fold of the teacher trained, on the current folds (else it may have seen what it labels)."""
+def _check_teacher(out: Path, student: str, spec: ModelParams, folds: pd.DataFrame, seed: int) -> None:
+    """Every fold (and seed) of the teacher trained, on the current folds (else it may have seen what it labels)."""
+    teacher = spec.name
     fold_ids = sorted(folds["fold"].unique().tolist())
     current = folds_fingerprint(folds)
-    configs = {k: trained_config(fold_dir(out, teacher, k)) for k in fold_ids}
-    missing = [k for k, c in configs.items() if c is None]
-    stale = [k for k, c in configs.items() if c is not None and c.get("folds") != current]
+    configs = {u: trained_config(fold_dir(out, teacher, u.fold, u.seed)) for u in fold_units(spec, fold_ids, seed)}
+    missing = sorted({u.fold for u, c in configs.items() if c is None})
+    stale = sorted({u.fold for u, c in configs.items() if c is not None and c.get("folds") != current})
     if missing or stale:
         what = "; ".join(p for p in (f"no trained model for fold(s) {missing}" if missing else "",
                                      f"fold(s) {stale} trained on other folds (00_prepare ran since), so they "
@@ -85,19 +107,16 @@ def _check_teacher(out: Path, student: str, teacher: str, folds: pd.DataFrame) -
                             f"Train it first: python 02_train/run.py train.model={teacher}")
 
 
-def label_student(params: Params, student: str, teacher: str, folds: pd.DataFrame, external: pd.DataFrame, cache,
-                  devices) -> None:
-    """output/pseudo/<student>/: fold_<k>.parquet from the teacher's fold k, report.csv, metrics.json, plots/."""
-    from common.inference import predict_fold_model
-
-    out = params.output_dir
+def label_student(params: Params, student: str, spec: ModelParams, folds: pd.DataFrame, external: pd.DataFrame,
+                  cache, devices) -> None:
+    """output/pseudo/<student>/: fold_<k>.parquet from the teacher's fold k (the mean of its seeds' fold-k
+    models, none of which saw fold k), report.csv, metrics.json, plots/."""
+    out, teacher = params.output_dir, spec.name
     fold_ids = sorted(folds["fold"].unique().tolist())
     with staged_dir(pseudo_dir(out, student)) as tmp:
         summary = {}
         for k in fold_ids:
-            ids, collator = cache.get(fold_dir(out, teacher, k))
-            preds, probs = predict_fold_model(fold_dir(out, teacher, k), ids, collator, devices, "auto",
-                                              params.infer.batch_tokens, desc=f"{teacher} fold {k}")
+            preds, probs = _teacher_predictions(params, spec, k, cache, devices)
             labels = soft_labels(preds, probs, params.pseudo.regression_sigma)
             frame = pseudo_frame(external["essay_id"], labels, teacher, k)
             write_parquet(tmp / f"fold_{k}.parquet", frame)

@@ -99,21 +99,73 @@ HEAD_TAIL_SHARE = 0.25
 comes from its end (an essay's conclusion says much about its score)."""
 
 
+def special_frame(tokenizer: PreTrainedTokenizerBase, add_special_tokens: bool = True) -> tuple[int, int]:
+    """How many special tokens the tokenizer puts before and after an essay's own tokens ((0, 0) without)."""
+    if not add_special_tokens:
+        return 0, 0
+    special = tokenizer("a", add_special_tokens=True, return_special_tokens_mask=True)["special_tokens_mask"]
+    n_front = next((i for i, flag in enumerate(special) if not flag), len(special))
+    n_back = next((i for i, flag in enumerate(reversed(special)) if not flag), 0)
+    return n_front, n_back
+
+
+def window_capacity(max_length: int, windows: int, overlap: int, n_special: int) -> int:
+    """Tokens of one essay, special tokens included, that `windows` windows of `max_length` tokens hold when
+    consecutive windows share `overlap` essay tokens (each window repeats the special tokens)."""
+    if windows <= 1:
+        return max_length
+    body = max_length - n_special
+    if not 0 <= overlap < body:
+        raise ValueError(f"window_overlap={overlap} must be in [0, {body}): max_length={max_length} leaves {body} "
+                         "essay tokens per window")
+    return n_special + body + (windows - 1) * (body - overlap)
+
+
+def split_windows(ids: Sequence[int], max_length: int, overlap: int, n_front: int, n_back: int) -> list[list[int]]:
+    """An essay's token ids as windows of at most `max_length` tokens, each between the essay's special tokens.
+
+    An essay that fits is one window, unchanged. Otherwise windows of max_length - n_front - n_back essay tokens
+    start every (that - overlap) tokens; the last one is moved back to end at the essay's last token, so every
+    window is full and together they cover every token.
+    """
+    ids = list(ids)
+    if len(ids) <= max_length:
+        return [ids]
+    front, body, back = ids[:n_front], ids[n_front : len(ids) - n_back], ids[len(ids) - n_back :]
+    size = max_length - n_front - n_back
+    if not 0 <= overlap < size:
+        raise ValueError(f"window overlap {overlap} must be in [0, {size}) for windows of {size} essay tokens")
+    windows, start = [], 0
+    while True:
+        windows.append(front + body[start : start + size] + back)
+        if start + size >= len(body):
+            return windows
+        start = min(start + size - overlap, len(body) - size)
+
+
 def tokenize_essays(
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
     max_length: int,
     add_special_tokens: bool = True,
     truncation_side: str = "right",
+    windows: int = 1,
+    window_overlap: int = 0,
 ) -> list[list[int]]:
     """Token ids per essay (special tokens included), truncated to `max_length`, not padded.
 
     `truncation_side`: "right" keeps an essay's beginning, "left" its end, "head_tail" both: the first
-    HEAD_TAIL_SHARE of the budget and the end (essays that fit are whole either way). The tokenizer is left
-    as it was found.
+    HEAD_TAIL_SHARE of the budget and the end (essays that fit are whole either way). With `windows` > 1 the
+    budget is what that many windows of max_length hold (`window_capacity`; the collator cuts the windows).
+    The tokenizer is left as it was found.
     """
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
+    if windows < 1:
+        raise ValueError(f"windows must be >= 1, got {windows}")
+    if windows > 1:
+        max_length = window_capacity(max_length, windows, window_overlap, sum(special_frame(tokenizer,
+                                                                                           add_special_tokens)))
     if truncation_side not in TRUNCATION_SIDES:
         raise ValueError(f"truncation_side must be one of {', '.join(TRUNCATION_SIDES)}, got {truncation_side!r}")
     for row, text in enumerate(texts):
@@ -160,10 +212,28 @@ def _head_tail(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length:
         if budget < 2:
             raise ValueError(f"max_length={max_length} leaves {budget} tokens besides the special ones: too few to "
                              "keep a head and a tail")
-        body = ids[n_front : len(ids) - n_back]
-        head = max(1, round(HEAD_TAIL_SHARE * budget))
-        out.append(ids[:n_front] + body[:head] + body[len(body) - (budget - head):] + ids[len(ids) - n_back:])
+        out.append(cut_tokens(ids, max_length, n_front, n_back, "head_tail"))
     return out
+
+
+def cut_tokens(ids: Sequence[int], length: int, n_front: int, n_back: int, side: str) -> list[int]:
+    """Token ids (special tokens at the ends) cut to `length` as `truncation_side` cuts a text: its beginning
+    (right), its end (left) or both (head_tail), the special tokens kept. Ids that fit are returned whole."""
+    ids = list(ids)
+    if len(ids) <= length:
+        return ids
+    budget = length - n_front - n_back
+    if budget < 2:
+        raise ValueError(f"length {length} leaves {budget} tokens besides the special ones")
+    front, body, back = ids[:n_front], ids[n_front : len(ids) - n_back], ids[len(ids) - n_back :]
+    if side == "right":
+        kept = body[:budget]
+    elif side == "left":
+        kept = body[len(body) - budget :]
+    else:
+        head = max(1, round(HEAD_TAIL_SHARE * budget))
+        kept = body[:head] + body[len(body) - (budget - head) :]
+    return front + kept + back
 
 
 def pad_multiple(pad_to_multiple_of: int | None) -> int:
@@ -189,12 +259,22 @@ class EssayCollator:
     on the tokenizer's padding side; "targets" as float32 (batch,) for hard scores or (batch, k) for
     soft labels, and "index" (batch,) int64, when the items have them.
 
+    Sliding windows (`window` = max_length of a window, with `overlap` and the tokenizer's `frame` of special
+    tokens): each essay becomes `split_windows` rows, input_ids and attention_mask are (windows in the batch,
+    width), and "windows" (batch,) int64 says how many rows each essay has, in order (the scorer averages
+    their logits). Training and inference build it with `model_collator`, so both cut the same windows.
+
     Token cutout (training augmentation): with `cutout` > 0 each real token other than the special ones is
     replaced by the mask token with that probability, drawn from torch's global RNG (which training seeds and
-    checkpoints, so a resumed run draws the same masks). 0 draws nothing.
+    checkpoints, so a resumed run draws the same masks). 0 draws nothing. Random crop (`crop`, the share of
+    essays cut): such an essay becomes a random contiguous span of its tokens, half to all of them, between its
+    special tokens (`frame`). Progressive max_length: `max_tokens`, when set, cuts every essay as `side`
+    (its truncation_side) does. Training sets these; evaluation and inference see whole essays.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = 8, cutout: float = 0.0):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = 8, cutout: float = 0.0,
+                 window: int | None = None, overlap: int = 0, frame: tuple[int, int] = (0, 0), crop: float = 0.0,
+                 side: str = "right"):
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no PAD token: load it with common.tokenization.load_tokenizer")
         if not 0.0 <= cutout < 1.0:
@@ -207,16 +287,43 @@ class EssayCollator:
         self.cutout = cutout
         self.mask_id = tokenizer.mask_token_id
         self.special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+        self.window, self.overlap, self.frame = window, overlap, frame
+        if not 0.0 <= crop <= 1.0:
+            raise ValueError(f"crop must be in [0, 1], got {crop}")
+        self.crop, self.side = crop, side
+        self.max_tokens: int | None = None  # progressive max_length: training sets it per epoch
+
+    def _random_span(self, row: list[int]) -> list[int]:
+        """A random contiguous span of the essay's tokens, between half and all of them, specials kept."""
+        n_front, n_back = self.frame
+        body = row[n_front : len(row) - n_back]
+        if len(body) < 4:
+            return row
+        size = int(torch.randint(len(body) // 2, len(body) + 1, ()).item())
+        start = int(torch.randint(0, len(body) - size + 1, ()).item())
+        return row[:n_front] + body[start : start + size] + row[len(row) - n_back :]
 
     def __call__(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
-        width = batch_width(items, self.multiple, "EssayCollator")
+        counts = None
+        rows = [list(item["input_ids"]) for item in items]
+        if self.crop:
+            rows = [self._random_span(row) if torch.rand(()).item() < self.crop else row for row in rows]
+        if self.max_tokens is not None:
+            rows = [cut_tokens(row, self.max_tokens, *self.frame, self.side) for row in rows]
+        if self.window is not None:
+            split = [split_windows(row, self.window, self.overlap, *self.frame) for row in rows]
+            counts = torch.tensor([len(w) for w in split], dtype=torch.long)
+            rows = [w for windows in split for w in windows]
+        width = batch_width([{"input_ids": r} for r in rows], self.multiple, "EssayCollator")
         ids, mask = [], []
-        for item in items:
-            n, pad = len(item["input_ids"]), width - len(item["input_ids"])
-            row, row_mask = list(item["input_ids"]), [1] * n
+        for row in rows:
+            n, pad = len(row), width - len(row)
+            row_mask = [1] * n
             ids.append([self.pad_id] * pad + row if self.left else row + [self.pad_id] * pad)
             mask.append([0] * pad + row_mask if self.left else row_mask + [0] * pad)
         batch = {"input_ids": torch.tensor(ids, dtype=torch.long), "attention_mask": torch.tensor(mask, dtype=torch.long)}
+        if counts is not None:
+            batch["windows"] = counts
         if self.cutout:
             ids_t = batch["input_ids"]
             cut = (torch.rand(ids_t.shape) < self.cutout) & batch["attention_mask"].bool() & ~torch.isin(ids_t, self.special)
@@ -228,6 +335,40 @@ class EssayCollator:
             elif present:
                 raise ValueError(f"{present} of {len(items)} items in the batch have {key!r}: all or none must")
         return batch
+
+
+TOKEN_SETTINGS = ("max_length", "add_newline_tokens", "padding_side", "truncation_side", "add_special_tokens",
+                  "windows", "window_overlap")
+"""The model settings (ModelParams fields, saved in each fold's train_config.json) that decide its token ids and
+batches: training and inference read the same ones."""
+TOKEN_DEFAULTS = {"windows": 1, "window_overlap": 64}
+"""ModelParams' defaults of the settings a fold's train_config.json leaves out at their defaults (or lacks, when
+trained before they existed)."""
+
+
+def token_settings(model: dict) -> dict:
+    """TOKEN_SETTINGS of a model's settings (a dict of ModelParams fields), the missing ones at TOKEN_DEFAULTS."""
+    return {key: model.get(key, TOKEN_DEFAULTS.get(key)) for key in TOKEN_SETTINGS}
+
+
+def model_collator(tokenizer: PreTrainedTokenizerBase, settings: dict, cutout: float = 0.0, crop: float = 0.0
+                   ) -> EssayCollator:
+    """The collator of a model's batches from its tokenisation settings (ModelParams fields, or a fold's
+    train_config.json["model"]): whole essays, or its sliding windows when settings["windows"] > 1. `cutout` and
+    `crop` are training augmentations (evaluation and inference leave them 0)."""
+    frame = special_frame(tokenizer, settings.get("add_special_tokens", True))
+    side = settings.get("truncation_side", "right")
+    if settings.get("windows", 1) <= 1:
+        return EssayCollator(tokenizer, cutout=cutout, frame=frame, crop=crop, side=side)
+    return EssayCollator(tokenizer, cutout=cutout, window=settings["max_length"],
+                         overlap=settings.get("window_overlap", 0), frame=frame, crop=crop, side=side)
+
+
+def model_token_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], settings: dict) -> list[list[int]]:
+    """`tokenize_essays` with a model's tokenisation settings (as `model_collator` takes them)."""
+    return tokenize_essays(tokenizer, texts, settings["max_length"], add_special_tokens=settings["add_special_tokens"],
+                           truncation_side=settings["truncation_side"], windows=settings.get("windows", 1),
+                           window_overlap=settings.get("window_overlap", 0))
 
 
 class LengthGroupedSampler(torch.utils.data.Sampler[int]):

@@ -34,15 +34,29 @@ import yaml
 from common.config import ModelParams, Params, plain
 from common.folds import folds_fingerprint
 from common.io import staged_dir, write_csv, write_json, write_parquet
-from common.layout import checkpoint_dir, fold_dir, mlm_checkpoint, mlm_dir, model_dir, timings_file
+from common.layout import (
+    Unit,
+    checkpoint_dir,
+    fold_dir,
+    fold_units,
+    full_units,
+    mlm_checkpoint,
+    mlm_dir,
+    model_dir,
+    model_seeds,
+    pseudo_dir,
+    timings_file,
+)
 from common.metrics import qwk
 from common.pseudo import StudentPseudo
+from common.stage import PipelineError
 from common.thresholds import round_scores
 from common.training import (
     TrainingError,
     add_texts,
     data_fingerprint,
     fold_fingerprint,
+    fold_pseudo_labels,
     tokenize_train,
     train_fold,
 )
@@ -97,7 +111,8 @@ def _weights_readable(folder: Path) -> bool:
 
 def train_model(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: list[str], out: Path, seed: int,
                 only_folds: list[int], device: str, step: str = "all", pseudo: StudentPseudo | None = None) -> None:
-    """Train the requested folds of `spec` (all when `only_folds` is empty) and collect its OOF file.
+    """Train the requested folds of `spec` (all when `only_folds` is empty), once per seed, then its full
+    fit (when asked for and every fold is trained), and collect its OOF file.
 
     `step` "fit" only trains, "collect" only writes the model's OOF file and metrics (every fold must be
     trained on the current folds), "all" does both, the OOF file once every fold exists.
@@ -107,58 +122,101 @@ def train_model(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: li
     if missing:
         raise TrainingError(f"train.folds asks for fold(s) {missing}, but folds.parquet has {all_folds}")
     if step == "collect":
-        collect_oof(out, spec.name, folds, required=True)
+        collect_oof(out, spec, folds, seed, required=True)
         return
     main = is_main_process()
-    todo = folds_to_train(spec, backbone, folds, texts, pseudo, out, seed, only_folds or all_folds)
-    for fold in sorted(set(only_folds or all_folds) - set(todo)):
-        log.info("%s fold %d: already trained with these settings, folds and essays: kept", spec.name, fold)
-    if todo:  # tokenised only when a fold trains
-        tokenizer, data = tokenize_train(spec, backbone, folds, texts, pseudo)
-    for fold in todo:
-        with fold_lock(checkpoint_dir(out, spec.name, fold), f"{spec.name} fold {fold}", main):
-            if not folds_to_train(spec, backbone, folds, texts, pseudo, out, seed, [fold]):
-                continue  # finished by the run that held the lock a moment ago
-            _train_one_fold(spec, backbone, tokenizer, data, fold, out, seed, device, main)
+    tokenised: list = []  # tokenised once, when a unit trains
+
+    def train(units: list[Unit], stop_fraction: float = 1.0) -> None:
+        todo = units_to_train(spec, backbone, folds, texts, pseudo, out, seed, units, stop_fraction)
+        for unit in units:
+            if unit not in todo:
+                log.info("%s %s: already trained with these settings, folds and essays: kept", spec.name, unit.label)
+        for unit in todo:
+            with fold_lock(checkpoint_dir(out, spec.name, unit.fold, unit.seed), f"{spec.name} {unit.label}", main):
+                if not units_to_train(spec, backbone, folds, texts, pseudo, out, seed, [unit], stop_fraction):
+                    continue  # finished by the run that held the lock a moment ago
+                if not tokenised:
+                    tokenised.extend(tokenize_train(spec, backbone, folds, texts, pseudo))
+                _train_one_unit(spec, backbone, *tokenised, unit, out, seed, device, main, stop_fraction)
+
+    train(fold_units(spec, only_folds or all_folds, seed))
+    if full_units(spec, seed) and not only_folds:
+        train(full_units(spec, seed), cv_stop_fraction(out, spec, all_folds, seed))
     if main and not only_folds:
-        prune_folds(out, spec.name, all_folds)
+        prune_folds(out, spec, all_folds, seed)
     if main and step == "all":
-        collect_oof(out, spec.name, folds)
+        collect_oof(out, spec, folds, seed)
+
+
+def units_to_train(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: list[str],
+                   pseudo: StudentPseudo | None, out: Path, seed: int, units: list[Unit],
+                   stop_fraction: float = 1.0) -> list[Unit]:
+    """The units without a complete folder of the current fingerprint (no tokenising)."""
+    source = data_fingerprint(folds, texts, pseudo.texts if pseudo is not None else ())
+    todo = []
+    for unit in units:
+        labels = fold_pseudo_labels(pseudo.labels, unit.fold) if pseudo is not None else None
+        wanted = fold_fingerprint(spec, backbone, source, labels, unit.fold, unit.run_seed(seed),
+                                  stop_fraction if unit.fold is None else None)
+        if trained_fingerprint(fold_dir(out, spec.name, unit.fold, unit.seed)) != wanted:
+            todo.append(unit)
+    return todo
 
 
 def folds_to_train(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: list[str],
                    pseudo: StudentPseudo | None, out: Path, seed: int, candidates: list[int]) -> list[int]:
-    """The folds among `candidates` without a complete folder of the current fingerprint (no tokenising)."""
-    source = data_fingerprint(folds, texts, pseudo.texts if pseudo is not None else ())
-    todo = []
-    for fold in candidates:
-        labels = pseudo.labels.get(fold) if pseudo is not None else None
-        if trained_fingerprint(fold_dir(out, spec.name, fold)) != fold_fingerprint(spec, backbone, source, labels,
-                                                                                   fold, seed):
-            todo.append(fold)
-    return todo
+    """The folds among `candidates` with a seed not trained on the current fingerprint (no tokenising)."""
+    pending = units_to_train(spec, backbone, folds, texts, pseudo, out, seed, fold_units(spec, candidates, seed))
+    return sorted({unit.fold for unit in pending})
 
 
-def _train_one_fold(spec: ModelParams, backbone: str, tokenizer, data, fold: int, out: Path, seed: int, device: str,
-                    main: bool) -> None:
-    final = fold_dir(out, spec.name, fold)
-    if main:
+def cv_stop_fraction(out: Path, spec: ModelParams, fold_ids: list[int], seed: int) -> float:
+    """Where CV stopped, as a share of the last stage's steps, averaged over the trained fold models: the
+    best eval step's share with keep_best, else 1 (the folds trained to the end)."""
+    if not spec.keep_best:
+        return 1.0
+    last = len(spec.stages)
+    shares = []
+    for unit in fold_units(spec, fold_ids, seed):
+        folder = fold_dir(out, spec.name, unit.fold, unit.seed)
+        best = json.loads((folder / "metrics.json").read_text(encoding="utf-8")).get("best_step")
+        steps = pd.read_csv(folder / "log.csv")
+        steps = steps.loc[steps["stage"] == last, "step"]
+        if best is None or best < 0 or steps.empty:
+            shares.append(1.0)
+        else:
+            shares.append(float((steps <= best).sum()) / len(steps))
+    return round(float(np.mean(shares)), 4)
+
+
+def _train_one_unit(spec: ModelParams, backbone: str, tokenizer, data, unit: Unit, out: Path, seed: int,
+                    device: str, main: bool, stop_fraction: float) -> None:
+    final = fold_dir(out, spec.name, unit.fold, unit.seed)
+    if main and unit.fold is not None:
         stale_oof = model_dir(out, spec.name) / "oof.parquet"
         if stale_oof.exists():  # it no longer describes the model once a fold trains again
-            log.info("%s: removing %s while fold %d trains", spec.name, stale_oof, fold)
+            log.info("%s: removing %s while %s trains", spec.name, stale_oof, unit.label)
             stale_oof.unlink(missing_ok=True)  # fold workers may race for it
-    ckpt = checkpoint_dir(out, spec.name, fold)
+    ckpt = checkpoint_dir(out, spec.name, unit.fold, unit.seed)
+    run_seed = unit.run_seed(seed)
+    fraction = stop_fraction if unit.fold is None else 1.0
     if not main:  # data parallel: rank 0 alone writes the fold folder
-        train_fold(spec, backbone, tokenizer, data, fold, final, ckpt, seed, device)
+        train_fold(spec, backbone, tokenizer, data, unit.fold, final, ckpt, run_seed, device, stop_fraction=fraction)
         return
     with staged_dir(final) as tmp:
-        result = train_fold(spec, backbone, tokenizer, data, fold, tmp, ckpt, seed, device)
+        result = train_fold(spec, backbone, tokenizer, data, unit.fold, tmp, ckpt, run_seed, device,
+                            stop_fraction=fraction)
         write_parquet(tmp / "oof.parquet", result.oof)
         write_csv(tmp / "log.csv", result.log)
         write_json(tmp / "metrics.json", {k: v for k, v in result.metrics.items() if k not in TIMINGS})
-    write_json(timings_file(out, spec.name, fold), {k: result.metrics[k] for k in TIMINGS})
-    log.info("%s fold %d: held-out QWK (rounded) %.4f in %.0f s", spec.name, fold, result.metrics["qwk_rounded"],
-             result.metrics["seconds"])
+    write_json(timings_file(out, spec.name, unit.name), {k: result.metrics[k] for k in TIMINGS})
+    if unit.fold is None:
+        log.info("%s %s: trained on every labelled row (%.0f%% of the last stage, where CV stopped) in %.0f s",
+                 spec.name, unit.label, 100 * fraction, result.metrics["seconds"])
+    else:
+        log.info("%s %s: held-out QWK (rounded) %.4f in %.0f s", spec.name, unit.label,
+                 result.metrics["qwk_rounded"], result.metrics["seconds"])
 
 
 LOCK_FILE = "lock"
@@ -222,31 +280,38 @@ def _running(pid: object) -> bool:
     return True
 
 
-def prune_folds(out: Path, name: str, keep: list[int]) -> None:
-    """Remove fold folders of `name` that the current folds.parquet no longer has (after n_folds shrank)."""
-    parent = model_dir(out, name) / "folds"
-    wanted = {fold_dir(out, name, k).name for k in keep}
-    for stale in sorted(parent.glob("fold_*")) if parent.is_dir() else []:
-        if stale.is_dir() and stale.name not in wanted:
-            log.info("%s: removing %s (folds.parquet has folds %s)", name, stale, keep)
+def prune_folds(out: Path, spec: ModelParams, keep: list[int], seed: int) -> None:
+    """Remove the model's fold folders that neither the current folds.parquet nor its seeds and full fit have
+    (after n_folds shrank, a seed was dropped or the full fit turned off)."""
+    parent = model_dir(out, spec.name) / "folds"
+    wanted = {unit.name for unit in fold_units(spec, keep, seed) + full_units(spec, seed)}
+    for stale in sorted(parent.iterdir()) if parent.is_dir() else []:
+        if stale.is_dir() and stale.name.startswith(("fold_", "full")) and stale.name not in wanted:
+            log.info("%s: removing %s (not a fold, seed or full fit of the current settings)", spec.name, stale)
             shutil.rmtree(stale)
 
 
-def collect_oof(out: Path, name: str, folds: pd.DataFrame, required: bool = False) -> bool:
+def collect_oof(out: Path, spec: ModelParams, folds: pd.DataFrame, seed: int, required: bool = False) -> bool:
     """Write the model's `oof.parquet`, `metrics.json` and `log.csv` once every fold is trained on these folds.
 
-    A fold trained on another folds table (00_prepare re-run since) counts as missing. With `required`, a
-    missing fold is an error naming the command that trains it; otherwise it is logged and False returned.
+    With several seeds, a fold's OOF predictions (and class probabilities) are the mean over its seeds, as
+    05_infer averages the test predictions; metrics.json also scores each seed alone. A fold trained on
+    another folds table (00_prepare re-run since) counts as missing. With `required`, a missing fold is an
+    error naming the command that trains it; otherwise it is logged and False returned.
     """
+    name = spec.name
     fold_ids = sorted(folds["fold"].unique().tolist())
+    units = fold_units(spec, fold_ids, seed)
+    seeds = model_seeds(spec, seed)
     current = folds_fingerprint(folds)
     absent, stale = [], []
-    for k in fold_ids:
-        config = trained_config(fold_dir(out, name, k))
+    for unit in units:
+        config = trained_config(fold_dir(out, name, unit.fold, unit.seed))
         if config is None:
-            absent.append(k)
+            absent.append(unit.fold)
         elif config.get("folds") != current:
-            stale.append(k)
+            stale.append(unit.fold)
+    absent, stale = sorted(set(absent)), sorted(set(stale) - set(absent))
     if absent or stale:
         what = ", ".join(p for p in (f"fold(s) {absent} not trained" if absent else "",
                                      f"fold(s) {stale} trained on other folds (00_prepare ran since)" if stale
@@ -257,26 +322,44 @@ def collect_oof(out: Path, name: str, folds: pd.DataFrame, required: bool = Fals
         log.info("%s: %s; OOF file written once every fold is trained", name, what)
         return False
     folder = model_dir(out, name)
-    oof = pd.concat([pd.read_parquet(fold_dir(out, name, k) / "oof.parquet") for k in fold_ids], ignore_index=True)
+    per_unit = {unit: pd.read_parquet(fold_dir(out, name, unit.fold, unit.seed) / "oof.parquet") for unit in units}
+    oof = pd.concat(per_unit.values(), ignore_index=True).groupby(["essay_id", "fold"], sort=False).mean()
+    oof = oof.reset_index()
+    metrics = {**_oof_scores(folds, oof),
+               "folds_fingerprint": current,
+               "folds": {_summary_key(unit): _fold_summary(fold_dir(out, name, unit.fold, unit.seed))
+                         for unit in units},
+               "mlm": _mlm_summary(fold_dir(out, name, units[0].fold, units[0].seed))}
+    if len(seeds) > 1:
+        metrics["seeds"] = {str(seed if s is None else s): _oof_scores(
+            folds, pd.concat([per_unit[u] for u in units if u.seed == s]))["qwk_rounded"] for s in seeds}
+    logs = [pd.read_csv(fold_dir(out, name, u.fold, u.seed) / "log.csv").assign(fold=u.fold) for u in units]
+    if len(seeds) > 1:
+        logs = [frame.assign(seed=u.run_seed(seed)) for frame, u in zip(logs, units, strict=True)]
+    write_parquet(folder / "oof.parquet", oof)
+    write_csv(folder / "log.csv", pd.concat(logs, ignore_index=True))
+    write_json(folder / "metrics.json", metrics)
+    log.info("%s: OOF QWK (rounded) %.4f on all rows, %s on other-origin rows%s", name, metrics["qwk_rounded"],
+             "n/a" if metrics["qwk_rounded_other"] is None else f"{metrics['qwk_rounded_other']:.4f}",
+             f" (mean of {len(seeds)} seeds; each alone: " + ", ".join(
+                 f"{v:.4f}" for v in metrics["seeds"].values()) + ")" if "seeds" in metrics else "")
+    return True
+
+
+def _summary_key(unit: Unit) -> str:
+    """metrics.json's key of a fold model: the fold number, with its seed when the model lists seeds."""
+    return str(unit.fold) if unit.seed is None else f"{unit.fold}_seed{unit.seed}"
+
+
+def _oof_scores(folds: pd.DataFrame, oof: pd.DataFrame) -> dict:
+    """Rounded QWK on all and other-origin rows, and RMSE, of OOF predictions."""
     merged = folds[["essay_id", "score", "origin"]].merge(oof, on="essay_id", how="inner")
     other = (merged["origin"] == "other").to_numpy()
     scores = round_scores(merged["pred"].to_numpy())
     y = merged["score"].to_numpy()
-    metrics = {
-        "qwk_rounded": qwk(y, scores),
-        "qwk_rounded_other": qwk(y[other], scores[other]) if other.any() else None,
-        "rmse": float(np.sqrt(np.mean((merged["pred"].to_numpy() - y) ** 2))),
-        "folds_fingerprint": current,
-        "folds": {str(k): _fold_summary(fold_dir(out, name, k)) for k in fold_ids},
-        "mlm": _mlm_summary(fold_dir(out, name, fold_ids[0])),
-    }
-    logs = [pd.read_csv(fold_dir(out, name, k) / "log.csv").assign(fold=k) for k in fold_ids]
-    write_parquet(folder / "oof.parquet", oof)
-    write_csv(folder / "log.csv", pd.concat(logs, ignore_index=True))
-    write_json(folder / "metrics.json", metrics)
-    log.info("%s: OOF QWK (rounded) %.4f on all rows, %s on other-origin rows", name, metrics["qwk_rounded"],
-             "n/a" if metrics["qwk_rounded_other"] is None else f"{metrics['qwk_rounded_other']:.4f}")
-    return True
+    return {"qwk_rounded": qwk(y, scores),
+            "qwk_rounded_other": qwk(y[other], scores[other]) if other.any() else None,
+            "rmse": float(np.sqrt(np.mean((merged["pred"].to_numpy() - y) ** 2)))}
 
 
 def _fold_summary(folder: Path) -> dict:
@@ -293,6 +376,72 @@ def _mlm_summary(folder: Path) -> dict | None:
         return None
     metrics = json.loads(path.read_text(encoding="utf-8"))
     return {k: v for k, v in metrics.items() if not k.endswith("seconds")}
+
+
+def train_models(params: Params, script: Path) -> None:
+    """Stage 02_train: every model of train.models / train.students (or train.model alone), fold by fold
+    (several at once with train.fold_workers, each a run of `script`), then its full fit and OOF file."""
+    import torch
+
+    from common.data import load_competition_data
+    from common.oof import read_folds
+    from common.pseudo import load_student_pseudo, read_external
+
+    out, t, prep = params.output_dir, params.train, params.prepare
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    folds = read_folds(out / "prepare" / "folds.parquet")
+    fold_ids = sorted(folds["fold"].unique().tolist())
+    if len(fold_ids) != prep.n_folds:
+        raise PipelineError(f"{out / 'prepare' / 'folds.parquet'} has {len(fold_ids)} folds but prepare.n_folds="
+                            f"{prep.n_folds}: re-run 00_prepare (python 00_prepare/run.py) or set prepare.n_folds="
+                            f"{len(fold_ids)}")
+    data = texts = None
+    if t.step != "collect":
+        data = load_competition_data(params.input_dir, prep.train_file, prep.test_file, prep.sample_submission_file)
+        column = folds[["essay_id"]].merge(data.train, on="essay_id", how="left")["full_text"]
+        if column.isna().any():
+            raise PipelineError(
+                f"{params.input_dir / prep.train_file} lacks essays of folds.parquet: re-run 00_prepare")
+        texts = column.tolist()
+    for name, spec in t.all_models.items():
+        if t.model and name != t.model:
+            continue
+        backbone, pseudo = spec.backbone or params.backbone, None
+        if t.step != "collect" and spec.uses_pseudo:
+            pseudo = load_student_pseudo(pseudo_dir(out, name), out / "prepare" / "external.parquet", fold_ids, texts,
+                                         folds_fingerprint(folds), spec.teacher)
+        if t.step != "collect" and spec.mlm.epochs > 0:
+            external = read_external(out / "prepare" / "external.parquet")
+            mlm_texts = [*data.train["full_text"], *data.test["full_text"], *external["full_text"]]
+            planned = str(mlm_dir(out, mlm_fingerprint(spec, backbone, mlm_texts, params.seed)))
+            if _needs_training(spec, planned, folds, texts, pseudo, out, params.seed, t.folds):
+                backbone = adapted_backbone(spec, backbone, mlm_texts, out, params.seed, t.device)
+            else:  # every fold is kept: no MLM run (its cache may be gone, e.g. after dvc pull elsewhere)
+                backbone = planned
+        todo = t.folds or fold_ids
+        workers = t.fold_workers
+        if workers != 1 and data_parallel():
+            log.info("%s: data parallel over %s processes: every process trains each fold together, "
+                     "train.fold_workers=%d not used", name, os.environ["WORLD_SIZE"], workers)
+            workers = 1
+        if t.step != "collect" and workers != 1 and len(todo) > 1:
+            pending = folds_to_train(spec, backbone, folds, texts, pseudo, out, params.seed, todo)
+            if pending:
+                train_in_workers(params, name, pending, script)
+        # Every fold is trained by now (or trains here, one after the other), then the full fit and the OOF file.
+        train_model(spec, backbone, folds, texts or [], out, params.seed, t.folds, t.device, t.step, pseudo)
+
+
+def _needs_training(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: list[str],
+                    pseudo: StudentPseudo | None, out: Path, seed: int, only_folds: list[int]) -> bool:
+    """Whether a fold model of `only_folds` (all: empty), or the full fit when all are asked for, trains."""
+    fold_ids = sorted(folds["fold"].unique().tolist())
+    if folds_to_train(spec, backbone, folds, texts, pseudo, out, seed, only_folds or fold_ids):
+        return True
+    full = full_units(spec, seed) if not only_folds else []
+    return bool(full) and bool(units_to_train(spec, backbone, folds, texts, pseudo, out, seed, full,
+                                              cv_stop_fraction(out, spec, fold_ids, seed)))
 
 
 # --------------------------------------------------------------------------------------------------

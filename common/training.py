@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from common.config import ModelParams, StageParams
@@ -53,7 +54,7 @@ from common.models import EssayScorer, ScorerConfig
 from common.optim import AWP, EMA, build_scheduler, param_groups
 from common.pseudo import StudentPseudo
 from common.thresholds import round_scores
-from common.tokenization import EssayCollator, load_tokenizer, tokenize_essays
+from common.tokenization import EssayCollator, load_tokenizer, model_collator, model_token_ids, token_settings
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +109,10 @@ def tokenize_train(spec: ModelParams, backbone: str, folds_frame: pd.DataFrame, 
     """Tokenizer of the model and the tokenised essays (one pass, shared by every fold)."""
     tokenizer = load_tokenizer(backbone, add_newline_tokens=spec.add_newline_tokens, padding_side=spec.padding_side)
 
+    settings = token_settings(asdict(spec))
+
     def tokenize(batch: list[str]) -> list[list[int]]:
-        return tokenize_essays(tokenizer, batch, spec.max_length, add_special_tokens=spec.add_special_tokens,
-                               truncation_side=spec.truncation_side)
+        return model_token_ids(tokenizer, batch, settings)
 
     input_ids = tokenize(texts)
     data = TrainData(
@@ -158,9 +160,29 @@ def backbone_identity(backbone: str) -> str:
     return backbone
 
 
-def fold_fingerprint(spec: ModelParams, backbone: str, source: str, pseudo_labels: np.ndarray | None, fold: int,
-                     seed: int) -> str:
-    """What a fold's model depends on: settings, backbone, seed, fold, essays and folds, its pseudo-labels.
+UNIT_INDEPENDENT = ("seeds", "full_fit")
+"""Model settings that choose which units train, not what one trains to: left out of the fingerprint, so
+adding a seed or a full fit keeps every trained fold."""
+
+NEUTRAL_AT_DEFAULT = ("windows", "window_overlap", "random_crop", "max_length_schedule", "swa_start", "batch_tokens")
+"""Settings added after folds were first fingerprinted, whose default trains exactly what training did before
+they existed: at their default they are left out of the fingerprint and of train_config.json, so a pipeline
+upgrade that adds such a setting keeps the folds trained before it (no GPU hours spent again). A new setting
+whose default is "off" goes here; one that changes training at its default raises TRAINING_VERSION instead."""
+
+
+def unit_settings(spec: ModelParams) -> dict:
+    """What a trained fold records of its model's settings (and what its fingerprint hashes): every setting but
+    UNIT_INDEPENDENT ones and NEUTRAL_AT_DEFAULT ones left at their defaults."""
+    defaults = asdict(ModelParams())
+    return {k: v for k, v in asdict(spec).items()
+            if k not in UNIT_INDEPENDENT and not (k in NEUTRAL_AT_DEFAULT and v == defaults[k])}
+
+
+def fold_fingerprint(spec: ModelParams, backbone: str, source: str, pseudo_labels: np.ndarray | None,
+                     fold: int | None, seed: int, stop_fraction: float | None = None) -> str:
+    """What a fold's model depends on: settings, backbone, seed, fold, essays and folds, its pseudo-labels
+    (the full fit, fold None: also where CV stopped, `stop_fraction`).
 
     A trained fold whose `train_config.json` holds the same fingerprint is kept; a checkpoint with another
     one is ignored.
@@ -170,13 +192,27 @@ def fold_fingerprint(spec: ModelParams, backbone: str, source: str, pseudo_label
         # Rounded: fp16 inference on another GPU count or batching may move the last bits, not the labels.
         labels = np.round(np.asarray(pseudo_labels, np.float64), 4)
         pseudo = hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()
-    text = json.dumps({"spec": asdict(spec), "backbone": backbone_identity(backbone), "fold": fold, "seed": seed,
-                       "data": source, "pseudo": pseudo, "engine": TRAINING_VERSION}, sort_keys=True)
+    payload = {"spec": unit_settings(spec), "backbone": backbone_identity(backbone), "fold": fold, "seed": seed,
+               "data": source, "pseudo": pseudo, "engine": TRAINING_VERSION}
+    if fold is None:
+        payload["stop"] = round(float(stop_fraction if stop_fraction is not None else 1.0), 4)
+    text = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _stage_rows(data: TrainData, fold: int, stage: StageParams) -> np.ndarray:
-    """Indices of a stage's training rows (never the held-out fold): an origin subset, and / or the pseudo rows.
+def fold_pseudo_labels(labels: dict[int, np.ndarray] | None, fold: int | None) -> np.ndarray | None:
+    """The soft labels a fold trains on (from a teacher that never saw it); the full fit (fold None), which is
+    never evaluated, takes their mean over the folds."""
+    if not labels:
+        return None
+    if fold is None:
+        return np.mean([labels[k] for k in sorted(labels)], axis=0)
+    return labels.get(fold)
+
+
+def _stage_rows(data: TrainData, fold: int | None, stage: StageParams) -> np.ndarray:
+    """Indices of a stage's training rows (never the held-out fold; every labelled row for the full fit, fold
+    None): an origin subset, and / or the pseudo rows.
 
     Pseudo-labelled essays are numbered after the n train essays: n .. n + m - 1.
     """
@@ -184,7 +220,7 @@ def _stage_rows(data: TrainData, fold: int, stage: StageParams) -> np.ndarray:
     pseudo = np.arange(n, n + len(data.pseudo_ids or []))
     if stage.rows == "pseudo":
         return pseudo
-    train = data.folds != fold
+    train = data.folds != fold if fold is not None else np.ones(n, dtype=bool)
     rows = np.flatnonzero(train) if stage.rows == "all" else np.flatnonzero(train & (data.origins == stage.rows))
     return np.concatenate([rows, pseudo]) if stage.with_pseudo else rows
 
@@ -209,23 +245,28 @@ def _batch_loss(loss_fn, logits: torch.Tensor, targets: torch.Tensor, pseudo: to
     return (n_real * real_loss + weight * n_pseudo * pseudo_loss) / (n_real + weight * n_pseudo)
 
 
-def train_fold(spec: ModelParams, backbone: str, tokenizer, data: TrainData, fold: int, out_dir: Path,
-               checkpoint_dir: Path, seed: int, device: str = "auto", stop_after_steps: int | None = None) -> FoldResult:
+def train_fold(spec: ModelParams, backbone: str, tokenizer, data: TrainData, fold: int | None, out_dir: Path,
+               checkpoint_dir: Path, seed: int, device: str = "auto", stop_after_steps: int | None = None,
+               stop_fraction: float = 1.0) -> FoldResult:
     """Train `spec` on every fold but `fold`, save the model to `out_dir`, return held-out predictions.
+
+    `fold` None is the full fit: every labelled row, nothing held out (no evaluation, an empty OOF frame), its
+    last stage stopped after `stop_fraction` of its steps (where CV chose to stop; the schedule is the whole
+    stage's, as in the folds).
 
     Args:
         spec: the model's parameters (scorer, stages, optimisation...).
         backbone: resolved backbone name or folder.
         tokenizer: the model's tokenizer (saved next to the model).
         data: tokenised train essays with labels, folds and origins.
-        fold: the held-out fold.
+        fold: the held-out fold (None: the full fit).
         out_dir: where the final model, tokenizer and config go (created).
         checkpoint_dir: where resumable checkpoints live while training (removed on success).
-        seed: base seed; the fold's seed is seed + fold.
+        seed: base seed; the fold's seed is seed + fold (the full fit's: seed + the number of folds).
         device: "auto", "cpu" or "cuda".
         stop_after_steps: raise `Interrupted` after this many optimizer steps (tests of resume).
     """
-    run = _plan(spec, backbone, tokenizer, data, fold, checkpoint_dir, seed, device)
+    run = _plan(spec, backbone, tokenizer, data, fold, checkpoint_dir, seed, device, stop_fraction)
     resume = _restore(run)
     for index, stage in enumerate(spec.stages):
         if index >= run.state.stage:
@@ -241,8 +282,9 @@ class _Run:
     spec: ModelParams
     backbone: str
     data: TrainData
-    fold: int
+    fold: int | None  # None: the full fit
     seed: int  # the fold's seed: the run's seed + fold
+    base_seed: int  # the run's seed
     engine: Engine
     model: EssayScorer  # unwrapped, fp32
     collator: EssayCollator  # evaluation batches: whole essays
@@ -254,9 +296,15 @@ class _Run:
     accum: int  # micro-batches per optimizer step
     checkpoint: Path
     fingerprint: str
+    stop_fraction: float = 1.0  # share of the last stage's steps taken (the full fit: where CV stopped)
     state: _State = field(default_factory=_State)
     best_weights: dict | None = None
+    swa_models: int = 0  # weights the SWA average holds (0: no SWA)
     started: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return "full fit" if self.fold is None else f"fold {self.fold}"
 
 
 @dataclass
@@ -265,7 +313,8 @@ class _Stage:
 
     index: int
     rows: np.ndarray
-    total_steps: int
+    total_steps: int  # of the schedule
+    stop_steps: int  # taken: total_steps, or the full fit's share of the last stage
     eval_every: int
     model: torch.nn.Module  # wrapped for data parallelism
     optimizer: Any
@@ -273,14 +322,16 @@ class _Stage:
     ema: EMA | None
     awp: AWP | None
     awp_from_step: int
+    swa: AveragedModel | None = None  # the last stage's average of weights from swa_from_step on
+    swa_from_step: int = 0
     progress: Any = None
     losses: list[float] = field(default_factory=list)
 
 
-def _plan(spec: ModelParams, backbone: str, tokenizer, data: TrainData, fold: int, checkpoint_dir: Path, seed: int,
-          device: str) -> _Run:
+def _plan(spec: ModelParams, backbone: str, tokenizer, data: TrainData, fold: int | None, checkpoint_dir: Path,
+          seed: int, device: str, stop_fraction: float = 1.0) -> _Run:
     """Check the fold and settings, seed, build the model and every row's ids and targets."""
-    if fold not in set(data.folds.tolist()):
+    if fold is not None and fold not in set(data.folds.tolist()):
         raise TrainingError(f"fold {fold} is not in folds.parquet (folds: {sorted(set(data.folds.tolist()))})")
     engine = Engine(device, spec.mixed_precision)
     per_step = spec.batch_size * engine.world
@@ -289,23 +340,29 @@ def _plan(spec: ModelParams, backbone: str, tokenizer, data: TrainData, fold: in
             f"{spec.name}: effective_batch_size={spec.effective_batch_size} is not a multiple of "
             f"batch_size x processes = {spec.batch_size} x {engine.world}; change one of them"
         )
-    seed_everything(seed + fold)
+    run_seed = seed + (fold if fold is not None else len(np.unique(data.folds)))
+    seed_everything(run_seed)
     model = EssayScorer(scorer_config(spec, backbone, len(tokenizer)))
     ids, targets = data.input_ids, data.scores.astype(np.float32)
+    labels = fold_pseudo_labels(data.pseudo_labels, fold)
     if spec.uses_pseudo:
-        if data.pseudo_ids is None or data.pseudo_labels is None or fold not in data.pseudo_labels:
+        if data.pseudo_ids is None or labels is None:
             raise TrainingError(f"{spec.name}: a stage trains on pseudo-labels but none for fold {fold} were loaded; "
                                 f"make them first: python 01_pseudo_label/run.py train.model={spec.name}")
         ids = data.input_ids + data.pseudo_ids
-        targets = np.concatenate([_soft_targets(data.scores), data.pseudo_labels[fold]])
+        targets = np.concatenate([_soft_targets(data.scores), labels])
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = fold_fingerprint(spec, backbone, data.source, (data.pseudo_labels or {}).get(fold), fold, seed)
-    return _Run(spec=spec, backbone=backbone, data=data, fold=fold, seed=seed + fold, engine=engine, model=model,
-                collator=EssayCollator(tokenizer), train_collator=EssayCollator(tokenizer, cutout=spec.token_cutout),
+    fingerprint = fold_fingerprint(spec, backbone, data.source, labels, fold, seed, stop_fraction)
+    held_out = np.flatnonzero(data.folds == fold) if fold is not None else np.array([], dtype=np.int64)
+    return _Run(spec=spec, backbone=backbone, data=data, fold=fold, seed=run_seed, base_seed=seed, engine=engine,
+                model=model,
+                collator=model_collator(tokenizer, token_settings(asdict(spec))),
+                train_collator=model_collator(tokenizer, token_settings(asdict(spec)), cutout=spec.token_cutout,
+                                              crop=spec.random_crop),
                 ids=ids, targets=targets,
-                lengths=np.array([len(row) for row in ids]), held_out=np.flatnonzero(data.folds == fold),
+                lengths=np.array([len(row) for row in ids]), held_out=held_out,
                 accum=spec.effective_batch_size // per_step, checkpoint=checkpoint_dir / CHECKPOINT_FILE,
-                fingerprint=fingerprint)
+                fingerprint=fingerprint, stop_fraction=stop_fraction)
 
 
 def _restore(run: _Run) -> dict | None:
@@ -316,7 +373,7 @@ def _restore(run: _Run) -> dict | None:
         run.state = _State(**resume["state"])
         run.model.load_state_dict(resume["model"])
         run.best_weights = resume.get("best_weights")
-        log.info("%s fold %d: resuming at stage %d, epoch %d, step %d", run.spec.name, run.fold, run.state.stage,
+        log.info("%s %s: resuming at stage %d, epoch %d, step %d", run.spec.name, run.label, run.state.stage,
                  run.state.epoch, run.state.step)
     run.started = time.perf_counter() - run.state.seconds
     run.model = run.model.to(run.engine.device)
@@ -328,17 +385,21 @@ def _stage_setup(run: _Run, index: int, stage: StageParams, resume: dict | None)
     spec, engine, state = run.spec, run.engine, run.state
     rows = _stage_rows(run.data, run.fold, stage)
     if set(rows[rows < len(run.data.scores)].tolist()) & set(run.held_out.tolist()):
-        raise TrainingError(f"{spec.name} fold {run.fold}: held-out rows selected for training")  # never, by design
+        raise TrainingError(f"{spec.name} {run.label}: held-out rows selected for training")  # never, by design
     if len(rows) == 0:
-        raise TrainingError(f"{spec.name} fold {run.fold}: stage {index + 1} selects no rows ({stage.rows!r} origin)")
-    per_epoch = len(epoch_batches(run.lengths, rows, spec.batch_size, run.seed, 0, engine.rank, engine.world))
+        raise TrainingError(f"{spec.name} {run.label}: stage {index + 1} selects no rows ({stage.rows!r} origin)")
+    per_epoch = len(epoch_batches(run.lengths, rows, spec.batch_size, run.seed, 0, engine.rank, engine.world,
+                                  spec.batch_tokens))
     total_steps = max(1, math.ceil(stage.epochs * per_epoch / run.accum))
+    last_stage = index == len(spec.stages) - 1
+    stop_steps = max(1, round(total_steps * run.stop_fraction)) if last_stage else total_steps
     model = run.model
     groups = param_groups(model, model.encoder_layers(), model.embeddings_module(), lr=spec.lr, head_lr=spec.head_lr,
                           weight_decay=spec.weight_decay, layerwise_lr_decay=spec.layerwise_lr_decay)
     optimizer = torch.optim.AdamW(groups, lr=spec.lr)
     scheduler = build_scheduler(optimizer, spec.scheduler, total_steps, spec.warmup_ratio)
     ema = EMA(model, spec.ema_decay) if spec.ema_decay > 0 else None
+    swa = AveragedModel(model, use_buffers=False) if spec.swa_start > 0 and last_stage else None
     awp = AWP(model, adv_lr=spec.awp_lr, adv_eps=spec.awp_eps) if spec.awp_lr > 0 else None
     wrapped, optimizer = engine.prepare(model, optimizer)
     if resume is not None:
@@ -346,25 +407,31 @@ def _stage_setup(run: _Run, index: int, stage: StageParams, resume: dict | None)
         scheduler.load_state_dict(resume["scheduler"])
         if ema is not None and resume.get("ema") is not None:
             ema.load_state_dict(resume["ema"])
+        if swa is not None and resume.get("swa") is not None:
+            swa.load_state_dict(resume["swa"])
         engine.load_scaler_state(resume.get("scaler"))
         set_rng_state(resume["rng"])
     else:
         state.stage, state.epoch, state.batch_in_epoch, state.step = index, 0, 0, 0
-    return _Stage(index=index, rows=rows, total_steps=total_steps, eval_every=spec.eval_every or total_steps,
+    return _Stage(index=index, rows=rows, total_steps=total_steps, stop_steps=min(stop_steps, total_steps),
+                  eval_every=spec.eval_every or total_steps,
                   model=wrapped, optimizer=optimizer, scheduler=scheduler, ema=ema, awp=awp,
-                  awp_from_step=int(spec.awp_start_epoch * per_epoch / run.accum))
+                  awp_from_step=int(spec.awp_start_epoch * per_epoch / run.accum), swa=swa,
+                  swa_from_step=int(spec.swa_start * min(stop_steps, total_steps)))
 
 
 def _train_stage(run: _Run, index: int, stage: StageParams, resume: dict | None, stop_after: int | None) -> None:
     """Epochs of one stage until its step count; the EMA weights (if any) are the model afterwards."""
     spec, state = run.spec, run.state
     st = _stage_setup(run, index, stage, resume)
-    st.progress = tqdm(total=st.total_steps, initial=state.step, desc=f"{spec.name} fold {run.fold} stage {index + 1}",
+    st.progress = tqdm(total=st.stop_steps, initial=state.step, desc=f"{spec.name} {run.label} stage {index + 1}",
                        unit="step", disable=not run.engine.is_main, leave=False)
-    while state.step < st.total_steps:
+    while state.step < st.stop_steps:
         batches = epoch_batches(run.lengths, st.rows, spec.batch_size, run.seed + 1000 * index, state.epoch,
-                                run.engine.rank, run.engine.world)
+                                run.engine.rank, run.engine.world, spec.batch_tokens)
         st.model.train()
+        if spec.max_length_schedule:
+            run.train_collator.max_tokens = spec.max_length_schedule[min(state.epoch, len(spec.max_length_schedule) - 1)]
         if _train_epoch(run, st, batches, stop_after):
             break
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
@@ -392,7 +459,12 @@ def _train_epoch(run: _Run, st: _Stage, batches: list[list[int]], stop_after: in
         state.step += 1
         state.global_step += 1
         st.progress.update(1)
-        last = state.step >= st.total_steps
+        if st.swa is not None and state.step > st.swa_from_step:
+            st.swa.update_parameters(run.model)
+        last = state.step >= st.stop_steps
+        if last and st.swa is not None:  # the average is the model from here on: evaluated, kept, saved
+            run.model.load_state_dict(st.swa.module.state_dict())
+            run.swa_models = int(st.swa.n_averaged.item())
         _evaluate_and_log(run, st, last)
         if run.spec.checkpoint_every and state.step % run.spec.checkpoint_every == 0 and not last:
             _save_checkpoint(run, st)
@@ -412,17 +484,17 @@ def _micro_step(run: _Run, st: _Stage, rows: list[int], final_micro: bool) -> fl
 
     def loss_of() -> torch.Tensor:
         with engine.autocast():
-            logits = st.model(batch["input_ids"], batch["attention_mask"])
+            logits = st.model(batch["input_ids"], batch["attention_mask"], batch.get("windows"))
             return _batch_loss(run.model.loss, logits.float(), batch["targets"], is_pseudo, spec.pseudo_weight)
 
     with out_of_memory_as(lambda: TrainingError(
-            f"{spec.name} fold {run.fold}: GPU out of memory with batch_size={spec.batch_size}, max_length="
+            f"{spec.name} {run.label}: GPU out of memory with batch_size={spec.batch_size}, max_length="
             f"{spec.max_length}. Lower batch_size (keep effective_batch_size: more accumulation), lower "
             "max_length, or set scorer.gradient_checkpointing: true.")), engine.sync(st.model, final_micro):
         loss = loss_of()
         if not torch.isfinite(loss):
             raise TrainingError(
-                f"{spec.name} fold {run.fold}: loss is {loss.item()} at stage {st.index + 1}, step {run.state.step} "
+                f"{spec.name} {run.label}: loss is {loss.item()} at stage {st.index + 1}, step {run.state.step} "
                 f"(epoch {run.state.epoch}). Likely causes: fp16 overflow (mixed_precision={engine.precision}: try "
                 f"bf16 or no), a learning rate too high (lr={spec.lr}). The last good checkpoint is kept at "
                 f"{run.checkpoint}.")
@@ -442,7 +514,7 @@ def _evaluate_and_log(run: _Run, st: _Stage, last: bool) -> None:
     row = {"stage": st.index + 1, "epoch": state.epoch, "step": state.global_step,
            "train_loss": float(np.mean(st.losses)), "lr": st.scheduler.get_last_lr()[0]}
     st.losses.clear()
-    if state.step % st.eval_every == 0 or last:
+    if len(run.held_out) and (state.step % st.eval_every == 0 or last):
         result = _evaluate(run.model, st.ema, run.collator, run.data, run.held_out, run.engine.accelerator,
                            spec.batch_size * 2)
         row.update(eval_loss=result["eval_loss"], eval_qwk=result["eval_qwk"])
@@ -463,6 +535,7 @@ def _save_checkpoint(run: _Run, st: _Stage) -> None:
         "optimizer": st.optimizer.state_dict(),
         "scheduler": st.scheduler.state_dict(),
         "ema": st.ema.state_dict() if st.ema is not None else None,
+        "swa": st.swa.state_dict() if st.swa is not None else None,
         "scaler": run.engine.scaler_state(),
         "best_weights": run.best_weights,
     }, run.state.global_step)
@@ -475,33 +548,40 @@ def _finish(run: _Run, tokenizer, out_dir: Path) -> FoldResult:
     if spec.keep_best and run.best_weights is not None:
         model.load_state_dict(run.best_weights)
     model.eval()
-    preds, probs, eval_loss = predict_rows(model, run.collator, data, run.held_out, engine.accelerator,
-                                           spec.batch_size * 2)
-    oof = pd.DataFrame({"essay_id": data.essay_ids[run.held_out], "fold": run.fold, "pred": preds})
+    preds, probs, eval_loss = np.zeros(0), None, None
+    if len(run.held_out):
+        preds, probs, eval_loss = predict_rows(model, run.collator, data, run.held_out, engine.accelerator,
+                                               spec.batch_size * 2)
+    oof = pd.DataFrame({"essay_id": data.essay_ids[run.held_out], "fold": run.fold if run.fold is not None else -1,
+                        "pred": preds})
     if probs is not None:
         for k in range(probs.shape[1]):
             oof[f"prob_{k + 1}"] = probs[:, k]
     seconds = time.perf_counter() - run.started
     metrics = {
         "fold": run.fold,
-        "qwk_rounded": qwk(data.scores[run.held_out], round_scores(preds)),
+        "qwk_rounded": qwk(data.scores[run.held_out], round_scores(preds)) if len(run.held_out) else None,
         "eval_loss": eval_loss,
-        "n_train_rows": int((data.folds != run.fold).sum()),
+        "n_train_rows": len(data.scores) - len(run.held_out),
         "n_pseudo_rows": len(data.pseudo_ids or []) if spec.uses_pseudo else 0,
         "n_held_out": len(run.held_out),
         "steps": state.global_step,
-        "best_step": state.best_step if spec.keep_best else None,
+        "best_step": state.best_step if spec.keep_best and len(run.held_out) else None,
         "seconds": round(seconds, 1),
         "train_tokens_per_second": round(state.tokens_seen / max(seconds, 1e-9), 1),
         "mixed_precision": engine.precision,
         "processes": engine.world,
     }
+    if run.fold is None:
+        metrics["stop_fraction"] = run.stop_fraction
+    if spec.swa_start > 0:
+        metrics["swa_models"] = run.swa_models
     if engine.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save(out_dir)
         tokenizer.save_pretrained(out_dir)
-        write_json(out_dir / "train_config.json", {"model": asdict(spec), "backbone": run.backbone,
-                                                   "fold": run.fold, "seed": run.seed - run.fold,
+        write_json(out_dir / "train_config.json", {"model": unit_settings(spec), "backbone": run.backbone,
+                                                   "fold": run.fold, "seed": run.base_seed,
                                                    "fingerprint": run.fingerprint, "folds": data.folds_hash})
         remove_checkpoint(run.checkpoint)
     engine.wait()
@@ -540,7 +620,7 @@ def predict_rows(model: EssayScorer, collator, data: TrainData, rows: np.ndarray
         batch = collator([{"input_ids": data.input_ids[rows[i]], "target": float(data.scores[rows[i]])} for i in idx])
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
-            logits = model(batch["input_ids"], batch["attention_mask"]).float()
+            logits = model(batch["input_ids"], batch["attention_mask"], batch.get("windows")).float()
         losses.append(model.loss(logits, batch["targets"]).item())
         counts.append(len(idx))
         preds[idx] = model.head.predict(logits).cpu().numpy()

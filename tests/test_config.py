@@ -98,6 +98,13 @@ def test_models_are_keyed_by_name_and_overridable_one_field_at_a_time():
         load_params(REPO / "params.yaml", ["train.models.tiny-regression.heads=regression"])
 
 
+def test_a_student_can_teach_the_next_round(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  models: {a: {}}\n  students:\n    s1: {teacher: a, stages: [{with_pseudo: true}]}\n"
+                    "    s2: {teacher: s1, stages: [{with_pseudo: true}]}\n")
+    assert load_params(path).train.students["s2"].teacher == "s1"
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("train:\n  models:\n    a: {stages: [{rows: pseudo}, {rows: all}], teacher: b}\n", r"goes under train\.students"),
     ("train:\n  models: {a: {}}\n  students:\n    s: {teacher: nobody, stages: [{rows: pseudo}, {rows: all}]}\n",
@@ -106,8 +113,11 @@ def test_models_are_keyed_by_name_and_overridable_one_field_at_a_time():
     ("train:\n  models:\n    a: {stages: []}\n", "stages is empty"),
     ("train:\n  models: {a: {}}\n  students:\n    s: {teacher: a, stages: [{rows: all}, {rows: pseudo}]}\n",
      "the last stage .* trains on pseudo-labels alone"),
-    ("train:\n  models: {a: {}}\n  students:\n    s: {teacher: a, stages: [{with_pseudo: true}]}\n"
-     "    t: {teacher: s, stages: [{with_pseudo: true}]}\n", "is a student itself"),
+    ("train:\n  models: {a: {}}\n  students:\n    s: {teacher: t, stages: [{with_pseudo: true}]}\n"
+     "    t: {teacher: s, stages: [{with_pseudo: true}]}\n", r"go round in a circle \(s -> t -> s\)"),
+    ("train:\n  models: {a: {}}\n  students:\n    s: {teacher: s, stages: [{with_pseudo: true}]}\n",
+     "go round in a circle"),
+    ("train:\n  models:\n    a: {seeds: [1, 2, 1]}\n", "lists a seed twice"),
     ("train:\n  models: {a: {}}\n  students:\n    a: {teacher: a, stages: [{with_pseudo: true}]}\n", "both in"),
     ("train:\n  models:\n    a: {name: b}\n", "a model's name is its key"),
     ("train:\n  models:\n    a.b: {}\n", "letters, digits"),

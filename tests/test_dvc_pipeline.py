@@ -132,6 +132,20 @@ def test_without_students_no_pseudo_label_stage_runs(repo_copy):
     assert "01_pseudo_label" not in dry.stdout and "train.model=tiny-regression" in dry.stdout
 
 
+def test_a_second_round_of_pseudo_labels_unrolls_from_params(repo_copy):
+    """A student as teacher: its pseudo_label stage waits for the first-round student's folds."""
+    def second_round(data):
+        first = data["train"]["students"]["tiny-student"]
+        data["train"]["students"]["tiny-student-r2"] = {**first, "teacher": "tiny-student"}
+    edit_params(repo_copy, second_round)
+    dry = dvc(repo_copy, "repro", "--dry", "--force")
+    assert dry.returncode == 0, dry.stderr
+    order = [line.split("'")[1] for line in dry.stdout.splitlines() if line.startswith("Running stage")]
+    chain = ["train@tiny-regression", "pseudo_label@tiny-student", "student@tiny-student",
+             "pseudo_label@tiny-student-r2", "student@tiny-student-r2"]
+    assert [stage for stage in order if stage in chain] == chain
+
+
 def test_the_competition_params_plan(repo_copy):
     shutil.copy(REPO / "params" / "competition.yaml", repo_copy / "params.yaml")
     edit_params(repo_copy, lambda d: d["paths"].update(input="input", output="runs/first"))

@@ -32,6 +32,20 @@ def test_epoch_batches_are_seeded_and_shared_out_between_processes():
     assert len(flat) == len(set(flat)) and set(flat) <= set(rows.tolist())
 
 
+def test_token_budget_batches_hold_more_short_essays_and_keep_the_budget():
+    lengths = np.random.default_rng(0).integers(10, 500, size=303)
+    rows = np.arange(3, 303)
+    batches = epoch_batches(lengths, rows, batch_size=8, seed=1, epoch=0, batch_tokens=2000)
+    assert sorted(i for b in batches for i in b) == rows.tolist()  # every row once
+    assert all(len(b) == 1 or len(b) * lengths[b].max() <= 2000 for b in batches)
+    sizes = {min(lengths[b]): len(b) for b in batches}
+    assert sizes[min(sizes)] > sizes[max(sizes)]  # the shortest essays come many to a batch, the longest few
+    assert batches == epoch_batches(lengths, rows, batch_size=8, seed=1, epoch=0, batch_tokens=2000)
+    assert batches != epoch_batches(lengths, rows, batch_size=8, seed=1, epoch=1, batch_tokens=2000)
+    shares = [epoch_batches(lengths, rows, 8, 1, 0, rank=r, world=2, batch_tokens=2000) for r in range(2)]
+    assert len(shares[0]) == len(shares[1])
+
+
 def test_rng_state_round_trip():
     seed_everything(3)
     saved = rng_state()

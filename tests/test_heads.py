@@ -11,6 +11,7 @@ from common.models.losses import loss_for
 IN_DIM = 8
 N_LOGITS = {"regression": 1, "classification": 6, "ordinal": 5}
 BUILT_IN = ["regression", "classification", "ordinal"]
+WITH_HYBRID = [*BUILT_IN, "hybrid"]  # the regression head with an auxiliary classification head
 
 
 def build_head(kind: str, in_dim: int = IN_DIM, dropout: float = 0.1, n_dropout_samples: int = 1):
@@ -70,7 +71,7 @@ def test_predictions_and_probabilities(kind: str) -> None:
     assert pred.std() > 0.5  # the logits move the prediction: not a constant in the middle of the scale
 
 
-@pytest.mark.parametrize("kind", BUILT_IN)
+@pytest.mark.parametrize("kind", WITH_HYBRID)
 def test_a_trained_head_predicts_the_scores_it_was_trained_on(kind: str) -> None:
     x, y = toy_problem(256)
     untrained = build_head(kind, dropout=0.0).eval()
@@ -105,7 +106,7 @@ def test_ordinal_head_is_rank_consistent_whatever_its_parameters() -> None:
     assert head.predict(head(torch.zeros(1, IN_DIM))).item() == pytest.approx(1.0 + torch.sigmoid(biases).sum().item())
 
 
-@pytest.mark.parametrize("kind", BUILT_IN)
+@pytest.mark.parametrize("kind", WITH_HYBRID)
 def test_multi_sample_dropout_is_random_in_training_only(kind: str) -> None:
     torch.manual_seed(0)
     head = build_head(kind, IN_DIM, dropout=0.5, n_dropout_samples=4)

@@ -156,7 +156,16 @@ def test_the_stage_writes_a_valid_submission_with_the_network_blocked(trained_ou
     assert submission["essay_id"].tolist() == sample["essay_id"].tolist()
     assert submission["score"].between(1, 6).all() and submission["score"].dtype.kind == "i"
     metrics = json.loads((out / "infer" / "metrics.json").read_text())
-    assert metrics["n_essays"] == len(sample) and metrics["runtime_estimate"]["n_fold_models"] == 8
+    # params.yaml: tiny-regression has two seeds (8 fold models), tiny-ordinal a full fit beside its 4 folds.
+    assert metrics["n_essays"] == len(sample) and metrics["runtime_estimate"]["n_fold_models"] == 13
+    predictions = pd.read_parquet(out / "infer" / "test_predictions.parquet")
+    members = {"tiny-regression": [f"fold_{k}{s}" for k in range(4) for s in ("", "_seed7")],
+               "tiny-ordinal": [*(f"fold_{k}" for k in range(4)), "full"]}
+    for name, units in members.items():
+        columns = sorted(c for c in predictions.columns if c.startswith(f"{name}__"))
+        assert columns == sorted(f"{name}__{u}" for u in units)
+        np.testing.assert_allclose(predictions[name], predictions[columns].mean(axis=1), atol=1e-9)
+    assert not np.allclose(predictions["tiny-ordinal__full"], predictions["tiny-ordinal__fold_0"])
 
 
 @pytest.mark.slow
@@ -333,8 +342,8 @@ def test_empty_and_enormous_essays_are_scored(artifacts_copy, demo_input, tmp_pa
 def test_runtime_estimate_counts_every_fold_model(trained_output):
     artifacts = ArtifactSet.open(trained_output)
     small = estimate_runtime(artifacts, 400, 8000, 100.0, 9.0)
-    assert small["n_fold_models"] == 8 and small["within_limit"]
-    assert small["this_device_hours"] == pytest.approx(8000 * 8 / 100 / 3600)
+    assert small["n_fold_models"] == 13 and small["within_limit"]  # 2 seeds x 4 folds, 4 folds + a full fit
+    assert small["this_device_hours"] == pytest.approx(8000 * 13 / 100 / 3600)
     assert estimate_runtime(artifacts, 400, 8000, 0.01, 9.0)["within_limit"] is False
 
 
@@ -362,6 +371,10 @@ def test_kaggle_bundle_runs_as_a_notebook_on_a_fake_kaggle_with_the_network_bloc
     assert (dataset / "code" / "common" / "inference.py").is_file()
     assert not (dataset / "code" / "common" / "tools").exists()  # inference runs without the tooling
     assert not list(dataset.rglob("oof.parquet")) and not list(dataset.rglob("__pycache__"))
+    shipped = {name: sorted(p.name for p in (dataset / "train" / name / "folds").iterdir())
+               for name in ("tiny-regression", "tiny-ordinal")}
+    assert shipped == {"tiny-regression": sorted(f"fold_{k}{s}" for k in range(4) for s in ("", "_seed7")),
+                       "tiny-ordinal": ["fold_0", "fold_1", "fold_2", "fold_3", "full"]}
     assert "kaggle datasets create" in (bundle / "UPLOAD.md").read_text()
 
     # The fake Kaggle: competition files and the dataset under <root>/input, a working folder.

@@ -18,7 +18,7 @@ SCORES = torch.arange(1.0, 7.0)
 VARIANTS = [("regression", "mse"), ("regression", "smooth_l1"), ("classification", "cross_entropy"),
             ("classification", "mse"), ("ordinal", "cumulative_bce"), ("ordinal", "mse"),
             ("classification", "smoothed_cross_entropy"), ("classification", "focal"), ("regression", "qwk"),
-            ("ordinal", "qwk")]
+            ("ordinal", "qwk"), ("hybrid", "hybrid"), ("hybrid", "mse"), ("ordinal", "ordinal_kl")]
 
 
 def toy_problem(n: int = 128, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,3 +206,20 @@ def test_qwk_loss_is_one_minus_the_kappa_of_continuous_scores() -> None:
     pairs = ((pred[:, None] - y[None, :]) ** 2).sum() / len(y)
     assert loss == pytest.approx(((pred - y) ** 2).sum().item() / pairs.item(), rel=1e-6)
     assert LOSSES.build("qwk")(head, y.unsqueeze(-1), y).item() == 0.0  # perfect agreement
+
+
+def test_hybrid_is_the_score_mse_plus_the_auxiliary_cross_entropy() -> None:
+    head, logits, y = head_and_logits("hybrid")
+    expected = F.mse_loss(logits[:, 0], y) + losses_module.HYBRID_AUX_WEIGHT * F.cross_entropy(logits[:, 1:], y.long() - 1)
+    torch.testing.assert_close(loss_for("hybrid")()(head, logits, y), expected)
+    torch.testing.assert_close(head.predict(logits), logits[:, 0])  # the score is the regression output
+    torch.testing.assert_close(head.probs(logits), torch.softmax(logits[:, 1:], dim=-1))
+
+
+def test_ordinal_kl_is_the_kl_to_the_heads_distribution_over_scores() -> None:
+    head, logits, y = head_and_logits("ordinal")
+    soft = soft_labels(y)
+    expected = kl_divergence(soft, head.probs(logits).log())
+    torch.testing.assert_close(LOSSES.build("ordinal_kl")(head, logits, soft), expected)
+    own = head.probs(logits).detach()
+    assert LOSSES.build("ordinal_kl")(head, logits, own).item() == pytest.approx(0.0, abs=1e-5)

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from common import training
+from common import tokenization
 from common.config import ModelParams, StageParams
 from common.models import HEADS, LOSSES
 from common.pseudo import (
@@ -152,14 +152,14 @@ def test_students_read_only_their_own_folds_labels(world, tmp_path, monkeypatch)
     _table, texts, folder = world
     pseudo = load_student_pseudo(folder, folder / "external.parquet", [0, 1, 2], texts)
     seen = []
-    real_collator = training.EssayCollator
+    real_collator = tokenization.EssayCollator
 
     class Spy(real_collator):
         def __call__(self, items):
             seen.extend(tuple(np.round(item["target"], 6)) for item in items if isinstance(item.get("target"), list))
             return super().__call__(items)
 
-    monkeypatch.setattr(training, "EssayCollator", Spy)
+    monkeypatch.setattr(tokenization, "EssayCollator", Spy)  # what model_collator builds training batches with
     fit_student(world, pseudo, tmp_path / "s", fold=1)
     own = {tuple(np.round(row, 6)) for row in pseudo.labels[1].tolist()}
     others = {tuple(np.round(row, 6)) for k in (0, 2) for row in pseudo.labels[k].tolist()} - own

@@ -189,6 +189,30 @@ def test_lora_trains_adapters_pooling_and_head_only(backbone_dir: Path) -> None:
     assert all(model.get_parameter(name).grad is not None for name in trainable if "lora_A" in name)
 
 
+def test_under_lora_the_rows_of_added_tokens_train_and_are_saved(backbone_dir: Path, tmp_path: Path) -> None:
+    """The newline token added by resizing starts as a random row: under LoRA it must train, and load back."""
+    model = EssayScorer(ScorerConfig(backbone=str(backbone_dir), vocab_size=VOCAB + 1, lora_r=4))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert any("trainable_tokens_delta" in name for name in trainable)  # the added row, not the whole matrix
+    ids, mask = make_batch(vocab=VOCAB + 1)
+    ids[:, 1] = VOCAB  # the added token in every essay
+    without = ids.clone()
+    without[:, 1] = 5
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model.eval()
+    start = model(ids, mask).detach() - model(without, mask).detach()  # what the added token contributes
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(ids, mask).pow(2).sum().backward()
+        optimizer.step()
+    trained = model(ids, mask).detach()
+    model.save(tmp_path)
+    loaded = EssayScorer.load(tmp_path)
+    torch.testing.assert_close(loaded(ids, mask), trained)
+    delta = next(p for name, p in model.named_parameters() if "trainable_tokens_delta" in name)
+    assert delta.abs().sum() > 0 and not torch.allclose(trained - model(without, mask).detach(), start)
+
+
 def test_bert_like_layout_directly_and_through_peft() -> None:
     def tiny_bert() -> BertModel:
         torch.manual_seed(0)

@@ -14,8 +14,12 @@ from common.tokenization import (
     LengthGroupedSampler,
     batches_by_token_budget,
     load_tokenizer,
+    model_collator,
     newline_safe,
+    special_frame,
+    split_windows,
     tokenize_essays,
+    window_capacity,
 )
 from tests.conftest import BACKBONE
 
@@ -132,6 +136,67 @@ def test_head_tail_keeps_both_ends_of_a_long_essay_and_short_ones_whole(tiny, ti
     assert len(bare) == 32 and bare[:8] == body[:8] and bare[-24:] == body[-24:]
     with pytest.raises(ValueError, match="truncation_side must be one of"):
         tokenize_essays(tiny, [text], 32, truncation_side="middle")
+
+
+def test_sliding_windows_cover_a_long_essay_between_its_special_tokens(tiny):
+    text = "first words " + "middle " * 100 + "last words"
+    frame = special_frame(tiny)
+    assert frame == (1, 1) and special_frame(tiny, add_special_tokens=False) == (0, 0)
+    whole = tiny(text)["input_ids"]
+    capacity = window_capacity(32, 3, 6, 2)
+    assert capacity == 2 + 30 + 2 * 24
+    ids = tokenize_essays(tiny, [text], 32, windows=3, window_overlap=6)[0]
+    assert ids == [*whole[: capacity - 1], tiny.sep_token_id]  # three windows' worth, cut on the right
+    windows = split_windows(ids, 32, 6, *frame)
+    assert len(windows) == 3 and all(len(w) == 32 for w in windows)
+    assert all(w[0] == tiny.cls_token_id and w[-1] == tiny.sep_token_id for w in windows)
+    bodies = [w[1:-1] for w in windows]
+    assert bodies[0][-6:] == bodies[1][:6] and bodies[1][-6:] == bodies[2][:6]  # neighbours share 6 tokens
+    assert bodies[0] + bodies[1][6:] + bodies[2][6:] == ids[1:-1]  # together: every token, in order
+    # The last window ends at the essay's end, whole: it starts earlier when the rest is short.
+    longer = [*ids[: capacity - 10], tiny.sep_token_id]
+    last = split_windows(longer, 32, 6, *frame)[-1]
+    assert len(last) == 32 and last[-2] == longer[-2]
+    assert split_windows(whole[:20], 32, 6, *frame) == [whole[:20]]  # an essay that fits: one window
+    short = ["a short essay.", "two\n\nparagraphs here."]
+    assert tokenize_essays(tiny, short, 32, windows=3, window_overlap=6) == tokenize_essays(tiny, short, 32)
+    with pytest.raises(ValueError, match="window_overlap=30 must be in"):
+        tokenize_essays(tiny, [text], 32, windows=2, window_overlap=30)
+
+
+def test_the_window_collator_says_how_many_rows_each_essay_has(tiny):
+    text = "first words " + "middle " * 100 + "last words"
+    settings = {"max_length": 32, "add_special_tokens": True, "truncation_side": "right", "windows": 4,
+                "window_overlap": 8}
+    ids = tokenize_essays(tiny, [text, "short one", text[:120]], 32, windows=4, window_overlap=8)
+    batch = model_collator(tiny, settings)([{"input_ids": row, "target": 3.0} for row in ids])
+    counts = [len(split_windows(row, 32, 8, 1, 1)) for row in ids]
+    assert counts[0] == 4 and counts[1] == 1 and batch["windows"].tolist() == counts
+    assert batch["input_ids"].shape == (sum(counts), 32) and batch["targets"].shape == (3,)
+    assert "windows" not in model_collator(tiny, {**settings, "windows": 1})([{"input_ids": ids[1]}])
+
+
+def test_random_crop_and_progressive_length_cut_training_essays_between_their_special_tokens(tiny):
+    text = "first words " + "middle words here " * 30 + "last words"
+    ids = tokenize_essays(tiny, [text], 128)[0]
+    settings = {"max_length": 128, "add_special_tokens": True, "truncation_side": "head_tail"}
+    torch.manual_seed(0)
+    cropped = model_collator(tiny, settings, crop=1.0)([{"input_ids": ids}] * 8)
+    body = ids[1:-1]
+    for row, mask in zip(cropped["input_ids"].tolist(), cropped["attention_mask"].tolist(), strict=True):
+        kept = row[: sum(mask)]
+        assert kept[0] == tiny.cls_token_id and kept[-1] == tiny.sep_token_id
+        span = kept[1:-1]
+        assert len(body) // 2 <= len(span) <= len(body)
+        assert any(body[i : i + len(span)] == span for i in range(len(body) - len(span) + 1))  # contiguous
+    assert len({sum(m) for m in cropped["attention_mask"].tolist()}) > 1  # spans of several lengths
+    progressive = model_collator(tiny, settings)
+    progressive.max_tokens = 20
+    batch = progressive([{"input_ids": ids}])
+    short = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
+    assert short == ids[:1] + body[:4] + body[-14:] + ids[-1:]  # cut as head_tail cuts: a quarter from the start
+    whole = model_collator(tiny, settings)([{"input_ids": ids}])
+    assert whole["input_ids"][0][whole["attention_mask"][0].bool()].tolist() == ids  # off: whole
 
 
 def test_batched_tokenising_matches_one_by_one(tiny):

@@ -1,15 +1,18 @@
 """Stage 02_train end to end through its command line on generated demo data."""
 
 import json
+import math
 import shutil
+from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
-FAST = ["train.models.tiny-regression.max_length=64", "train.models.tiny-regression.stages=[{rows: all, epochs: 1.0}]", "train.device=cpu"]
+FAST = ["train.models.tiny-regression.max_length=64", "train.models.tiny-regression.seeds=[]", "train.models.tiny-regression.stages=[{rows: all, epochs: 1.0}]", "train.device=cpu"]
 
 
 def test_trains_every_fold_and_collects_the_oof(prepared_output, demo_input, tmp_path):
@@ -250,3 +253,48 @@ def test_a_fold_with_unreadable_weights_trains_again(model_args, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "already trained" not in again.stderr
     _assert_complete_fold(weights.parent)
+
+
+def test_seeds_are_averaged_and_the_full_fit_trains_on_every_row(tmp_path):
+    """Two seeds per fold and a full fit: the OOF file is the seeds' mean; dropping the second seed and the full
+    fit keeps the first seed's folds (nothing retrains) and removes the rest."""
+    from common.config import ModelParams, StageParams
+    from common.layout import inference_units
+    from common.train_stage import train_model
+    from tests.conftest import BACKBONE, fold_table
+
+    _, table, texts = fold_table(seed=5, n_train=64, n_corpus_only=10, n_folds=2)
+    spec = ModelParams(name="t", max_length=64, stages=[StageParams(epochs=1.0)], batch_size=8, effective_batch_size=16,
+                       lr=1e-3, head_lr=5e-3, warmup_ratio=0.0, seeds=[3, 4], full_fit="beside", keep_best=True,
+                       eval_every=1)
+    train_model(spec, BACKBONE, table, texts, tmp_path, 3, [], "cpu")
+    folder = tmp_path / "train" / "t"
+    names = ["fold_0", "fold_0_seed4", "fold_1", "fold_1_seed4", "full", "full_seed4"]
+    assert sorted(p.name for p in (folder / "folds").iterdir()) == names  # seed 3 is the run's: no suffix
+    assert [u.name for u in inference_units(spec, [0, 1], 3)] == ["fold_0", "fold_0_seed4", "fold_1", "fold_1_seed4",
+                                                                  "full", "full_seed4"]
+    per_seed = {n: pd.read_parquet(folder / "folds" / n / "oof.parquet").set_index("essay_id")["pred"]
+                for n in names[:4]}
+    assert not per_seed["fold_0"].equals(per_seed["fold_0_seed4"])  # another seed, another model
+    oof = pd.read_parquet(folder / "oof.parquet").set_index("essay_id")["pred"]
+    expected = pd.concat([(per_seed["fold_0"] + per_seed["fold_0_seed4"]) / 2,
+                          (per_seed["fold_1"] + per_seed["fold_1_seed4"]) / 2])
+    pd.testing.assert_series_equal(oof.sort_index(), expected.sort_index(), check_names=False)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert set(metrics["seeds"]) == {"3", "4"} and set(metrics["folds"]) == {"0", "0_seed4", "1", "1_seed4"}
+    full = json.loads((folder / "folds" / "full" / "metrics.json").read_text())
+    folds_steps = json.loads((folder / "folds" / "fold_0" / "metrics.json").read_text())["steps"]
+    assert full["n_train_rows"] == len(table) and full["n_held_out"] == 0 and full["qwk_rounded"] is None
+    # Where CV stopped: the folds' best steps as a share of their last stage, the full fit's steps that share.
+    best = [json.loads((folder / "folds" / n / "metrics.json").read_text())["best_step"] / folds_steps
+            for n in names[:4]]
+    assert full["stop_fraction"] == pytest.approx(np.mean(best), abs=1e-4)
+    assert full["steps"] == max(1, round(math.ceil(len(table) / 8 / 2) * full["stop_fraction"]))
+    assert pd.read_parquet(folder / "folds" / "full" / "oof.parquet").empty
+    before = {n: (folder / "folds" / n / "model.safetensors").stat().st_mtime_ns for n in ("fold_0", "fold_1")}
+    train_model(replace(spec, seeds=[3], full_fit="off"), BACKBONE, table, texts, tmp_path, 3, [], "cpu")
+    assert sorted(p.name for p in (folder / "folds").iterdir()) == ["fold_0", "fold_1"]
+    assert before == {n: (folder / "folds" / n / "model.safetensors").stat().st_mtime_ns for n in before}
+    alone = pd.read_parquet(folder / "oof.parquet").set_index("essay_id")["pred"]
+    pd.testing.assert_series_equal(alone.sort_index(), pd.concat([per_seed["fold_0"], per_seed["fold_1"]]).sort_index(),
+                                   check_names=False)

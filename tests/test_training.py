@@ -1,6 +1,7 @@
 """The training engine on the tiny backbone: heads, fold discipline, resume, determinism, faults."""
 
 import json
+import math
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -53,8 +54,9 @@ def test_each_head_trains_and_predicts_the_held_out_fold(frame, tmp_path, head):
     assert (tmp_path / "model" / "train_config.json").exists()
 
 
-def test_no_held_out_essay_is_ever_in_a_training_batch(frame, tmp_path, monkeypatch):
-    table, _ = frame
+@pytest.fixture
+def batched_rows(monkeypatch) -> list[int]:
+    """Every row index of every training batch the engine draws (filled as training runs)."""
     seen: list[int] = []
     original = training.epoch_batches
 
@@ -64,11 +66,29 @@ def test_no_held_out_essay_is_ever_in_a_training_batch(frame, tmp_path, monkeypa
         return batches
 
     monkeypatch.setattr(training, "epoch_batches", spy)
+    return seen
+
+
+def test_no_held_out_essay_is_ever_in_a_training_batch(frame, tmp_path, batched_rows):
+    table, _ = frame
+    seen = batched_rows
     spec = replace(BASE, stages=[StageParams("persuade", 1.0), StageParams("all", 1.0)])
     fit(frame, spec, fold=1, tmp=tmp_path)
     held = set(np.flatnonzero(table["fold"].to_numpy() == 1).tolist())
     assert seen and not held & set(seen)
     assert set(seen) == set(range(len(table))) - held  # every training row was used
+
+
+def test_the_full_fit_trains_on_every_row_and_stops_where_cv_stopped(frame, tmp_path, batched_rows):
+    table, _ = frame
+    seen = batched_rows
+    result = fit(frame, fold=None, tmp=tmp_path, stop_fraction=0.5)
+    assert set(seen) == set(range(len(table)))  # nothing held out
+    per_epoch = math.ceil(len(table) / BASE.batch_size)
+    assert result.metrics["steps"] == round(per_epoch / 2 * 0.5)  # half the schedule's optimizer steps
+    assert result.oof.empty and result.metrics["qwk_rounded"] is None and "eval_qwk" not in result.log
+    config = json.loads((tmp_path / "model" / "train_config.json").read_text())
+    assert config["fold"] is None and "seeds" not in config["model"]
 
 
 def test_two_stages_train_on_the_chosen_rows(frame, tmp_path, monkeypatch):
@@ -159,12 +179,16 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(frame, tmp_path, 
 
 
 @pytest.mark.parametrize("setting", [{"awp_lr": 0.5, "awp_start_epoch": 0.0}, {"ema_decay": 0.5},
-                                     {"scorer": ScorerParams(n_dropout_samples=3)}, {"token_cutout": 0.2}],
-                         ids=["awp", "ema", "multi-sample dropout", "token cutout"])
+                                     {"scorer": ScorerParams(n_dropout_samples=3)}, {"token_cutout": 0.2},
+                                     {"swa_start": 0.5}, {"random_crop": 0.5}, {"max_length_schedule": [16]}],
+                         ids=["awp", "ema", "multi-sample dropout", "token cutout", "swa", "random crop",
+                              "progressive max_length"])
 def test_awp_ema_and_multi_sample_dropout_change_the_model(frame, plain, tmp_path, setting):
     changed = fit(frame, replace(BASE, **setting), tmp=tmp_path / "changed")
     assert np.isfinite(changed.oof["pred"]).all()
     assert not np.allclose(plain.oof["pred"], changed.oof["pred"], rtol=0, atol=1e-6)
+    if "swa_start" in setting:  # 4 steps (64 training essays, 16 a step): the weights after steps 3 and 4
+        assert changed.metrics["steps"] == 4 and changed.metrics["swa_models"] == 2
 
 
 def test_awp_keep_best_and_ema_run(frame, tmp_path):
@@ -229,3 +253,45 @@ def test_head_tail_tokens_are_the_same_in_training_and_inference(frame, tmp_path
     assert all(len(row) == spec.max_length for row in ids)
     tail = tokenizer(" the last words.", add_special_tokens=False)["input_ids"]
     assert all(row[-1 - len(tail) : -1] == tail for row in ids)  # every essay's end is kept
+
+
+def test_sliding_windows_score_whole_essays_alike_in_training_and_inference(frame, tmp_path):
+    import torch
+
+    from common.inference import TokenCache, predict_fold_model
+    from common.models import EssayScorer
+
+    table, texts = frame
+    texts = [f"{text} {'and in the end ' * 40}the last words." for text in texts]
+    spec = replace(BASE, max_length=32, windows=4, window_overlap=8)
+    result = fit((table, texts), spec, tmp=tmp_path)
+    held = [t for t, k in zip(texts, table["fold"], strict=True) if k == 0]
+    ids, collator = TokenCache(held).get(tmp_path / "model")
+    batch = collator([{"input_ids": row} for row in ids[:3]])
+    assert batch["windows"].tolist() == [4, 4, 4] and batch["input_ids"].shape[1] == 32  # the whole budget, cut
+    pred, _ = predict_fold_model(tmp_path / "model", ids, collator, [torch.device("cpu")], "auto", batch_tokens=300)
+    np.testing.assert_allclose(pred, result.oof["pred"].to_numpy(), atol=1e-4)  # what training recorded
+    model = EssayScorer.load(tmp_path / "model").eval()
+    with torch.no_grad():
+        pooled = model(batch["input_ids"], batch["attention_mask"], batch["windows"])
+        each = model(batch["input_ids"], batch["attention_mask"])  # one row per window
+    torch.testing.assert_close(pooled, each.view(3, 4, -1).mean(dim=1))  # an essay's logits: its windows' mean
+    assert not torch.allclose(each.view(3, 4, -1)[:, 0], pooled)  # the later windows count
+
+
+def test_settings_added_since_keep_the_folds_trained_before_them():
+    """A fold records (and fingerprints) no setting that is still at a default that trains as before it existed, so
+    upgrading the pipeline does not retrain it; the same setting away from its default does count."""
+    from common.tokenization import token_settings
+
+    assert not set(training.NEUTRAL_AT_DEFAULT) & set(training.unit_settings(BASE))
+    assert "seeds" not in training.unit_settings(replace(BASE, seeds=[1, 2]))
+    windowed = replace(BASE, windows=2)
+    assert training.unit_settings(windowed)["windows"] == 2
+    assert fingerprint(windowed) != fingerprint(BASE) == fingerprint(replace(BASE, seeds=[7], full_fit="beside"))
+    # What inference reads back from train_config.json equals what training tokenised with.
+    assert token_settings(training.unit_settings(windowed)) == token_settings(asdict(windowed))
+
+
+def fingerprint(spec):
+    return training.fold_fingerprint(spec, BACKBONE, "data", None, 0, 3)

@@ -155,3 +155,33 @@ class OrdinalHead(Head):
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         return 1.0 + torch.sigmoid(logits.to(torch.float32)).sum(dim=-1)
+
+
+@HEADS.register("hybrid")
+class HybridHead(Head):
+    """A regression output and, beside it, six class logits (an auxiliary classification head on the same
+    pooled vector): logits (batch, 7) = [score, class logits 1..6]. The score is the prediction; the class
+    probabilities are reported (and stacked) too. Trained with the `hybrid` loss: both at once."""
+
+    default_loss = "hybrid"
+    gives_probs = True
+
+    def __init__(self, in_dim: int, dropout: float = 0.1, n_dropout_samples: int = 1,
+                 initial_score: float = INITIAL_SCORE):
+        super().__init__(dropout, n_dropout_samples)
+        self.fc = nn.Linear(in_dim, 1 + N_SCORES)
+        with torch.no_grad():
+            self.fc.bias.zero_()
+            self.fc.bias[0] = initial_score
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.fc(pooled)  # (batch, 7)
+
+    def class_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, 1:]
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.class_logits(logits).to(torch.float32), dim=-1)
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, 0].to(torch.float32)

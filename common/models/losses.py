@@ -13,6 +13,10 @@ the scores 1..6 (pseudo-labels). Every loss computes in fp32 and averages over t
   moved to the neighbouring scores (a 4 is close to a 3 and a 5, far from a 1). Classification head.
 - focal: focal loss -sum_c p_c (1 - q_c)^FOCAL_GAMMA log q_c, which weighs down the essays already scored
   confidently (hard scores: p one-hot). Classification head.
+- hybrid: MSE of the hybrid head's score plus HYBRID_AUX_WEIGHT x the cross-entropy (KL for soft labels) of
+  its auxiliary class logits: regression and classification trained together. Hybrid head.
+- ordinal_kl: KL divergence between the target distribution and the ordinal head's distribution over the
+  scores (P(score = k) from its cumulative logits): a proper distribution loss for soft labels. Ordinal head.
 - qwk: a QWK-shaped loss on the predicted scores of the batch, sum (pred - y)^2 over the sum of (pred_i - y_j)^2
   over all pairs / n: one minus it is the QWK of continuous scores, so lowering it raises the batch's kappa.
   Any head.
@@ -26,7 +30,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from common.models.heads import HEADS, N_SCORES, ClassificationHead, Head, OrdinalHead, score_values
+from common.models.heads import (
+    HEADS,
+    N_SCORES,
+    ClassificationHead,
+    Head,
+    HybridHead,
+    OrdinalHead,
+    score_values,
+)
 from common.models.registry import Registry
 
 LOSSES: Registry[Loss] = Registry("loss")
@@ -177,6 +189,37 @@ class QWKShaped(Loss):
         observed = (pred - goal).pow(2).sum()
         expected = (pred.unsqueeze(1) - goal.unsqueeze(0)).pow(2).sum() / pred.numel()
         return observed / expected.clamp(min=1e-6)
+
+
+HYBRID_AUX_WEIGHT = 0.5
+"""Weight of the auxiliary classification term of the `hybrid` loss relative to the score's MSE."""
+
+
+@LOSSES.register("hybrid")
+class Hybrid(Loss):
+    """MSE of the score plus HYBRID_AUX_WEIGHT x cross-entropy (soft labels: KL) of the auxiliary class logits."""
+
+    heads = (HybridHead,)
+
+    def compute(self, head: Head, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        regression = F.mse_loss(head.predict(logits), expected_score(target))
+        log_q = F.log_softmax(head.class_logits(logits).to(torch.float32), dim=-1)
+        if target.ndim == 2:
+            classes = kl_divergence(target, log_q)
+        else:
+            classes = F.nll_loss(log_q, target.round().long() - 1)
+        return regression + HYBRID_AUX_WEIGHT * classes
+
+
+@LOSSES.register("ordinal_kl")
+class OrdinalKL(Loss):
+    """KL(target distribution || the ordinal head's P(score = k)); hard scores are one-hot distributions."""
+
+    heads = (OrdinalHead,)
+
+    def compute(self, head: Head, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        q = head.probs(logits)
+        return kl_divergence(_distribution(target), torch.log(q.clamp(min=1e-8)))
 
 
 def loss_for(head: str, loss: str = "") -> type[Loss]:

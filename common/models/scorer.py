@@ -194,7 +194,7 @@ class EssayScorer(nn.Module):
         if config.gradient_checkpointing:
             _enable_checkpointing(backbone)
         if config.lora_r > 0:
-            backbone = self._wrap_lora(backbone, config)
+            backbone = self._wrap_lora(backbone, config, self.pretrained_vocab_size)
         self.backbone = backbone
         hidden_size = _unwrap(backbone).config.hidden_size
         self.pooling: Pooling = build_pooling(config.pooling, hidden_size, len(layers))
@@ -203,11 +203,15 @@ class EssayScorer(nn.Module):
         self.train()  # from_pretrained returns the backbone in eval mode; a new model starts in train mode
 
     @staticmethod
-    def _wrap_lora(backbone: PreTrainedModel, config: ScorerConfig) -> nn.Module:
+    def _wrap_lora(backbone: PreTrainedModel, config: ScorerConfig, pretrained_vocab_size: int) -> nn.Module:
+        """LoRA adapters on `lora_target_modules`; the rows of tokens added by resizing the vocabulary (the newline
+        token) train too (peft's trainable tokens), since their random rows would otherwise stay as they are."""
         from peft import LoraConfig, get_peft_model
 
+        added = list(range(pretrained_vocab_size, backbone.get_input_embeddings().num_embeddings))
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                          target_modules=list(config.lora_target_modules))
+                          target_modules=list(config.lora_target_modules),
+                          trainable_token_indices=added or None)
         wrapped = get_peft_model(backbone, lora)
         trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
         total = sum(p.numel() for p in wrapped.parameters())
@@ -223,19 +227,31 @@ class EssayScorer(nn.Module):
         """The backbone's embeddings block (below the first encoder layer)."""
         return find_embeddings(self.backbone)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Token ids and mask, (batch, seq) -> the head's logits: (batch, 1), (batch, 6) or (batch, 5)."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                windows: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids and mask, (batch, seq) -> the head's logits: (batch, 1), (batch, 6) or (batch, 5).
+
+        With `windows` (essays,) the rows are consecutive windows of the essays, that many each (the sliding-
+        window collator's batches): each window is scored and an essay's logits are the mean of its windows'.
+        """
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         pooled = self.pooling(out.hidden_states, attention_mask)
         head_dtype = next(self.head.parameters()).dtype
-        return self.head(pooled.to(head_dtype))
+        logits = self.head(pooled.to(head_dtype))
+        if windows is None:
+            return logits
+        windows = windows.to(logits.device)
+        owner = torch.repeat_interleave(torch.arange(len(windows), device=logits.device), windows)
+        summed = torch.zeros(len(windows), logits.shape[1], dtype=logits.dtype, device=logits.device)
+        return summed.index_add(0, owner, logits) / windows.to(logits.dtype).unsqueeze(1)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The configured training loss of `logits` against hard scores (batch,) or soft labels (batch, 6)."""
         return self.training_loss(self.head, logits, target)
 
     @torch.no_grad()
-    def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, windows: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scores on the 1-6 scale (batch,) and class probabilities (batch, 6) or None, both fp32.
 
         Runs in eval mode (no dropout) whatever the current mode, and restores the mode afterwards.
@@ -243,7 +259,7 @@ class EssayScorer(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            logits = self(input_ids, attention_mask).float()
+            logits = self(input_ids, attention_mask, windows).float()
         finally:
             self.train(was_training)
         return self.head.predict(logits), self.head.probs(logits)

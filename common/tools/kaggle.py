@@ -4,7 +4,8 @@
     <out>/dataset/    -> attached to the notebook, mounted at /kaggle/input/<infer.artifacts_dataset>/
         dataset-metadata.json
         code/         common/ (the library, as source), 05_infer/run.py, params.yaml (this run's)
-        train/<model>/folds/fold_<k>/   what each fold model needs to predict (weights, configs, tokenizer)
+        train/<model>/folds/<member>/   what each member inference averages needs to predict (weights, configs,
+                                        tokenizer): fold_<k>[_seed<s>], full[_seed<s>]
         backbones/    the base backbone of LoRA models (their folds point at it by a relative path)
         ensemble/artifacts/       ensemble.json, stacker, text vocabulary
         wheels/       newer wheels of the libraries the Kaggle image may have too old (optional)
@@ -234,14 +235,15 @@ def build_bundle(params: Params, out: Path, wheels: bool = True, python_version:
         dataset = tmp / "dataset"
         bases: dict[str, str] = {}
         for name, dirs in artifacts.fold_dirs.items():
-            for k, fold_dir in zip(artifacts.folds, dirs, strict=True):
-                _copy_fold(fold_dir, layout.fold_dir(dataset, name, k))
-                _ship_lora_base(fold_dir, layout.fold_dir(dataset, name, k), dataset, bases)
+            for fold_dir in dirs:  # the members 05_infer averages: fold models per seed, full fits
+                target = layout.model_dir(dataset, name) / "folds" / fold_dir.name
+                _copy_fold(fold_dir, target)
+                _ship_lora_base(fold_dir, target, dataset, bases)
         shutil.copytree(artifacts.root / ENSEMBLE_DIR, dataset / ENSEMBLE_DIR)
         _copy_code(dataset / "code", params)
         requirements = dict(REQUIREMENTS)
         if needs_peft:
-            requirements["peft"] = "0.12"
+            requirements["peft"] = "0.15"
         write_json(dataset / "requirements.json", requirements)
         (dataset / "wheels").mkdir()
         shipped = download_wheels(dataset / "wheels", python_version) if wheels else []
@@ -261,8 +263,9 @@ def build_bundle(params: Params, out: Path, wheels: bool = True, python_version:
             "competition_sources": [params.infer.competition_dataset], "kernel_sources": [], "model_sources": []})
         (tmp / "UPLOAD.md").write_text(upload_instructions(out, user, params.infer.artifacts_dataset, shipped),
                                        encoding="utf-8")
-    log.info("Kaggle bundle in %s: %d models x %d folds, %d wheels; upload with the commands in %s",
-             out, len(artifacts.models), len(artifacts.folds), len(shipped), out / "UPLOAD.md")
+    log.info("Kaggle bundle in %s: %d models, %d member models, %d wheels; upload with the commands in %s",
+             out, len(artifacts.models), sum(len(d) for d in artifacts.fold_dirs.values()), len(shipped),
+             out / "UPLOAD.md")
     return out
 
 

@@ -124,7 +124,7 @@ def section_models(out: Path) -> str:
         return _missing("03_oof_thresholds has not run: no output/thresholds/<model>.json")
     rows = []
     for name, m in models.items():
-        seconds = sum((_json(p) or {}).get("seconds", 0) for p in (out / "timings" / name).glob("fold_*.json"))
+        seconds = sum((_json(p) or {}).get("seconds", 0) for p in (out / "timings" / name).glob("*.json"))
         rows.append({"model": name, "rounded": m["qwk_rounded"], "in-sample": m["qwk_insample"],
                      "nested": m["qwk_nested"], "interval": _interval(m, "qwk_nested"),
                      "rounded (other)": m.get("qwk_rounded_other"), "nested (other)": m.get("qwk_nested_other"),
