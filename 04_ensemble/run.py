@@ -33,7 +33,7 @@ def main(params: Params) -> None:
         raise PipelineError(f"ensemble.prompt_mix names prompt(s) {unknown} that folds.parquet does not have; its "
                             f"prompts: {sorted(known)}. Fix: use those names (or ensemble.prompt_mix={{}})")
     texts = None
-    if p.text_features or p.prompt_features:
+    if p.text_features or p.prompt_features or p.by_prompt:
         prep = params.prepare
         train = load_competition_data(params.input_dir, prep.train_file, prep.test_file,
                                       prep.sample_submission_file).train
@@ -43,7 +43,7 @@ def main(params: Params) -> None:
                 f"{params.input_dir / prep.train_file} lacks {int(texts.isna().sum())} essays of folds.parquet: "
                 "re-run 00_prepare on the same inputs")
         texts = texts.tolist()
-    target = Target(p.target, tuple(p.target_weights), p.by_origin)
+    target = Target(p.target, tuple(p.target_weights), p.by_origin, p.by_prompt)
     result = build_ensemble(oofs, texts, target, p.stacker_objective, p.n_trials, p.prompt_mix, params.seed,
                             prompt_features=p.prompt_features, text_features=p.text_features,
                             n_draws=p.bootstrap_draws, level=p.interval_level, selection=p.selection)

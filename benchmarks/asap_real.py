@@ -30,18 +30,19 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-import yaml
 from sklearn.metrics import adjusted_rand_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from common.config import load_params  # noqa: E402
 from common.ensemble import LGBMStacker  # noqa: E402
 from common.metrics import qwk  # noqa: E402
 from common.nested import Chain  # noqa: E402
@@ -254,7 +255,7 @@ def main() -> int:
     oofs = load_oof_predictions(run_dir / "train", run_dir / "prepare" / "folds.parquet", [MODEL_NAME])
     frame = oofs.folds[["essay_id"]].merge(train, on="essay_id", how="left")
     texts, prompts, y, folds = frame["full_text"].tolist(), frame["prompt_id"].to_numpy(), oofs.y, oofs.fold
-    ensemble_params = yaml.safe_load(PARAMS_FILE.read_text())["ensemble"]
+    ensemble_params = asdict(load_params(PARAMS_FILE, args.settings).ensemble)  # the stages' settings, --set included
     n_trials = int(ensemble_params["n_trials"])
     clusters = oofs.folds["prompt_cluster"].to_numpy()
     print(f"prompt clusters recovered by 00_prepare: {len(np.unique(clusters))}, adjusted Rand index against the "
@@ -262,7 +263,7 @@ def main() -> int:
 
     minilm = Chain(oofs.preds[MODEL_NAME], y, folds, ThresholdSearcher).nested().scores
     target = Target(ensemble_params["target"], tuple(ensemble_params["target_weights"]),
-                    bool(ensemble_params["by_origin"]))
+                    bool(ensemble_params["by_origin"]), bool(ensemble_params["by_prompt"]))
     result = build_ensemble(oofs, texts, target, "regression", n_trials, {}, args.seed,
                             prompt_features=bool(ensemble_params["prompt_features"]),
                             text_features=bool(ensemble_params["text_features"]),

@@ -374,6 +374,10 @@ class EnsembleParams:
     by_origin: bool = _help(
         "Origin-aware ensemble: each origin gets cut points fitted on its own rows and the stacker sees the origin "
         "(test essays are taken as other-origin: they get those cut points and that origin).", True)
+    by_prompt: bool = _help(
+        "Cut points per prompt cluster too (within the origin with by_origin), fitted nested; a cluster under 200 "
+        "rows uses its origin's. Test essays get their cluster's by the prompt assigner (needs the train texts).",
+        False)
     bootstrap_draws: int = _help("Bootstrap resamples (essays within folds) behind every interval and the "
                                  "method choice.", 1000)
     interval_level: float = _help("Two-sided level of the bootstrap intervals.", 0.9)

@@ -6,7 +6,8 @@ Files, under <output>/ensemble/artifacts/:
   weights and tuning), plus what the stacker's features need (`feature_columns`, `text_features`,
   `prompt_features`, `prompt_stats`);
 - what each method's `save` writes beside it (the stacker's stacker/ folder);
-- text_vocabulary.json and prompt_assigner.npz, when the stacker was given text or prompt features.
+- text_vocabulary.json and prompt_assigner.npz, when the stacker was given text or prompt features (the
+  assigner also when the thresholds are per prompt cluster, `by_prompt`).
 
 Nothing here knows one method from another: `COMBINERS` maps the selected name to the class that loads, checks
 and applies it.
@@ -92,7 +93,9 @@ class EnsembleArtifact:
                         for name, m in result.methods.items()},
             "feature_columns": result.feature_columns,
             "text_features": result.featurizer is not None,
-            "prompt_features": result.prompt_assigner is not None,
+            "prompt_features": result.prompt_stats is not None,
+            "by_prompt": bool(result.metrics.get("by_prompt")),
+            "thresholds_by_prompt": result.methods[result.selected].extra.get("thresholds_by_prompt"),
             "prompt_stats": result.prompt_stats,
         }
         combiners = {name: m.combiner for name, m in result.methods.items()}
@@ -134,7 +137,8 @@ class EnsembleArtifact:
     @staticmethod
     def check(directory: Path, spec: dict[str, Any], problems: Problems) -> None:
         """Record in `problems` what of the selected method is missing or unreadable: the thresholds, its entry and
-        files (its class's `check`), and for a method on stacker features the vocabulary and the prompt assigner."""
+        files (its class's `check`), for a method on stacker features the vocabulary and the prompt assigner, and the
+        prompt assigner of per-prompt thresholds."""
         ensemble_file = directory / ENSEMBLE_FILE
         thresholds = spec.get("thresholds")
         numbers = isinstance(thresholds, list) and all(isinstance(t, int | float) for t in thresholds)
@@ -151,13 +155,11 @@ class EnsembleArtifact:
             problems.bad(ensemble_file, f"has no entry for the selected method {selected!r}: {TRUNCATED}", RERUN)
             return
         kind.check(directory, entry, list(spec["models"]), problems, RERUN)
-        if not kind.uses_features:
-            return
-        if spec.get("text_features"):
+        if kind.uses_features and spec.get("text_features"):
             words = read_json(directory / VOCABULARY_FILE, problems, RERUN, kind=list)
             if words is not None and not all(isinstance(word, str) for word in words):
                 problems.bad(directory / VOCABULARY_FILE, f"holds non-text entries: {TRUNCATED}", RERUN)
-        if spec.get("prompt_features"):
+        if (kind.uses_features and spec.get("prompt_features")) or spec.get("by_prompt"):
             assigner_file = directory / PromptAssigner.FILE
             if not assigner_file.is_file():
                 problems.missing(assigner_file, RERUN)
@@ -177,7 +179,7 @@ class EnsembleArtifact:
         if kind.uses_features and spec.get("text_features"):
             words = json.loads((directory / VOCABULARY_FILE).read_text(encoding="utf-8"))
             featurizer = TextFeaturizer.from_vocabulary(words)
-        if kind.uses_features and spec.get("prompt_features"):
+        if (kind.uses_features and spec.get("prompt_features")) or spec.get("by_prompt"):
             assigner = PromptAssigner.load(directory)
         return cls(spec, {spec["selected"]: combiner}, featurizer, assigner)
 
@@ -187,7 +189,7 @@ class EnsembleArtifact:
         other-origin."""
         text_frame = self.featurizer.transform(texts) if self.featurizer is not None else None
         prompts = None
-        if self.prompt_assigner is not None:
+        if self.prompt_assigner is not None and self.spec.get("prompt_features"):
             prompts = self.prompt_assigner.predict(texts)
             log.info("test essays per prompt cluster: %s",
                      {int(k): int(n) for k, n in zip(*np.unique(prompts, return_counts=True), strict=True)})
@@ -201,4 +203,13 @@ class EnsembleArtifact:
         combiner = self.combiners[self.selected]
         inputs = self.features(preds, probs, texts) if combiner.uses_features else pd.DataFrame(preds)
         continuous = np.asarray(combiner.predict(inputs), dtype=float)
-        return continuous, apply_thresholds(continuous, np.asarray(self.spec["thresholds"], dtype=float))
+        by_prompt = self.spec.get("thresholds_by_prompt")
+        if not by_prompt:
+            return continuous, apply_thresholds(continuous, np.asarray(self.spec["thresholds"], dtype=float))
+        prompts = self.prompt_assigner.predict(texts).astype(str)  # an unseen cluster: the origin's cut points
+        scores = np.zeros(len(continuous), dtype=np.int64)
+        for cluster in np.unique(prompts):
+            rows = prompts == cluster
+            cuts = by_prompt.get(str(cluster), self.spec["thresholds"])
+            scores[rows] = apply_thresholds(continuous[rows], np.asarray(cuts, dtype=float))
+        return continuous, scores

@@ -59,12 +59,15 @@ class Target:
     (other-origin rows weigh w, corpus rows 1, selection on that weighting), or "auto": w is chosen from
     `weights` by nested CV inside the training folds to maximise QWK on other-origin rows, the rows the hidden
     test resembles; corpus rows stay in every fit. `by_origin`: each origin gets its own cut points and the
-    stacker sees the origin (column `origin__other`); test essays get the other-origin ones.
+    stacker sees the origin (column `origin__other`); test essays get the other-origin ones. `by_prompt`: cut
+    points per prompt cluster too (within the origin), fitted nested like the rest; a cluster with too few rows
+    falls back to its origin's cut points, and test essays get their cluster's by the prompt assigner.
     """
 
     mode: str | float = "auto"
     weights: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
     by_origin: bool = True
+    by_prompt: bool = False
 
     @property
     def candidates(self) -> tuple[float, ...]:
@@ -106,10 +109,18 @@ class Rows:
     folds: np.ndarray
     other: np.ndarray
     base: np.ndarray
+    prompt: np.ndarray | None = None  # prompt clusters, as the prompt assigner gives them (per-prompt thresholds)
 
     @property
     def origin(self) -> np.ndarray:
         return np.where(self.other, "other", "persuade")
+
+    def groups(self, target: Target) -> np.ndarray | None:
+        """The thresholds' groups: origin, prompt cluster, or "origin|cluster" (`GroupThresholds`), or None."""
+        if target.by_prompt and self.prompt is not None:
+            prompt = np.asarray(self.prompt).astype(str)
+            return np.char.add(np.char.add(self.origin, "|"), prompt) if target.by_origin else prompt
+        return self.origin if target.by_origin else None
 
 
 @dataclass
@@ -160,7 +171,7 @@ def _chain(inputs: Any, rows: Rows, target: Target, combiner: Callable[[np.ndarr
            ) -> Chain:
     """A chain on these rows: the combiner (None: `inputs` is one model's predictions), then thresholds per origin
     when the target says so."""
-    return Chain(inputs, rows.y, rows.folds, GroupThresholds, combiner, rows.origin if target.by_origin else None)
+    return Chain(inputs, rows.y, rows.folds, GroupThresholds, combiner, rows.groups(target))
 
 
 def choose_weight(chain: Chain, rows: Rows, target: Target, out_of_fold: bool) -> Callable[[np.ndarray], float]:
@@ -221,6 +232,9 @@ def evaluate_method(name: str, inputs: Any, rows: Rows, target: Target, proto: C
     fitted = chain.fit(every, weights_at(final))
     insample = chain.score(fitted, fitted.train_pred, every)
     extra = _target_extra(final, used, fitted.thresholds)
+    if target.by_prompt and rows.prompt is not None:  # the test essays' cut points per prompt cluster
+        extra["thresholds_by_prompt"] = {str(c): fitted.thresholds.thresholds_for(test_essay_group(c, target))
+                                         for c in np.unique(rows.prompt)}
     if proto.tuned_params is not None:
         extra["params_per_fold"] = {str(int(f)): tuned[(rows.folds != f).tobytes()].tuned_params for f in fold_ids}
     return MethodResult(
@@ -229,6 +243,13 @@ def evaluate_method(name: str, inputs: Any, rows: Rows, target: Target, proto: C
         thresholds=fitted.thresholds.thresholds_for(TEST_ORIGIN if target.by_origin else None),
         combiner=fitted.combiner, extra=extra, frontier=frontier,
     )
+
+
+def test_essay_group(cluster: Any, target: Target) -> str | None:
+    """The thresholds' group of a test essay of prompt `cluster` (every test essay is other-origin)."""
+    if target.by_prompt:
+        return f"{TEST_ORIGIN}|{cluster}" if target.by_origin else str(cluster)
+    return TEST_ORIGIN if target.by_origin else None
 
 
 def _target_extra(final: float, used: dict[str, float], thresholds: GroupThresholds) -> dict[str, Any]:
@@ -425,12 +446,13 @@ def build_ensemble(
     """
     base = (prompt_mix_weights(oofs.folds["prompt_name"].to_numpy(), prompt_mix) if prompt_mix
             else np.ones(len(oofs.y)))
-    rows = Rows(y=oofs.y, folds=oofs.fold.astype(np.int64), other=oofs.other, base=base)
+    features = StackerInputs.fit(oofs, texts, target.by_origin, prompt_features, text_features, seed,
+                                 assign_prompts=target.by_prompt)
+    rows = Rows(y=oofs.y, folds=oofs.fold.astype(np.int64), other=oofs.other, base=base, prompt=features.prompts)
     if target.select_on == "other" and np.unique(rows.y[rows.other]).size < 2:
         log.warning("ensemble.target=%s: too few other-origin rows to fit or select on; using all rows", target.mode)
         target = dataclasses.replace(target, mode="all")
     P = pd.DataFrame(check_prediction_matrix(oofs.matrix()), columns=oofs.names)
-    features = StackerInputs.fit(oofs, texts, target.by_origin, prompt_features, text_features, seed)
     n_folds = np.unique(rows.folds).size
     methods = {}
     for name, kind in COMBINERS.items():
@@ -466,6 +488,7 @@ def _metrics(methods: Mapping[str, MethodResult], selected: str, reason: str, ta
         "target": target.mode if isinstance(target.mode, str) else float(target.mode),
         "select_on": target.select_on,
         "by_origin": target.by_origin,
+        "by_prompt": target.by_prompt,
         "target_weight": methods[selected].extra["target_weight"],
         "qwk_nested": methods[selected].figures["qwk_nested"],
         "qwk_nested_other": methods[selected].figures["qwk_nested_other"],
@@ -488,30 +511,34 @@ class StackerInputs:
     assigner: PromptAssigner | None = None
     prompt_stats: PromptStats | None = None
     agreement: float | None = None  # share of train essays the assigner puts in 00_prepare's cluster
+    prompts: np.ndarray | None = None  # the assigner's cluster of every train essay
 
     @classmethod
     def fit(cls, oofs: OOFSet, texts: list[str] | None, by_origin: bool, prompt_features: bool, text_features: bool,
-            seed: int) -> StackerInputs:
+            seed: int, assign_prompts: bool = False) -> StackerInputs:
         """Predictions, class probabilities, the origin (`by_origin`), text features (`text_features` and texts
-        given) and prompt features (`prompt_features`: needs texts); see `build_ensemble`."""
+        given) and prompt features (`prompt_features`: needs texts); see `build_ensemble`. The prompt assigner is
+        fitted for prompt features and for per-prompt thresholds (`assign_prompts`)."""
         featurizer, text_frame = None, None
         if texts is not None and text_features:
             featurizer = TextFeaturizer().fit(texts)
             text_frame = featurizer.transform(texts)
         origin = oofs.other.astype(np.float64) if by_origin else None
         X = stacker_features(oofs.preds, oofs.probs, text_frame, origin_other=origin)
-        if not prompt_features:
+        if not (prompt_features or assign_prompts):
             return cls(X, featurizer)
         if texts is None:
-            raise ValueError("build_ensemble: prompt_features needs the train texts")
+            raise ValueError("build_ensemble: prompt_features and per-prompt thresholds need the train texts")
         assigner = PromptAssigner(seed=seed).fit(texts, oofs.folds["prompt_cluster"].to_numpy())
         prompts = assigner.predict(texts)
         agreement = float(np.mean(prompts == oofs.folds["prompt_cluster"].to_numpy()))
         log.info("prompt assigner: %d clusters, agrees with 00_prepare's clusters on %.1f%% of the train essays",
                  len(assigner.classes_), 100 * agreement)
+        if not prompt_features:
+            return cls(X, featurizer, assigner, None, agreement, prompts)
         prompt_stats = fit_prompt_stats(X, prompts, assigner.classes_)
         X = stacker_features(oofs.preds, oofs.probs, text_frame, prompts, prompt_stats, origin)
-        return cls(X, featurizer, assigner, prompt_stats, agreement)
+        return cls(X, featurizer, assigner, prompt_stats, agreement, prompts)
 
 
 def _fmt(value: float | None) -> str:

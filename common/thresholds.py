@@ -305,11 +305,13 @@ def threshold_report(
 
 
 class GroupThresholds(BaseEstimator):
-    """One set of thresholds per group of rows (essay origin), with shared thresholds as the fallback.
+    """One set of thresholds per group of rows (essay origin, prompt), with shared thresholds as the fallback.
 
     Rows of different origins can be calibrated differently (a model over-predicts the essays it saw less
     of), so each group with at least `min_rows` rows and two distinct scores gets cut points fitted on its
-    own rows; every other group, and rows of groups never seen, use thresholds fitted on all rows.
+    own rows; every other group, and rows of groups never seen, use thresholds fitted on all rows. A group
+    named "a|b" (an origin and a prompt) falls back to group "a" (fitted on all rows of "a|..."), then to the
+    shared thresholds.
 
     Args:
         min_rows: fewest rows a group needs for its own thresholds.
@@ -332,8 +334,9 @@ class GroupThresholds(BaseEstimator):
         if groups is None:
             return self
         g = np.asarray(groups).astype(str)
-        for key in np.unique(g):
-            rows = g == key
+        parents = np.array([key.split("|", 1)[0] for key in g]) if any("|" in key for key in np.unique(g)) else None
+        for key, rows in [*((k, g == k) for k in np.unique(g)),
+                          *(((k, parents == k) for k in np.unique(parents)) if parents is not None else ())]:
             if rows.sum() < self.min_rows or np.unique(labels[rows]).size < 2:
                 continue
             if w is not None and w[rows].sum() <= 0:
@@ -347,7 +350,10 @@ class GroupThresholds(BaseEstimator):
         """The cut points rows of `group` get (the shared ones for a group without its own)."""
         if not hasattr(self, "shared_"):
             raise NotFittedError("GroupThresholds is not fitted yet; call fit(preds, y, groups) first")
-        return self.by_group_.get(str(group), self.shared_) if group is not None else self.shared_
+        if group is None:
+            return self.shared_
+        group = str(group)
+        return self.by_group_.get(group, self.by_group_.get(group.split("|", 1)[0], self.shared_))
 
     def predict(self, preds: ArrayLike, groups: ArrayLike | None = None) -> np.ndarray:
         p = check_predictions(preds, "preds")

@@ -244,11 +244,9 @@ def test_prompt_mix_weights_change_the_scores():
     assert plain.methods["greedy"].figures["qwk_nested"] != weighted.methods["greedy"].figures["qwk_nested"]
 
 
-def test_prompt_features_let_the_stacker_score_each_prompt_on_its_own_scale():
-    """Models that rank essays well but ignore that each prompt scores on its own scale (offsets -1, 0, +1):
-    with the recovered prompt cluster as a feature, the nested stacker corrects the offsets."""
+def prompt_scale_case(n: int = 600) -> tuple[OOFSet, list[str]]:
+    """Models that rank essays well but ignore that each prompt scores on its own scale (offsets -1, 0, +1)."""
     rng = np.random.default_rng(11)
-    n = 600
     cluster = rng.integers(0, 3, n)
     quality = rng.normal(3.5, 0.9, n)
     y = np.clip(np.rint(quality + np.array([-1.0, 0.0, 1.0])[cluster]), 1, 6).astype(int)
@@ -256,7 +254,12 @@ def test_prompt_features_let_the_stacker_score_each_prompt_on_its_own_scale():
                           "prompt_cluster": cluster, "origin": "other"})
     folds["prompt_name"] = folds["prompt_cluster"].map({0: "Venus", 1: "Mars", 2: "Cars"})
     oofs = OOFSet(folds=folds, preds={"model": quality + rng.normal(0, 0.3, n)}, probs={})
-    texts = [f"{TOPIC_WORDS[c]} essay number {i} ends here." for i, c in enumerate(cluster)]
+    return oofs, [f"{TOPIC_WORDS[c]} essay number {i} ends here." for i, c in enumerate(cluster)]
+
+
+def test_prompt_features_let_the_stacker_score_each_prompt_on_its_own_scale():
+    """With the recovered prompt cluster as a feature, the nested stacker corrects each prompt's offset."""
+    oofs, texts = prompt_scale_case()
 
     plain = run(oofs, texts, n_trials=0, text_features=False)
     aware = run(oofs, texts, n_trials=0, text_features=False, prompt_features=True)
@@ -268,8 +271,42 @@ def test_prompt_features_let_the_stacker_score_each_prompt_on_its_own_scale():
     assert gain > 0.05, gain
 
 
+def test_per_prompt_thresholds_put_each_prompt_on_its_scale_nested_and_at_inference(tmp_path):
+    from common.ensemble_artifact import ENSEMBLE_DIR, EnsembleArtifact
+    from common.thresholds import apply_thresholds
+
+    oofs, texts = prompt_scale_case(1200)  # 300 essays a prompt in each training split: over 200, its own cut points
+    per_prompt = Target("all", (1.0,), False, by_prompt=True)
+    plain = run(oofs, texts, n_trials=0, text_features=False)
+    aware = run(oofs, texts, n_trials=0, text_features=False, target=per_prompt)
+    gain = aware.methods["mean"].figures["qwk_nested"] - plain.methods["mean"].figures["qwk_nested"]
+    assert gain > 0.05, gain  # one model, no stacker: the cut points alone put the prompts on their scales
+    cuts = aware.methods["mean"].extra["thresholds_by_prompt"]
+    assert set(cuts) == {"0", "1", "2"} and cuts["0"][2] > cuts["2"][2] + 1.0  # prompt 0 scores 2 points lower
+    assert aware.metrics["by_prompt"] and not [c for c in aware.feature_columns if c.startswith("prompt__")]
+    # Leak-free: fold 0's nested scores do not move when fold 0's labels are scrambled.
+    scrambled = oofs.folds.copy()
+    held = scrambled["fold"] == 0
+    scrambled.loc[held, "score"] = np.random.default_rng(0).permutation(scrambled.loc[held, "score"].to_numpy())
+    again = run(OOFSet(folds=scrambled, preds=oofs.preds, probs={}), texts, n_trials=0, text_features=False,
+                target=per_prompt)
+    np.testing.assert_array_equal(aware.methods["mean"].nested_scores[held.to_numpy()],
+                                  again.methods["mean"].nested_scores[held.to_numpy()])
+    # 05_infer: each test essay gets its cluster's cut points, through the saved artifact.
+    EnsembleArtifact.from_result(aware, oofs.names, [0, 1, 2, 3]).save(tmp_path / ENSEMBLE_DIR)
+    spec = EnsembleArtifact.read_spec(tmp_path)
+    loaded = EnsembleArtifact.load(tmp_path / ENSEMBLE_DIR, spec)
+    continuous, scores = loaded.predict(oofs.preds, {}, texts)
+    clusters = oofs.folds["prompt_cluster"].astype(str).to_numpy()
+    expected = np.zeros(len(scores), dtype=int)
+    for c, c_cuts in spec["thresholds_by_prompt"].items():
+        expected[clusters == c] = apply_thresholds(continuous[clusters == c], np.asarray(c_cuts))
+    np.testing.assert_array_equal(scores, expected)
+    assert not np.array_equal(scores, apply_thresholds(continuous, np.asarray(spec["thresholds"])))
+
+
 def test_prompt_features_need_texts():
-    with pytest.raises(ValueError, match="prompt_features needs the train texts"):
+    with pytest.raises(ValueError, match="prompt_features and per-prompt thresholds need the train texts"):
         run(synthetic_oofs(), None, prompt_features=True)
 
 

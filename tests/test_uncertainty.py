@@ -59,6 +59,25 @@ def test_each_origin_gets_its_own_thresholds_where_it_is_calibrated_differently(
     assert small.thresholds_for("unseen") == small.shared_
 
 
+def test_prompt_groups_within_an_origin_fall_back_to_the_origin_then_to_the_shared_cut_points():
+    rng = np.random.default_rng(4)
+    n = 3000
+    y = rng.integers(1, 7, n)
+    prompt = np.arange(n) % 3
+    origin = np.where(np.arange(n) < 2000, "other", "persuade")
+    pred = y + rng.normal(0, 0.3, n) + np.array([-0.8, 0.0, 0.8])[prompt]  # each prompt on its own offset
+    groups = np.char.add(np.char.add(origin, "|"), prompt.astype(str))
+    fitted = GroupThresholds(min_rows=400).fit(pred, y, groups)
+    assert set(fitted.by_group_) == {"other|0", "other|1", "other|2", "other", "persuade"}  # persuade|k: 333 rows
+    low, high = np.array(fitted.thresholds_for("other|0")), np.array(fitted.thresholds_for("other|2"))
+    assert np.all(high > low + 1.0)
+    assert fitted.thresholds_for("persuade|1") == fitted.by_group_["persuade"]  # too few rows: the origin's
+    assert fitted.thresholds_for("other|9") == fitted.by_group_["other"]  # an unseen prompt: the origin's
+    assert fitted.thresholds_for("nobody|1") == fitted.shared_
+    by_origin = GroupThresholds(min_rows=400).fit(pred, y, origin)
+    assert qwk(y, fitted.predict(pred, groups)) > qwk(y, by_origin.predict(pred, origin)) + 0.03
+
+
 def test_the_spread_correction_restores_a_single_fold_models_spread():
     rng = np.random.default_rng(3)
     signal = rng.normal(3, 1, 400)
