@@ -579,6 +579,8 @@ def _finish(run: _Run, tokenizer, out_dir: Path) -> FoldResult:
     if engine.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save(out_dir)
+        if getattr(tokenizer, "backend_tokenizer", None) is not None:  # tokenize_essays truncates per call: the
+            tokenizer.backend_tokenizer.no_truncation()  # saved file holds no call's state, whatever ran last
         tokenizer.save_pretrained(out_dir)
         write_json(out_dir / "train_config.json", {"model": unit_settings(spec), "backbone": run.backbone,
                                                    "fold": run.fold, "seed": run.base_seed,

@@ -52,6 +52,7 @@ def test_each_head_trains_and_predicts_the_held_out_fold(frame, tmp_path, head):
         np.testing.assert_allclose(pred, probs @ np.arange(1, 7), atol=1e-5)  # the expected score under them
     assert np.isfinite(result.log["train_loss"]).all() and "eval_qwk" in result.log
     assert (tmp_path / "model" / "train_config.json").exists()
+    assert json.loads((tmp_path / "model" / "tokenizer.json").read_text())["truncation"] is None  # no call's state
 
 
 @pytest.fixture
