@@ -53,6 +53,12 @@ NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.
 RERUN = "re-run python 04_ensemble/run.py"
 
 
+def _cut_points(thresholds: Any) -> bool:
+    """True for 5 increasing numbers: what apply_thresholds takes."""
+    numbers = isinstance(thresholds, list) and all(isinstance(t, int | float) for t in thresholds)
+    return numbers and len(thresholds) == 5 and list(thresholds) == sorted(thresholds)
+
+
 @dataclass
 class EnsembleArtifact:
     """ensemble.json's contents, the fitted combiners (loaded: the selected one only) and the stacker's feature
@@ -140,10 +146,14 @@ class EnsembleArtifact:
         files (its class's `check`), for a method on stacker features the vocabulary and the prompt assigner, and the
         prompt assigner of per-prompt thresholds."""
         ensemble_file = directory / ENSEMBLE_FILE
-        thresholds = spec.get("thresholds")
-        numbers = isinstance(thresholds, list) and all(isinstance(t, int | float) for t in thresholds)
-        if not numbers or len(thresholds) != 5 or list(thresholds) != sorted(thresholds):
-            problems.bad(ensemble_file, f"'thresholds' must be 5 increasing cut points, found {thresholds!r}", RERUN)
+        if not _cut_points(spec.get("thresholds")):
+            problems.bad(ensemble_file, f"'thresholds' must be 5 increasing cut points, found {spec.get('thresholds')!r}",
+                         RERUN)
+        by_prompt = spec.get("thresholds_by_prompt")
+        if spec.get("by_prompt") and not (isinstance(by_prompt, dict) and by_prompt
+                                          and all(_cut_points(cuts) for cuts in by_prompt.values())):
+            problems.bad(ensemble_file, "'thresholds_by_prompt' must map every prompt cluster to 5 increasing cut "
+                         f"points, found {by_prompt!r}", RERUN)
         selected = spec["selected"]
         kind = COMBINERS.get(selected)
         entry = spec.get("methods", {}).get(selected) if isinstance(spec.get("methods"), dict) else None

@@ -80,6 +80,8 @@ def test_the_check_names_what_is_wrong(saved, tmp_path):
     assert f"{tmp_path / 'prompt_assigner.npz'}: not found" in problems.lines
     for broken, message in (({"selected": "ridge"}, "selects method 'ridge', which this version does not know"),
                             ({"thresholds": [3, 2, 1]}, "'thresholds' must be 5 increasing cut points"),
+                            ({"by_prompt": True, "thresholds_by_prompt": {"0": [1, 2]}},
+                             "'thresholds_by_prompt' must map every prompt cluster to 5 increasing cut points"),
                             ({"selected": "greedy", "methods": {}}, "has no entry for the selected method 'greedy'")):
         problems = Problems()
         EnsembleArtifact.check(folder, {**select(root, "greedy"), **broken}, problems)
