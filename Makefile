@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[pipeline,dev]"
+	$(BIN)/python -m common.tools.offline_plots
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -36,6 +37,8 @@ demo: install
 	@echo "  output/mlm/, output/pseudo/      MLM loss before/after; pseudo-labels and their report.csv"
 	@echo "  output/thresholds/, output/metrics/thresholds.json   per-model QWK (rounded, in-sample, nested)"
 	@echo "  output/ensemble/metrics.json     nested QWK per method and the one selected"
+	@echo "  metrics/                         headline figures of every stage, git-tracked  (dvc exp show)"
+	@echo "  output/curves/, output/live/     training curves per fold, dvclive logs  (dvc plots show: offline)"
 	@test -f output/submission.csv && echo "  output/submission.csv            the submission" || \
 		echo "  output/submission.csv            not yet: stages after '$(lastword $(DEMO_STAGES))' are not built"
 

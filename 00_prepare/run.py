@@ -13,6 +13,7 @@ from common.layout import stage_timings
 from common.prepare import prepare
 from common.reports import plot_score_distribution
 from common.stage import exit_with
+from common.tracking import write_headline
 
 log = logging.getLogger("aes.prepare")
 
@@ -35,6 +36,11 @@ def main(params: Params) -> None:
             result.folds, "prompt_name", tmp / "plots" / "score_by_prompt.png", "Score share per prompt cluster"
         )
     write_json(stage_timings(params.output_dir, "prepare"), {"seconds": seconds})
+    m = result.metrics
+    write_headline(params.metrics_dir / "prepare.json", {
+        "n_train": m["n_train"], "n_test": m["n_test"], "n_external": m["n_external"],
+        "n_other": m["origin"]["other"], "n_clusters": m["clusters"]["n_clusters"],
+        "cluster_purity": m["clusters"]["purity"], "fold_score_share_max_deviation": m["folds"]["score_share_max_deviation"]})
     log.info("wrote %s (%d train essays in %d folds)", out, len(result.folds), p.n_folds)
 
 

@@ -13,6 +13,7 @@ from common.oof import load_oof_predictions, model_report
 from common.reports import plot_confusion, plot_pred_vs_true
 from common.stage import exit_with
 from common.thresholds import apply_thresholds
+from common.tracking import write_headline
 
 log = logging.getLogger("aes.thresholds")
 
@@ -39,6 +40,8 @@ def main(params: Params) -> None:
                      report["qwk_rounded"], report["qwk_insample"], report["qwk_nested"], report["qwk_nested_low"],
                      report["qwk_nested_high"], "n/a" if other is None else f"{other:.4f}")
     write_json(out / "metrics" / "thresholds.json", summary)
+    write_headline(params.metrics_dir / "thresholds.json",
+                   {name: {k: v[k] for k in ("qwk_rounded", "qwk_nested", "qwk_nested_other")} for name, v in summary.items()})
 
 
 if __name__ == "__main__":

@@ -4,21 +4,26 @@ Run from the repository root: python 04_ensemble/run.py [dotted.key=value ...]
 Reads output/prepare/folds.parquet, output/train/<model>/oof.parquet and the train essays; writes
 output/ensemble/: artifacts/ (ensemble.json, stacker/, text_vocabulary.json, prompt_assigner.npz: all 05_infer
 needs),
-metrics.json (with the bootstrap intervals), frontier.csv (nested QWK on all and on other-origin rows of every
+metrics.json (with the bootstrap intervals and the selected method's nested QWK per prompt and origin),
+oof.parquet (its nested held-out scores, essay_id / fold / score), frontier.csv (nested QWK on all and on other-origin rows of every
 method at every target weight), intervals.csv and plots/.
 """
 
 import logging
 
+import pandas as pd
+
 from common.config import Params
 from common.data import load_competition_data
 from common.ensemble_artifact import EnsembleArtifact
-from common.io import staged_dir, write_csv, write_json
+from common.io import staged_dir, write_csv, write_json, write_parquet
 from common.layout import inference_units
+from common.metrics import qwk_by_group
 from common.oof import load_oof_predictions
 from common.reports import plot_bars, plot_confusion, plot_frontier, plot_intervals
 from common.selection import Target, build_ensemble
 from common.stage import PipelineError, exit_with
+from common.tracking import write_headline
 
 log = logging.getLogger("aes.ensemble")
 
@@ -56,7 +61,11 @@ def main(params: Params) -> None:
                    for name in oofs.names if name in params.train.all_models}
         artifact = EnsembleArtifact.from_result(result, oofs.names, fold_ids, members)
         artifact.save(art)
-        write_json(tmp / "metrics.json", result.metrics)
+        per_group = {key: qwk_by_group(oofs.y, selected.nested_scores, oofs.folds[key].to_numpy())
+                     for key in ("prompt_name", "origin") if key in oofs.folds}
+        write_json(tmp / "metrics.json", {**result.metrics, "per_group": per_group})
+        write_parquet(tmp / "oof.parquet", pd.DataFrame({"essay_id": oofs.folds["essay_id"].to_numpy(),
+                                                         "fold": oofs.fold, "score": selected.nested_scores}))
         write_csv(tmp / "frontier.csv", result.frontier)
         write_csv(tmp / "intervals.csv", result.intervals)
         plot_frontier(result.frontier, tmp / "plots" / "frontier.png")
@@ -72,6 +81,12 @@ def main(params: Params) -> None:
             plot_bars(weights, tmp / "plots" / "weights.png", f"{result.selected} blend weights", "weight")
         plot_confusion(oofs.y, selected.nested_scores, tmp / "plots" / "confusion.png",
                        f"{result.selected}: nested held-out scores")
+    m = result.metrics
+    write_headline(params.metrics_dir / "ensemble.json", {
+        "selected": m["selected"], "qwk_nested": m["qwk_nested"], "qwk_nested_other": m["qwk_nested_other"],
+        "target_weight": m["target_weight"],
+        "methods": {name: {"qwk_nested": v["qwk_nested"], "qwk_nested_other": v["qwk_nested_other"]}
+                    for name, v in m["methods"].items()}})
     other = result.metrics["qwk_nested_other"]
     log.info("selected %s: nested QWK %.4f (other-origin %s); artifacts in %s", result.selected,
              result.metrics["qwk_nested"], "n/a" if other is None else f"{other:.4f}", out / "ensemble" / "artifacts")

@@ -44,6 +44,7 @@ def main(params: Params) -> None:
     )
     from common.io import write_csv, write_json, write_parquet
     from common.layout import stage_timings
+    from common.logs import format_hours
 
     p = params.infer
     paths = resolve_paths(params)
@@ -56,8 +57,8 @@ def main(params: Params) -> None:
              ", ".join(str(d) for d in devices))
     mean_tokens = float(np.mean([min(len(t.split()) * 1.3 + 2, 1e9) for t in texts]))
     plan = estimate_runtime(artifacts, mean_tokens, p.expected_essays, None, p.time_limit_hours)
-    log.info("runtime estimate for %d essays with %d fold models on a T4: %.2f h (limit %.0f h)",
-             plan["n_essays"], plan["n_fold_models"], plan["t4_hours"], p.time_limit_hours)
+    log.info("runtime estimate for %d essays with %d fold models on a T4: %s (limit %.0f h)",
+             plan["n_essays"], plan["n_fold_models"], format_hours(plan["t4_hours"]), p.time_limit_hours)
     if not plan["within_limit"]:
         log.warning("the estimate exceeds Kaggle's %.0f h limit: drop folds or models, or lower max_length",
                     p.time_limit_hours)
@@ -74,8 +75,8 @@ def main(params: Params) -> None:
     submission = make_submission(sample, test["essay_id"].to_numpy(), scores)
     measured = estimate_runtime(artifacts, mean_tokens, p.expected_essays,
                                 len(texts) * len(artifacts.folds) * len(artifacts.models) / seconds, p.time_limit_hours)
-    log.info("%d essays in %.1f s: %d essays for the ensemble would take %.2f h on this machine", len(texts),
-             seconds, p.expected_essays, measured["this_device_hours"])
+    log.info("%d essays in %.1f s: %d essays for the ensemble would take %s on this machine", len(texts),
+             seconds, p.expected_essays, format_hours(measured["this_device_hours"]))
     write_csv(paths.submission, submission)
     if not paths.on_kaggle:
         estimate = {k: v for k, v in measured.items() if k != "this_device_hours"}

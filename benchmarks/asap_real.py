@@ -246,7 +246,8 @@ def main() -> int:
     print(f"essays: {len(essays)}; train slice given to the pipeline: {len(train)} (of {round(len(essays) * 0.85)}),"
           f" held-out test: {len(test)} (of {round(len(essays) * HELD_OUT_SHARE)}); params: {PARAMS_FILE.name}")
 
-    overrides = [f"backbone={backbone}", f"paths.input={input_dir}", f"paths.output={run_dir}", *args.settings]
+    overrides = [f"backbone={backbone}", f"paths.input={input_dir}", f"paths.output={run_dir}",
+                 f"paths.metrics={run_dir}/exp_metrics", *args.settings]
     if args.settings:
         print("settings: " + " ".join(args.settings))
     stage_seconds = {stage: run_stage(stage, overrides) for stage in

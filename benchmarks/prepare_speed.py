@@ -83,7 +83,8 @@ def main() -> None:
             frames[key].to_csv(folder / name, index=False)
         t0 = time.perf_counter()
         subprocess.run(
-            [sys.executable, "00_prepare/run.py", f"paths.input={folder}", f"paths.output={tmp}/output"],
+            [sys.executable, "00_prepare/run.py", f"paths.input={folder}", f"paths.output={tmp}/output",
+             f"paths.metrics={tmp}/metrics"],
             cwd=REPO,
             check=True,
         )

@@ -48,7 +48,7 @@ def main() -> int:
     parser.add_argument("--keep", help="output folder to keep (default: a temporary one)")
     args = parser.parse_args()
     out = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="pseudo_bench_"))
-    common = [f"paths.output={out}"]
+    common = [f"paths.output={out}", f"paths.metrics={out}/exp_metrics"]
     run("00_prepare/run.py", *common)
     seconds = {"teacher": run("02_train/run.py", *common, f"train.model={TEACHER}")}
     figures = {"no pseudo-labels (teacher)": json.loads((out / "train" / TEACHER / "metrics.json").read_text())}

@@ -48,6 +48,10 @@ def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclas
 class PathsParams:
     input: str = _help("Folder holding the competition CSVs (train, test, sample_submission, corpus).", "input")
     output: str = _help("Folder every stage writes its artifacts under.", "output")
+    metrics: str = _help(
+        "Git-tracked folder of each stage's headline figures (prepare.json, train/<model>.json, thresholds.json, "
+        "ensemble.json), which `dvc exp show` compares across experiments; the full metrics stay in paths.output.",
+        "metrics")
 
 
 @dataclass
@@ -280,6 +284,20 @@ class TrainParams:
     )
     device: Literal["auto", "cpu", "cuda"] = _help("Where to train; auto picks CUDA when present.", "auto")
     num_threads: int = _help("CPU threads for torch (0: torch's default).", 0)
+    tracking: list[Literal["wandb", "mlflow"]] = _help(
+        "Trackers that get every step's metrics beside dvclive (always on: output/live/<model>/<unit>/); each "
+        "must be installed and configured (offline: WANDB_MODE=offline, MLFLOW_TRACKING_URI=file:...). Empty: "
+        "dvclive alone.", factory=list)
+    layer_stats: bool = _help(
+        "At eval steps, log the gradient norm and the activations' mean and std per layer group (embeddings, "
+        "four groups of encoder layers, head) to dvclive: where gradients vanish or activations blow up.", True)
+    profile_steps: int = _help(
+        "Profile this many optimizer steps of each trained unit with torch.profiler (after 1 wait and 1 warm-up "
+        "step): output/profile/<model>/<unit>/trace.json (open in ui.perfetto.dev) and profile.txt. 0: off.", 0)
+    lr_find: bool = _help(
+        "Instead of training, run the LR range test on each asked-for model (train.model) on fold 0's training "
+        "rows: loss vs learning rate in output/lr_find/<model>/ (lr_find.png, lr_find.csv, suggestion.json) and "
+        "the suggested lr in the log. Trains and changes nothing else.", False)
 
     def __post_init__(self) -> None:
         bad = [n for n in {**self.models, **self.students} if not MODEL_NAME.fullmatch(n)]
@@ -467,6 +485,10 @@ class Params:
     def output_dir(self) -> Path:
         return Path(self.paths.output)
 
+    @property
+    def metrics_dir(self) -> Path:
+        return Path(self.paths.metrics)
+
 
 # --------------------------------------------------------------------------------------------------
 # Allowed ranges, checked at load (a value outside fails before any work) and shown by --help.
@@ -489,7 +511,7 @@ RANGES: dict[type, dict[str, str]] = {
         "max_grad_norm": "[0, inf)", "ema_decay": "[0, 1)", "swa_start": "[0, 1)", "awp_lr": "[0, inf)", "awp_eps": "[0, inf)",
         "awp_start_epoch": "[0, inf)",
         "pseudo_weight": "(0, inf)", "eval_every": "[0, inf)", "checkpoint_every": "[0, inf)"},
-    TrainParams: {"fold_workers": "[0, inf)", "num_threads": "[0, inf)"},
+    TrainParams: {"fold_workers": "[0, inf)", "num_threads": "[0, inf)", "profile_steps": "[0, inf)"},
     EnsembleParams: {"n_trials": "[1, inf)", "bootstrap_draws": "[10, inf)", "interval_level": "(0, 1)"},
     InferParams: {"batch_tokens": "[64, inf)", "expected_essays": "[1, inf)", "time_limit_hours": "(0, inf)"},
     Params: {"seed": "[0, 4294967295]"},  # numpy's seeds are 32-bit

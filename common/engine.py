@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import pickle
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -37,6 +38,13 @@ log = logging.getLogger(__name__)
 
 class TrainingError(PipelineError):
     """Training cannot go on (NaN loss, out of memory, a damaged checkpoint); the message says what to change."""
+
+
+class StepResult(NamedTuple):
+    """What an optimizer step did: whether it stepped (fp16 skips inf/NaN steps) and the gradient norm."""
+
+    stepped: bool
+    grad_norm: float
 
 
 class Engine:
@@ -84,17 +92,21 @@ class Engine:
     def backward(self, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss)
 
-    def step(self, model: nn.Module, optimizer, scheduler, max_grad_norm: float) -> bool:
+    def step(self, model: nn.Module, optimizer, scheduler, max_grad_norm: float,
+             inspect: Callable[[], None] | None = None) -> StepResult:
         """Clip (when max_grad_norm > 0), step the optimizer, then the scheduler unless the fp16 GradScaler
-        skipped the step (inf/NaN gradients); zero the gradients. True when the optimizer stepped."""
-        if max_grad_norm > 0:
-            self.accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        skipped the step (inf/NaN gradients); zero the gradients. Returns whether the optimizer stepped and the
+        gradients' total norm before clipping (unscaled under fp16). `inspect` runs on the gradients the optimizer
+        is about to use (unscaled, clipped): per-layer statistics."""
+        norm = self.accelerator.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else math.inf)
+        if inspect is not None:
+            inspect()
         optimizer.step()
         stepped = not self.accelerator.optimizer_step_was_skipped
         if stepped:
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        return stepped
+        return StepResult(stepped, float(norm) if norm is not None else math.nan)
 
     def scaler_state(self) -> dict | None:
         return self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None

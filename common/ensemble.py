@@ -800,10 +800,16 @@ def tune_stacker(
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
     )
-    study.optimize(trial_value, n_trials=n_trials)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-trial lines print every float in full
+    try:
+        study.optimize(trial_value, n_trials=n_trials)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
     logger.info("tune_stacker: best inner-CV QWK %.4f over %d trials (%d pruned): %s",
-                study.best_value, len(study.trials), pruned, study.best_params)
+                study.best_value, len(study.trials), pruned,
+                ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in study.best_params.items()))
     return dict(study.best_params)
 
 

@@ -5,11 +5,15 @@
     train/<model>/folds/full[_seed<s>]/     the full fit: every labelled row (`full_fit`)
     train/<model>/oof.parquet       the model's out-of-fold predictions (+ metrics.json, log.csv)
     pseudo/<student>/fold_<k>.parquet   soft labels for a student's fold k (from its teacher's fold k)
+    plots/pseudo/<student>/         their score shares against train (dvc plots)
     mlm/<fingerprint>/backbone/     a backbone adapted by masked-language modelling (shared by models)
     checkpoints/<model>/<unit>/     resumable checkpoints while a fold (or full fit) trains (removed when done)
     checkpoints/mlm/<fingerprint>/  the same while a backbone is adapted
     timings/<model>/<unit>.json     a fold's wall-clock time and speed; timings/<stage>.json a stage's:
                                     figures that change from run to run stay out of what dvc.lock hashes
+    live/<model>/<unit>/            a unit's dvclive folder: every step's metrics as it trains (not hashed)
+    curves/<model>/<metric>.tsv     a model's training curves, one line per unit (dvc plots; not hashed)
+    profile/<model>/<unit>/         trace.json and profile.txt of train.profile_steps steps
 
 Every fold folder of a model sits under one parent (`folds/`), so dvc.yaml declares it as one output
 whatever `prepare.n_folds` says.
@@ -44,6 +48,12 @@ def pseudo_dir(out: Path, student: str) -> Path:
     return Path(out) / "pseudo" / student
 
 
+def pseudo_plots_dir(out: Path, student: str) -> Path:
+    """The plots of a student's pseudo-labels (outside pseudo/<student>/, whose parquet files `dvc plots` cannot
+    read)."""
+    return Path(out) / "plots" / "pseudo" / student
+
+
 def checkpoint_dir(out: Path, name: str, fold: int | None, seed: int | None = None) -> Path:
     return Path(out) / "checkpoints" / name / unit_name(fold, seed)
 
@@ -59,6 +69,21 @@ def mlm_checkpoint(out: Path, fingerprint: str) -> Path:
 def timings_file(out: Path, name: str, unit: str) -> Path:
     """A trained unit's (`unit_name`: fold_<k>[_seed<s>] or full[_seed<s>]) wall-clock time and speed."""
     return Path(out) / "timings" / name / f"{unit}.json"
+
+
+def live_dir(out: Path, name: str, unit: str) -> Path:
+    """A trained unit's dvclive folder: every step's metrics, speed and layer statistics as it trains."""
+    return Path(out) / "live" / name / unit
+
+
+def curves_dir(out: Path, name: str) -> Path:
+    """A model's training curves, one file per metric with every unit's steps (what `dvc plots` draws)."""
+    return Path(out) / "curves" / name
+
+
+def profile_dir(out: Path, name: str, unit: str) -> Path:
+    """The profiler's trace of a unit's first steps (train.profile_steps)."""
+    return Path(out) / "profile" / name / unit
 
 
 def stage_timings(out: Path, stage: str) -> Path:

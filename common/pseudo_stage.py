@@ -19,7 +19,7 @@ from common.config import ModelParams, Params
 from common.data import load_competition_data
 from common.folds import folds_fingerprint
 from common.io import staged_dir, write_csv, write_json, write_parquet
-from common.layout import fold_dir, fold_units, pseudo_dir
+from common.layout import fold_dir, fold_units, pseudo_dir, pseudo_plots_dir
 from common.oof import read_folds
 from common.pseudo import (
     PROB_COLUMNS,
@@ -110,7 +110,8 @@ def _check_teacher(out: Path, student: str, spec: ModelParams, folds: pd.DataFra
 def label_student(params: Params, student: str, spec: ModelParams, folds: pd.DataFrame, external: pd.DataFrame,
                   cache, devices) -> None:
     """output/pseudo/<student>/: fold_<k>.parquet from the teacher's fold k (the mean of its seeds' fold-k
-    models, none of which saw fold k), report.csv, metrics.json, plots/."""
+    models, none of which saw fold k), report.csv, metrics.json; the score shares' plot in
+    output/plots/pseudo/<student>/ (where `dvc plots show` finds it: a plot folder holds plots only)."""
     out, teacher = params.output_dir, spec.name
     fold_ids = sorted(folds["fold"].unique().tolist())
     with staged_dir(pseudo_dir(out, student)) as tmp:
@@ -127,9 +128,9 @@ def label_student(params: Params, student: str, spec: ModelParams, folds: pd.Dat
         write_json(tmp / "metrics.json", {"student": student, "teacher": teacher, "n_external": len(external),
                                           "folds": summary, "train_mean_score": float(folds["score"].mean()),
                                           "folds_fingerprint": folds_fingerprint(folds)})
-        shares = frame[PROB_COLUMNS].mean()
-        train_shares = folds["score"].value_counts(normalize=True).sort_index()
-        plot_bars({**{f"pseudo {c[-1]}": float(v) for c, v in shares.items()},
-                   **{f"train {s}": float(v) for s, v in train_shares.items()}},
-                  tmp / "plots" / "distribution.png",
-                  f"Score shares: pseudo-labels of {student} (last fold) vs train", "share")
+    shares = frame[PROB_COLUMNS].mean()
+    train_shares = folds["score"].value_counts(normalize=True).sort_index()
+    plot_bars({**{f"pseudo {c[-1]}": float(v) for c, v in shares.items()},
+               **{f"train {s}": float(v) for s, v in train_shares.items()}},
+              pseudo_plots_dir(out, student) / "distribution.png",
+              f"Score shares: pseudo-labels of {student} (last fold) vs train", "share")

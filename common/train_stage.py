@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +37,16 @@ from common.io import staged_dir, write_csv, write_json, write_parquet
 from common.layout import (
     Unit,
     checkpoint_dir,
+    curves_dir,
     fold_dir,
     fold_units,
     full_units,
+    live_dir,
     mlm_checkpoint,
     mlm_dir,
     model_dir,
     model_seeds,
+    profile_dir,
     pseudo_dir,
     timings_file,
 )
@@ -51,7 +54,10 @@ from common.metrics import qwk
 from common.pseudo import StudentPseudo
 from common.stage import PipelineError
 from common.thresholds import round_scores
+from common.tracking import training_curves, write_headline
 from common.training import (
+    STEP_TIMINGS,
+    Telemetry,
     TrainingError,
     add_texts,
     data_fingerprint,
@@ -110,19 +116,22 @@ def _weights_readable(folder: Path) -> bool:
 
 
 def train_model(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: list[str], out: Path, seed: int,
-                only_folds: list[int], device: str, step: str = "all", pseudo: StudentPseudo | None = None) -> None:
+                only_folds: list[int], device: str, step: str = "all", pseudo: StudentPseudo | None = None,
+                telemetry: Telemetry | None = None, headline: Path | None = None) -> None:
     """Train the requested folds of `spec` (all when `only_folds` is empty), once per seed, then its full
     fit (when asked for and every fold is trained), and collect its OOF file.
 
     `step` "fit" only trains, "collect" only writes the model's OOF file and metrics (every fold must be
-    trained on the current folds), "all" does both, the OOF file once every fold exists.
+    trained on the current folds), "all" does both, the OOF file once every fold exists. `telemetry` says
+    which trackers, layer statistics and profiler each unit gets (its dvclive folder is `layout.live_dir`);
+    `headline` is where the model's headline figures go for `dvc exp show` (None: nowhere).
     """
     all_folds = sorted(folds["fold"].unique().tolist())
     missing = sorted(set(only_folds) - set(all_folds))
     if missing:
         raise TrainingError(f"train.folds asks for fold(s) {missing}, but folds.parquet has {all_folds}")
     if step == "collect":
-        collect_oof(out, spec, folds, seed, required=True)
+        collect_oof(out, spec, folds, seed, required=True, headline=headline)
         return
     main = is_main_process()
     tokenised: list = []  # tokenised once, when a unit trains
@@ -138,15 +147,19 @@ def train_model(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: li
                     continue  # finished by the run that held the lock a moment ago
                 if not tokenised:
                     tokenised.extend(tokenize_train(spec, backbone, folds, texts, pseudo))
-                _train_one_unit(spec, backbone, *tokenised, unit, out, seed, device, main, stop_fraction)
+                _train_one_unit(spec, backbone, *tokenised, unit, out, seed, device, main, stop_fraction,
+                                telemetry or Telemetry())
+                if main:  # the curves grow fold by fold while a long run goes on
+                    write_curves(out, spec, seed, all_folds)
 
     train(fold_units(spec, only_folds or all_folds, seed))
     if full_units(spec, seed) and not only_folds:
         train(full_units(spec, seed), cv_stop_fraction(out, spec, all_folds, seed))
     if main and not only_folds:
         prune_folds(out, spec, all_folds, seed)
+        write_curves(out, spec, seed, all_folds)
     if main and step == "all":
-        collect_oof(out, spec, folds, seed)
+        collect_oof(out, spec, folds, seed, headline=headline)
 
 
 def units_to_train(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: list[str],
@@ -191,8 +204,10 @@ def cv_stop_fraction(out: Path, spec: ModelParams, fold_ids: list[int], seed: in
 
 
 def _train_one_unit(spec: ModelParams, backbone: str, tokenizer, data, unit: Unit, out: Path, seed: int,
-                    device: str, main: bool, stop_fraction: float) -> None:
+                    device: str, main: bool, stop_fraction: float, telemetry: Telemetry) -> None:
     final = fold_dir(out, spec.name, unit.fold, unit.seed)
+    telemetry = replace(telemetry, live_dir=live_dir(out, spec.name, unit.name), run_name=f"{spec.name}/{unit.name}",
+                        profile_dir=profile_dir(out, spec.name, unit.name))
     if main and unit.fold is not None:
         stale_oof = model_dir(out, spec.name) / "oof.parquet"
         if stale_oof.exists():  # it no longer describes the model once a fold trains again
@@ -202,13 +217,14 @@ def _train_one_unit(spec: ModelParams, backbone: str, tokenizer, data, unit: Uni
     run_seed = unit.run_seed(seed)
     fraction = stop_fraction if unit.fold is None else 1.0
     if not main:  # data parallel: rank 0 alone writes the fold folder
-        train_fold(spec, backbone, tokenizer, data, unit.fold, final, ckpt, run_seed, device, stop_fraction=fraction)
+        train_fold(spec, backbone, tokenizer, data, unit.fold, final, ckpt, run_seed, device, stop_fraction=fraction,
+                   telemetry=replace(telemetry, live_dir=None))
         return
     with staged_dir(final) as tmp:
         result = train_fold(spec, backbone, tokenizer, data, unit.fold, tmp, ckpt, run_seed, device,
-                            stop_fraction=fraction)
+                            stop_fraction=fraction, telemetry=telemetry)
         write_parquet(tmp / "oof.parquet", result.oof)
-        write_csv(tmp / "log.csv", result.log)
+        write_csv(tmp / "log.csv", reproducible_log(result.log))
         write_json(tmp / "metrics.json", {k: v for k, v in result.metrics.items() if k not in TIMINGS})
     write_json(timings_file(out, spec.name, unit.name), {k: result.metrics[k] for k in TIMINGS})
     if unit.fold is None:
@@ -280,6 +296,19 @@ def _running(pid: object) -> bool:
     return True
 
 
+def reproducible_log(steps: pd.DataFrame) -> pd.DataFrame:
+    """A fold's step log without the columns that change from run to run (speed, memory) or per layer group
+    (those stay in its dvclive folder): the fold's log.csv, which dvc.lock hashes."""
+    return steps.drop(columns=[c for c in steps.columns if c in STEP_TIMINGS or "/" in c])
+
+
+def write_curves(out: Path, spec: ModelParams, seed: int, fold_ids: list[int]) -> None:
+    """The model's training curves (`curves/<model>/<metric>.tsv`, one line per unit, for `dvc plots`) from
+    the dvclive folders of its current units (`fold_ids` x seeds, the full fit) trained so far."""
+    units = fold_units(spec, fold_ids, seed) + full_units(spec, seed)
+    training_curves({u.name: live_dir(out, spec.name, u.name) for u in units}, curves_dir(out, spec.name))
+
+
 def prune_folds(out: Path, spec: ModelParams, keep: list[int], seed: int) -> None:
     """Remove the model's fold folders that neither the current folds.parquet nor its seeds and full fit have
     (after n_folds shrank, a seed was dropped or the full fit turned off)."""
@@ -289,9 +318,11 @@ def prune_folds(out: Path, spec: ModelParams, keep: list[int], seed: int) -> Non
         if stale.is_dir() and stale.name.startswith(("fold_", "full")) and stale.name not in wanted:
             log.info("%s: removing %s (not a fold, seed or full fit of the current settings)", spec.name, stale)
             shutil.rmtree(stale)
+            shutil.rmtree(live_dir(out, spec.name, stale.name), ignore_errors=True)
 
 
-def collect_oof(out: Path, spec: ModelParams, folds: pd.DataFrame, seed: int, required: bool = False) -> bool:
+def collect_oof(out: Path, spec: ModelParams, folds: pd.DataFrame, seed: int, required: bool = False,
+                headline: Path | None = None) -> bool:
     """Write the model's `oof.parquet`, `metrics.json` and `log.csv` once every fold is trained on these folds.
 
     With several seeds, a fold's OOF predictions (and class probabilities) are the mean over its seeds, as
@@ -339,6 +370,9 @@ def collect_oof(out: Path, spec: ModelParams, folds: pd.DataFrame, seed: int, re
     write_parquet(folder / "oof.parquet", oof)
     write_csv(folder / "log.csv", pd.concat(logs, ignore_index=True))
     write_json(folder / "metrics.json", metrics)
+    if headline is not None:
+        write_headline(headline, {k: metrics[k] for k in ("qwk_rounded", "qwk_rounded_other", "rmse")}
+                       | ({"seeds": metrics["seeds"]} if "seeds" in metrics else {}))
     log.info("%s: OOF QWK (rounded) %.4f on all rows, %s on other-origin rows%s", name, metrics["qwk_rounded"],
              "n/a" if metrics["qwk_rounded_other"] is None else f"{metrics['qwk_rounded_other']:.4f}",
              f" (mean of {len(seeds)} seeds; each alone: " + ", ".join(
@@ -415,10 +449,15 @@ def train_models(params: Params, script: Path) -> None:
             external = read_external(out / "prepare" / "external.parquet")
             mlm_texts = [*data.train["full_text"], *data.test["full_text"], *external["full_text"]]
             planned = str(mlm_dir(out, mlm_fingerprint(spec, backbone, mlm_texts, params.seed)))
-            if _needs_training(spec, planned, folds, texts, pseudo, out, params.seed, t.folds):
+            if t.lr_find or _needs_training(spec, planned, folds, texts, pseudo, out, params.seed, t.folds):
                 backbone = adapted_backbone(spec, backbone, mlm_texts, out, params.seed, t.device)
             else:  # every fold is kept: no MLM run (its cache may be gone, e.g. after dvc pull elsewhere)
                 backbone = planned
+        if t.lr_find:
+            from common.lr_find import find_lr
+
+            find_lr(spec, backbone, folds, texts or [], out, params.seed, t.device, pseudo)
+            continue
         todo = t.folds or fold_ids
         workers = t.fold_workers
         if workers != 1 and data_parallel():
@@ -430,7 +469,9 @@ def train_models(params: Params, script: Path) -> None:
             if pending:
                 train_in_workers(params, name, pending, script)
         # Every fold is trained by now (or trains here, one after the other), then the full fit and the OOF file.
-        train_model(spec, backbone, folds, texts or [], out, params.seed, t.folds, t.device, t.step, pseudo)
+        train_model(spec, backbone, folds, texts or [], out, params.seed, t.folds, t.device, t.step, pseudo,
+                    Telemetry(trackers=tuple(t.tracking), layer_stats=t.layer_stats, profile_steps=t.profile_steps),
+                    params.metrics_dir / "train" / f"{name}.json")
 
 
 def _needs_training(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: list[str],

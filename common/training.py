@@ -37,6 +37,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from common.config import ModelParams, StageParams
+from common.diagnostics import Profiler, TrainingWatch, activation_stats, grad_stats, layer_groups
 from common.engine import (
     Engine,
     TrainingError,
@@ -55,6 +56,7 @@ from common.optim import AWP, EMA, build_scheduler, param_groups
 from common.pseudo import StudentPseudo
 from common.thresholds import round_scores
 from common.tokenization import EssayCollator, load_tokenizer, model_collator, model_token_ids, token_settings
+from common.tracking import StepLogger
 
 log = logging.getLogger(__name__)
 
@@ -245,9 +247,26 @@ def _batch_loss(loss_fn, logits: torch.Tensor, targets: torch.Tensor, pseudo: to
     return (n_real * real_loss + weight * n_pseudo * pseudo_loss) / (n_real + weight * n_pseudo)
 
 
+@dataclass
+class Telemetry:
+    """What a run reports beside its log rows (all off by default: tests, and ranks other than 0)."""
+
+    live_dir: Path | None = None  # the unit's dvclive folder (None: no dvclive)
+    run_name: str = ""  # the unit's name in trackers, e.g. "deberta-v3-large/fold_0"
+    trackers: Sequence[str] = ()  # wandb / mlflow beside dvclive
+    layer_stats: bool = False  # gradient and activation statistics per layer group at eval steps
+    profile_steps: int = 0  # torch.profiler over this many optimizer steps (0: off)
+    profile_dir: Path | None = None  # where the profiler's trace.json and profile.txt go
+
+
+STEP_TIMINGS = ("tokens_per_second", "peak_gpu_mem_mb")
+"""Columns of a step's log row that change from run to run: logged (dvclive), left out of the fold's
+log.csv (dvc.lock hashes it)."""
+
+
 def train_fold(spec: ModelParams, backbone: str, tokenizer, data: TrainData, fold: int | None, out_dir: Path,
                checkpoint_dir: Path, seed: int, device: str = "auto", stop_after_steps: int | None = None,
-               stop_fraction: float = 1.0) -> FoldResult:
+               stop_fraction: float = 1.0, telemetry: Telemetry | None = None) -> FoldResult:
     """Train `spec` on every fold but `fold`, save the model to `out_dir`, return held-out predictions.
 
     `fold` None is the full fit: every labelled row, nothing held out (no evaluation, an empty OOF frame), its
@@ -265,14 +284,36 @@ def train_fold(spec: ModelParams, backbone: str, tokenizer, data: TrainData, fol
         seed: base seed; the fold's seed is seed + fold (the full fit's: seed + the number of folds).
         device: "auto", "cpu" or "cuda".
         stop_after_steps: raise `Interrupted` after this many optimizer steps (tests of resume).
+        telemetry: where the step logs go beside the returned log (dvclive, trackers), layer statistics and
+            the profiler; default: none of them.
     """
     run = _plan(spec, backbone, tokenizer, data, fold, checkpoint_dir, seed, device, stop_fraction)
+    run.telemetry = telemetry or Telemetry()
     resume = _restore(run)
-    for index, stage in enumerate(spec.stages):
-        if index >= run.state.stage:
-            _train_stage(run, index, stage, resume if index == run.state.stage else None, stop_after_steps)
-            resume = None
+    _open_telemetry(run)
+    try:
+        with run.profiler:
+            for index, stage in enumerate(spec.stages):
+                if index >= run.state.stage:
+                    _train_stage(run, index, stage, resume if index == run.state.stage else None, stop_after_steps)
+                    resume = None
+    finally:
+        if run.logger is not None:
+            run.logger.close()
     return _finish(run, tokenizer, out_dir)
+
+
+def _open_telemetry(run: _Run) -> None:
+    """The step logger (replaying the rows of an interrupted run), the loss / gradient watch, the profiler."""
+    tel = run.telemetry
+    if tel.live_dir is not None and run.engine.is_main:
+        run.logger = StepLogger(tel.live_dir, tel.run_name or f"{run.spec.name}/{run.label}",
+                                config=unit_settings(run.spec), trackers=tel.trackers)
+        run.logger.replay(run.state.log_rows)
+    for row in run.state.log_rows:
+        run.watch.update(int(row["step"]), row["train_loss"], row.get("grad_norm"))
+    run.profiler = Profiler(tel.profile_dir or run.checkpoint.parent / "profile",
+                            tel.profile_steps if run.engine.is_main else 0)
 
 
 @dataclass
@@ -301,6 +342,10 @@ class _Run:
     best_weights: dict | None = None
     swa_models: int = 0  # weights the SWA average holds (0: no SWA)
     started: float = 0.0
+    telemetry: Telemetry = field(default_factory=lambda: Telemetry())
+    logger: StepLogger | None = None
+    watch: TrainingWatch = field(default_factory=TrainingWatch)
+    profiler: Any = None
 
     @property
     def label(self) -> str:
@@ -447,13 +492,15 @@ def _train_stage(run: _Run, index: int, stage: StageParams, resume: dict | None,
 def _train_epoch(run: _Run, st: _Stage, batches: list[list[int]], stop_after: int | None) -> bool:
     """The rest of one epoch's micro-batches; True once the stage's last optimizer step is taken."""
     state = run.state
+    started, tokens_before = time.perf_counter(), state.tokens_seen
     for b_idx in range(state.batch_in_epoch, len(batches)):
         final_micro = (b_idx + 1) % run.accum == 0 or b_idx + 1 == len(batches)
         st.losses.append(_micro_step(run, st, batches[b_idx], final_micro))
         state.batch_in_epoch = b_idx + 1
         if not final_micro:
             continue
-        run.engine.step(st.model, st.optimizer, st.scheduler, run.spec.max_grad_norm)
+        stats = _optimizer_step(run, st)
+        stats["tokens_per_second"] = (state.tokens_seen - tokens_before) / max(time.perf_counter() - started, 1e-9)
         if st.ema is not None:
             st.ema.update(run.model)
         state.step += 1
@@ -465,14 +512,42 @@ def _train_epoch(run: _Run, st: _Stage, batches: list[list[int]], stop_after: in
         if last and st.swa is not None:  # the average is the model from here on: evaluated, kept, saved
             run.model.load_state_dict(st.swa.module.state_dict())
             run.swa_models = int(st.swa.n_averaged.item())
-        _evaluate_and_log(run, st, last)
+        _evaluate_and_log(run, st, last, stats)
+        run.profiler.step()
         if run.spec.checkpoint_every and state.step % run.spec.checkpoint_every == 0 and not last:
             _save_checkpoint(run, st)
         if stop_after is not None and state.global_step >= stop_after:
             raise Interrupted(f"stopped after {state.global_step} steps")
         if last:
             return True
+        started, tokens_before = time.perf_counter(), state.tokens_seen
     return False
+
+
+def _optimizer_step(run: _Run, st: _Stage) -> dict[str, float]:
+    """Clip, step, schedule; returns the step's gradient norm (before clipping), the per-layer-group norms at
+    eval steps when asked for, and the peak GPU memory so far."""
+    stats: dict[str, float] = {}
+
+    def layer_norms() -> None:
+        stats.update(_prefixed(grad_stats(layer_groups(run.model)), "layer_grad_norm"))
+
+    inspect = layer_norms if run.telemetry.layer_stats and _is_eval_step(st, run.state.step + 1) else None
+    stats["grad_norm"] = run.engine.step(st.model, st.optimizer, st.scheduler, run.spec.max_grad_norm,
+                                         inspect).grad_norm
+    if run.engine.device.type == "cuda":
+        stats["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(run.engine.device) / 2**20
+    return stats
+
+
+def _is_eval_step(st: _Stage, step: int) -> bool:
+    """Whether the stage's optimizer step number `step` (from 1) evaluates on the held-out fold."""
+    return step % st.eval_every == 0 or step >= st.stop_steps
+
+
+def _prefixed(values: dict[str, float], prefix: str) -> dict[str, float]:
+    """diagnostics' per-group figures under one metric family (`prefix/<group>`)."""
+    return {f"{prefix}/{key.rsplit('/', 1)[-1]}": value for key, value in values.items()}
 
 
 def _micro_step(run: _Run, st: _Stage, rows: list[int], final_micro: bool) -> float:
@@ -507,13 +582,15 @@ def _micro_step(run: _Run, st: _Stage, rows: list[int], final_micro: bool) -> fl
     return loss.item()
 
 
-def _evaluate_and_log(run: _Run, st: _Stage, last: bool) -> None:
-    """A log row per optimizer step; held-out loss and QWK every eval_every steps and at the stage's end
-    (the best of the last stage kept with keep_best)."""
+def _evaluate_and_log(run: _Run, st: _Stage, last: bool, stats: dict[str, float]) -> None:
+    """A log row per optimizer step (with `stats`: gradient norm, speed); held-out loss and QWK every
+    eval_every steps and at the stage's end (the best of the last stage kept with keep_best), with layer
+    statistics when asked for. The row goes to the run's log, its step logger and the loss / gradient watch."""
     state, spec = run.state, run.spec
     row = {"stage": st.index + 1, "epoch": state.epoch, "step": state.global_step,
-           "train_loss": float(np.mean(st.losses)), "lr": st.scheduler.get_last_lr()[0]}
+           "train_loss": float(np.mean(st.losses)), "lr": st.scheduler.get_last_lr()[0], **stats}
     st.losses.clear()
+    run.watch.update(state.global_step, row["train_loss"], row.get("grad_norm"))
     if len(run.held_out) and (state.step % st.eval_every == 0 or last):
         result = _evaluate(run.model, st.ema, run.collator, run.data, run.held_out, run.engine.accelerator,
                            spec.batch_size * 2)
@@ -523,7 +600,34 @@ def _evaluate_and_log(run: _Run, st: _Stage, last: bool) -> None:
         if spec.keep_best and final_stage and result["eval_qwk"] > state.best_qwk:
             state.best_qwk, state.best_step = result["eval_qwk"], state.global_step
             run.best_weights = _eval_weights(run.model, st.ema)
+        if run.telemetry.layer_stats:
+            row.update(_activation_row(run))
     state.log_rows.append(row)
+    if run.logger is not None:
+        run.logger.log(row)
+
+
+def _activation_row(run: _Run) -> dict[str, float]:
+    """Mean and spread of each layer group's output on the first held-out batch (eval mode, no gradients,
+    no random numbers drawn: training goes on unchanged)."""
+    model, rows = run.model, run.held_out[: run.spec.batch_size]
+    batch = run.collator([{"input_ids": run.data.input_ids[i], "target": float(run.data.scores[i])} for i in rows])
+    batch = {k: v.to(run.engine.device) for k, v in batch.items()}
+    layers = list(model.encoder_layers())
+    groups = {name: params for name, params in layer_groups(model).items()}
+    modules = {"embeddings": model.embeddings_module(), "head": model.head}
+    for name in groups:
+        if name.startswith("layers_"):
+            modules[name] = layers[int(name.split("-")[-1])]
+    was_training = model.training
+    model.eval()
+    try:
+        with run.engine.autocast():
+            stats = activation_stats(model, lambda: model(batch["input_ids"], batch["attention_mask"],
+                                                          batch.get("windows")), modules)
+    finally:
+        model.train(was_training)
+    return stats
 
 
 def _save_checkpoint(run: _Run, st: _Stage) -> None:

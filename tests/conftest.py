@@ -14,12 +14,37 @@ BACKBONE = str(REPO / "input" / "tiny-deberta-v2")
 """The tiny demo backbone (tokenizer + random DeBERTa-v2) bundled in input/."""
 
 
+def with_metrics_dir(overrides: tuple[str, ...] | list[str]) -> list[str]:
+    """`overrides` plus paths.metrics inside the run's paths.output (when one is given and paths.metrics is not):
+    a test's stage run must not write the repository's git-tracked metrics/ folder."""
+    overrides = list(overrides)
+    output = [o.split("=", 1)[1] for o in overrides if o.startswith("paths.output=")]
+    if output and not any(o.startswith("paths.metrics=") for o in overrides):
+        overrides.append(f"paths.metrics={output[-1]}/exp_metrics")
+    return overrides
+
+
 def run_cli(stage: str, *overrides: str) -> subprocess.CompletedProcess:
-    """Run a stage's run.py from the repository root, as a user would."""
+    """Run a stage's run.py from the repository root, as a user would (headline metrics kept in the run's
+    output folder: `with_metrics_dir`)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, f"{stage}/run.py", *overrides], cwd=REPO, env=env, capture_output=True, text=True
+        [sys.executable, f"{stage}/run.py", *with_metrics_dir(overrides)], cwd=REPO, env=env, capture_output=True,
+        text=True
     )
+
+
+def _metrics_state() -> dict[str, int]:
+    folder = REPO / "metrics"
+    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*")} if folder.is_dir() else {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_metrics_untouched():
+    """No test writes the repository's git-tracked metrics/ folder (what `dvc exp show` reads)."""
+    before = _metrics_state()
+    yield
+    assert _metrics_state() == before, "a test wrote the repository's metrics/ folder: pass paths.metrics"
 
 
 def fold_table(seed: int, n_train: int, n_corpus_only: int, n_folds: int = 3):

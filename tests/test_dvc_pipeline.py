@@ -167,3 +167,48 @@ def test_a_failing_stage_under_dvc_keeps_the_last_good_output(repo_copy):
     failed = dvc(repo_copy, "repro", "prepare")
     assert failed.returncode != 0 and "score is not an integer at row 1" in failed.stderr
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_every_metrics_file_is_git_tracked_so_experiments_hold_it():
+    """dvc exp show reads the metrics an experiment commits: none may live in the git-ignored output folder."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    declared = [next(iter(entry)) if isinstance(entry, dict) else entry
+                for stage in stages.values() for entry in stage.get("do", stage).get("metrics", [])]
+    assert declared and all(path.startswith("${paths.metrics}/") for path in declared), declared
+    resolved = [p.replace("${paths.metrics}", params["paths"]["metrics"]).replace("${key}", "tiny-regression")
+                for p in declared]
+    ignored = subprocess.run(["git", "check-ignore", *resolved], cwd=REPO, capture_output=True, text=True)
+    assert ignored.returncode == 1 and not ignored.stdout, ignored.stdout  # 1: none of them is ignored
+
+
+def test_dvc_plots_show_renders_offline_with_one_line_per_fold(tmp_path):
+    from common.tools.offline_plots import write_offline_page
+
+    for name in ("dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots/by_unit.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, tmp_path / name)
+    write_offline_page(tmp_path / ".dvc" / "plots" / "offline.html")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    curves = tmp_path / "output" / "curves" / "tiny-regression"
+    curves.mkdir(parents=True)
+    (curves / "eval_qwk.tsv").write_text("step\tunit\teval_qwk\n1\tfold_0\t0.5\n2\tfold_0\t0.6\n1\tfold_1\t0.4\n"
+                                         "2\tfold_1\t0.7\n")
+    shown = dvc(tmp_path, "plots", "show", "-o", "dvc_plots")
+    page = (tmp_path / "dvc_plots" / "index.html").read_text()
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "<script src=" not in page and "cdn.jsdelivr" not in page  # nothing to fetch
+    spec = json.loads(page.split("var spec = ", 1)[1].split(";\n", 1)[0])
+    assert spec["encoding"]["color"]["field"] == "unit"  # the by_unit template: one line per fold
+    assert {row["unit"] for row in spec["data"]["values"]} == {"fold_0", "fold_1"}
+    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
+                   None)
+    if browser is None:
+        pytest.skip("no chromium/chromium-browser/google-chrome on PATH: apt-get install chromium to render it")
+    rendered = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                               "--enable-logging=stderr", "--v=0", "--dump-dom",
+                               (tmp_path / "dvc_plots" / "index.html").as_uri()],
+                              capture_output=True, text=True, timeout=120)
+    assert "<canvas" in rendered.stdout or "<svg" in rendered.stdout, rendered.stderr[-2000:]
+    errors = [line for line in rendered.stderr.splitlines() if "CONSOLE" in line and ("Error" in line or "Uncaught" in line)]
+    assert not errors, errors

@@ -82,7 +82,12 @@ def test_one_step_clips_steps_and_zeroes():
     with engine.autocast():
         loss = (wrapped(torch.ones(2, 4)) * 1000.0).sum()
     engine.backward(loss)
-    assert engine.step(wrapped, optimizer, scheduler, max_grad_norm=1.0)
+    grads = []
+    unclipped = torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item()
+    result = engine.step(wrapped, optimizer, scheduler, max_grad_norm=1.0,
+                         inspect=lambda: grads.append(model.weight.grad.norm().item()))
+    assert result.stepped and result.grad_norm == pytest.approx(unclipped)  # the norm before clipping
+    assert grads and grads[0] <= 1.0 + 1e-5  # inspect saw the clipped gradients, before the step
     moved = (model.weight.detach() - before).norm()
     assert 0 < moved <= 1.0 + 1e-5  # the gradient was clipped to norm 1 (lr 1)
     assert model.weight.grad is None and scheduler.get_last_lr() == [0.5]

@@ -4,6 +4,8 @@ objective."""
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import numpy as np
 import pandas as pd
@@ -235,6 +237,15 @@ def test_tune_stacker_returns_usable_params() -> None:
     LGBMStacker(params=best, n_estimators=60, early_stopping_rounds=10, num_threads=1).fit(X, y, folds=folds)
     tuned = LGBMStacker(n_trials=4, n_estimators=60, early_stopping_rounds=10).tune(X, y, folds)
     assert set(tuned.tuned_params) == set(best) and not hasattr(tuned, "models_")  # tuned, not fitted
+
+
+def test_tuning_logs_its_figures_at_4_significant_digits(capfd, caplog) -> None:
+    X, y, folds = stacker_data(n=200)
+    with caplog.at_level(logging.INFO):
+        tune_stacker(X, y, folds, n_trials=2, seed=0, n_estimators=20, early_stopping_rounds=5, num_threads=1)
+    printed = capfd.readouterr().err + caplog.text
+    assert "tune_stacker: best inner-CV QWK" in printed
+    assert not re.search(r"\d\.\d{6,}", printed), printed  # optuna's trial lines print floats in full
 
 
 def test_stacker_feature_importance_ranks_the_good_model_first() -> None:

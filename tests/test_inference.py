@@ -35,7 +35,7 @@ from common.oof import load_oof_predictions
 from common.selection import fit_prompt_stats, stacker_features
 from common.stage import PipelineError
 from common.text_features import TextFeaturizer
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, with_metrics_dir
 
 # Refuses every connection attempt before the stage runs: the stage must not need the network.
 NO_NETWORK = """
@@ -54,7 +54,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 def run_offline(script: str, *overrides: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
     env["PYTHONPATH"] = str(REPO)
-    return subprocess.run([sys.executable, "-c", NO_NETWORK, script, *overrides], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-c", NO_NETWORK, script, *with_metrics_dir(overrides)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

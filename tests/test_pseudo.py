@@ -226,6 +226,9 @@ def test_mlm_pseudo_label_and_student_stages(trained_output, demo_input, tmp_pat
         np.testing.assert_allclose(frame[PROB_COLUMNS].sum(axis=1), 1.0, atol=1e-6)
     report = pd.read_csv(out / "pseudo" / "tiny-student" / "report.csv")
     assert {"prompt_name", "pseudo_mean", "train_mean", "pseudo_3", "train_3"} <= set(report.columns)
+    # the plot sits where dvc plots show reads a folder of plots only (no parquet beside it)
+    assert (out / "plots" / "pseudo" / "tiny-student" / "distribution.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "pseudo" / "tiny-student" / "plots").exists()
 
     student = run_cli("02_train", *common, "train.model=tiny-student", "train.folds=[0]")
     assert student.returncode == 0, student.stderr[-3000:]

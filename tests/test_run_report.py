@@ -3,14 +3,29 @@
 import json
 import re
 import shutil
+import subprocess
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from common.tools.run_report import SECTIONS, build_report, main
+from common.metrics import qwk
+from common.tools.run_report import (
+    SECTIONS,
+    build_report,
+    format_hours,
+    main,
+    nested_oof_scores,
+    section_groups,
+    section_inference,
+    section_runtime,
+    training_curves,
+)
 from tests.conftest import NO_STUDENTS, run_cli
 
 pytestmark = pytest.mark.slow
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
 def section(page: str, key: str) -> str:
@@ -19,14 +34,34 @@ def section(page: str, key: str) -> str:
     return match.group(1)
 
 
-def test_report_has_every_section_with_the_runs_numbers(trained_output, demo_input, tmp_path):
+def row(html: str, first_cell: str) -> str:
+    """The table row of `html` whose first cell starts with `first_cell`."""
+    match = re.search(rf"<tr><td>{re.escape(first_cell)}.*?</tr>", html)
+    assert match, f"no row {first_cell!r}"
+    return match.group(0)
+
+
+@pytest.fixture(scope="module")
+def reported_output(trained_output, demo_input, tmp_path_factory):
+    """`trained_output` plus 03_oof_thresholds and 05_infer: every stage the report reads but 01_pseudo_label."""
     folder, _ = demo_input
-    out = tmp_path / "out"
+    out = tmp_path_factory.mktemp("reported") / "out"
     shutil.copytree(trained_output, out)
     common = [f"paths.input={folder}", f"paths.output={out}", NO_STUDENTS]
     for stage in ("03_oof_thresholds", "05_infer"):
         result = run_cli(stage, *common)
         assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def page(reported_output):
+    return build_report(reported_output)
+
+
+def test_report_has_every_section_with_the_runs_numbers(reported_output, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reported_output, out)
     assert main(["--output", str(out)]) == 0
     page = (out / "report" / "index.html").read_text()
     assert page == build_report(out)  # the file is exactly the report of this run
@@ -56,18 +91,179 @@ def test_report_has_every_section_with_the_runs_numbers(trained_output, demo_inp
     assert (runs["seconds"] > 0).all()
 
 
-def test_models_of_another_run_are_skipped_and_named(trained_output, tmp_path):
+def test_groups_count_the_essays_of_each_prompt_and_origin(reported_output, page):
+    groups = section(page, "groups")
+    folds = pd.read_parquet(reported_output / "prepare" / "folds.parquet")
+    for key in ("prompt_name", "origin"):
+        for value, n in folds[key].value_counts().items():
+            assert row(groups, value).startswith(f"<tr><td>{value}</td><td>{n}</td>")
+    report = json.loads((reported_output / "thresholds" / "tiny-ordinal.json").read_text())
+    assert f"<td>all rows</td><td>{len(folds)}</td>" in groups
+    assert f"{report['qwk_nested']:.4f}" in row(groups, "all rows")
+    ensemble = json.loads((reported_output / "ensemble" / "metrics.json").read_text())
+    per_prompt = {k: v for k, v in ensemble["per_group"]["prompt_name"].items() if v is not None}
+    assert per_prompt  # 04 writes the selected method's nested QWK per prompt: the ensemble column
+    prompt, value = sorted(per_prompt.items())[0]
+    assert f"<td>{value:.4f}</td>" in row(groups, prompt)
+
+
+def test_groups_show_the_ensembles_column_where_its_metrics_have_it(reported_output, tmp_path):
     out = tmp_path / "out"
-    shutil.copytree(trained_output, out)
+    shutil.copytree(reported_output / "prepare", out / "prepare")
+    shutil.copytree(reported_output / "train", out / "train")
+    shutil.copytree(reported_output / "thresholds", out / "thresholds")
+    metrics = json.loads((reported_output / "ensemble" / "metrics.json").read_text())
+    prompts = sorted(pd.read_parquet(out / "prepare" / "folds.parquet")["prompt_name"].unique())
+    per_prompt = {p: 0.5 + i / 100 for i, p in enumerate(prompts)}
+    (out / "ensemble").mkdir()
+    (out / "ensemble" / "metrics.json").write_text(json.dumps({**metrics, "per_group": {"prompt_name": per_prompt}}))
+    groups = section_groups(out)
+    assert f"<th>ensemble ({metrics['selected']})</th>" in groups
+    assert re.search(rf"<tr><td>{re.escape(prompts[1])}</td><td>\d+</td><td>0.5100</td>", groups)
+    assert f"<td>{metrics['qwk_nested']:.4f}</td>" in row(groups, "all rows")
+
+
+def test_no_number_prints_more_than_four_decimals(page):
+    cells = re.findall(r"<td>(.*?)</td>", page)
+    assert len(cells) > 200
+    long = [c for c in cells if re.search(r"\d\.\d{5,}", c)]
+    assert not long, long[:5]
+    models = section(page, "models")
+    assert re.search(r"<td>\d+\.\d</td></tr>", models)  # train seconds: one decimal
+    runtime = section(page, "runtime")
+    assert not re.search(r"<td>\d+\.\d{2,}</td>", runtime)  # seconds: one decimal, never 1016.3000
+
+
+def test_runtime_estimates_are_never_zero_hours(reported_output, tmp_path):
+    assert format_hours(0.0012) == "0.0012 h (4.3 s)"
+    assert format_hours(0.00030509842) == "0.0003051 h (1.1 s)"
+    assert format_hours(0.3944) == "0.3944 h (23 min 39 s)"
+    assert format_hours(2.346) == "2.35 h"
+    out = tmp_path / "out"
+    shutil.copytree(reported_output / "infer", out / "infer")
+    shutil.copytree(reported_output / "timings", out / "timings")
+    metrics = json.loads((out / "infer" / "metrics.json").read_text())
+    metrics["runtime_estimate"]["t4_hours"] = 0.0012
+    (out / "infer" / "metrics.json").write_text(json.dumps(metrics))
+    timings = json.loads((out / "timings" / "infer.json").read_text())
+    (out / "timings" / "infer.json").write_text(json.dumps({**timings, "this_device_hours": 0.0005}))
+    for text in (section_inference(out), section_runtime(out)):
+        assert "0.00 h" not in text and "0.00%" not in text
+        assert "0.0012 h (4.3 s)" in text
+
+
+def test_runtime_sets_each_stage_and_the_inference_against_kaggles_limit(page):
+    runtime = section(page, "runtime")
+    assert re.search(r"<tr><td>05_infer</td><td>\d+</td><td>\d+\.\d</td><td>[^<]+</td><td>[\d.]+%</td>", runtime)
+    assert "Inference against Kaggle's 9 h limit" in runtime and "is within the limit" in runtime
+    assert runtime.count("<img") == 2  # seconds per stage; the estimates against the 9 h line
+
+
+def test_ensemble_table_shows_each_methods_bootstrap_interval(reported_output, page):
+    ensemble = section(page, "ensemble")
+    metrics = json.loads((reported_output / "ensemble" / "metrics.json").read_text())
+    assert metrics["intervals"]["rows"]
+    for r in metrics["intervals"]["rows"]:
+        line = row(ensemble, f"<b>{r['name']}</b>" if r["name"] == metrics["selected"] else r["name"])
+        assert f"<td>{r['qwk_all']:.4f}</td><td>[{r['qwk_all_low']:.4f}, {r['qwk_all_high']:.4f}]</td>" in line
+        assert f"[{r['qwk_other_low']:.4f}, {r['qwk_other_high']:.4f}]" in line
+
+
+def test_distribution_sets_submission_against_train_and_nested_oof(reported_output, page):
+    distribution = section(page, "distribution")
+    assert distribution.count("<img") == 1
+    folds = pd.read_parquet(reported_output / "prepare" / "folds.parquet")
+    train = folds["score"].value_counts(normalize=True)
+    assert row(distribution, f"train labels (n={len(folds)})").endswith(
+        "".join(f"<td>{train.get(s, 0.0):.3f}</td>" for s in range(1, 7)) + "</tr>")
+    submission = pd.read_csv(reported_output / "submission.csv")
+    row(distribution, f"submission (n={len(submission)})")
+    for name in ("tiny-regression", "tiny-ordinal"):
+        row(distribution, f"OOF {name}, nested thresholds (n={len(folds)})")
+        report = json.loads((reported_output / "thresholds" / f"{name}.json").read_text())
+        scores = nested_oof_scores(reported_output, name, report).loc[folds["essay_id"]].to_numpy()
+        assert qwk(folds["score"].to_numpy(), scores) == pytest.approx(report["qwk_nested"])  # the nested scores
+    ensemble = json.loads((reported_output / "ensemble" / "metrics.json").read_text())
+    nested = pd.read_parquet(reported_output / "ensemble" / "oof.parquet").merge(folds, on="essay_id")
+    assert qwk(nested["score_y"].to_numpy(), nested["score_x"].to_numpy()) == pytest.approx(ensemble["qwk_nested"])
+    shares = nested["score_x"].value_counts(normalize=True)
+    assert row(distribution, f"OOF ensemble ({ensemble['selected']}), nested (n={len(folds)})").endswith(
+        "".join(f"<td>{shares.get(s, 0.0):.3f}</td>" for s in range(1, 7)) + "</tr>")
+
+
+def test_training_curves_have_one_labelled_line_per_fold_and_seed_and_the_legend_outside(reported_output):
+    for name in ("tiny-regression", "tiny-ordinal"):
+        log = pd.read_csv(reported_output / "train" / name / "log.csv")
+        fig = training_curves(log, name)
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        seeds = "seed" in log.columns and log["seed"].nunique() > 1
+        units = log[["fold", "seed"]].drop_duplicates() if seeds else log[["fold"]].drop_duplicates()
+        assert len(labels) == len(units) == len(set(labels))
+        assert all(label.startswith("fold ") for label in labels)
+        loss, score = fig.axes
+        assert loss.get_xlabel() and loss.get_ylabel() and score.get_ylabel() == "QWK"
+        fig.canvas.draw()
+        legend = fig.legends[0].get_window_extent()
+        assert legend.x0 >= score.get_window_extent().x1  # beside the plots, over no line
+        plt.close(fig)
+
+
+def test_everything_of_another_run_is_marked_or_skipped(reported_output, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reported_output, out)
     stale = out / "train" / "old-model"
     shutil.copytree(out / "train" / "tiny-regression", stale)
     metrics = json.loads((stale / "metrics.json").read_text())
     (stale / "metrics.json").write_text(json.dumps({**metrics, "folds_fingerprint": "0123456789abcdef"}))
+    shutil.copy(out / "thresholds" / "tiny-regression.json", out / "thresholds" / "old-model.json")
+    shutil.copy(out / "thresholds" / "plots" / "tiny-regression_confusion.png",
+                out / "thresholds" / "plots" / "old-model_confusion.png")
+    ensemble = json.loads((out / "ensemble" / "metrics.json").read_text())
+    (out / "ensemble" / "metrics.json").write_text(json.dumps({**ensemble, "models": [*ensemble["models"], "old-model"]}))
     page = build_report(out)
+    badge = '<span class="badge"'
     curves = section(page, "curves")
     assert curves.count("<img") == 2  # the two models of this run, not the leftover
-    assert "old-model</b> (trained on other folds (from another run))" in curves
+    assert "old-model</b> (trained on other folds (from another run))" in curves and badge in curves
     assert "tiny-regression</b>" not in curves
+    for key in ("models", "thresholds"):
+        assert badge in row(section(page, key), "old-model") and badge not in row(section(page, key), "tiny-ordinal")
+    assert re.search(r"<th>old-model<span class=\"badge\"", section(page, "groups"))
+    assert re.search(r"<figcaption>old-model<span class=\"badge\"", section(page, "confusion"))
+    for key in ("ensemble", "weights", "inference", "distribution"):
+        assert "The ensemble was built on model(s) of another run: <b>old-model</b>" in section(page, key), key
+    assert "OOF old-model" not in section(page, "distribution")
+
+
+def test_report_renders_in_a_headless_browser_without_console_errors(page, tmp_path):
+    browser = next((b for b in BROWSERS if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no chromium/chromium-browser/google-chrome on PATH: apt-get install chromium to run it")
+
+    def render(html: str) -> tuple[str, list[str]]:
+        """(the DOM after the load event, the console messages) of `html` in headless chromium."""
+        path = tmp_path / "page.html"
+        path.write_text(html, encoding="utf-8")
+        done = subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr",
+                               "--v=0", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", path.as_uri()],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout, [line for line in done.stderr.splitlines() if re.search(r"CONSOLE[:(]|Uncaught", line)]
+
+    # The report has no script; this one, added for the test, counts the images the browser could not decode.
+    probe = ("<script>window.addEventListener('load', () => document.body.setAttribute('data-broken-images', "
+             "[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length));</script>")
+    dom, errors = render(f"<html><body><img src='data:image/png;base64,AAAA'>{probe}<script>nope()</script></body></html>")
+    assert any("Uncaught ReferenceError" in e for e in errors)  # console errors do reach the test
+    assert 'data-broken-images="1"' in dom  # and so do images that do not decode
+
+    dom, errors = render(page.replace("</body>", probe + "</body>"))
+    assert not errors, errors
+    for title in ("Models: OOF QWK", "QWK per prompt and origin", "Training curves",
+                  "Score distribution: train, OOF, submission", "Runtime per stage"):
+        assert f"<h2>{title}</h2>" in dom
+    assert 'data-broken-images="0"' in dom
+    assert dom.count("<img") == page.count("<img") >= 15
 
 
 def test_no_run_no_report(tmp_path, capsys):

@@ -46,6 +46,18 @@ def test_trains_every_fold_and_collects_the_oof(prepared_output, demo_input, tmp
     assert not [p for p in (model_dir / "folds").iterdir() if p.name.startswith(".")]
     timings = json.loads((tmp_path / "timings" / "tiny-regression" / "fold_0.json").read_text())
     assert timings["seconds"] > 0 and "seconds" not in json.loads((fold_dir / "metrics.json").read_text())
+    fold_log = pd.read_csv(fold_dir / "log.csv")  # what dvc.lock hashes: no speed, no per-layer figures
+    assert "grad_norm" in fold_log and "tokens_per_second" not in fold_log
+    assert not [c for c in fold_log if "/" in c]
+    curves = pd.read_csv(tmp_path / "curves" / "tiny-regression" / "eval_qwk.tsv", sep="\t")
+    assert list(curves.columns) == ["step", "unit", "eval_qwk"]  # dvc plots: one line per unit
+    assert sorted(curves["unit"].unique()) == ["fold_0", "fold_1", "fold_2", "fold_3"]
+    speed = pd.read_csv(tmp_path / "curves" / "tiny-regression" / "tokens_per_second.tsv", sep="\t")
+    assert (speed["tokens_per_second"] > 0).all()
+    assert (tmp_path / "live" / "tiny-regression" / "fold_3" / "plots" / "metrics" / "layer_grad_norm").is_dir()
+    headline = json.loads((tmp_path / "exp_metrics" / "train" / "tiny-regression.json").read_text())
+    assert headline["qwk_rounded"] == round(metrics["qwk_rounded"], 4) and set(headline) == {
+        "qwk_rounded", "qwk_rounded_other", "rmse"}
 
 
 def test_missing_backbone(prepared_output, demo_input, tmp_path):

@@ -296,3 +296,45 @@ def test_settings_added_since_keep_the_folds_trained_before_them():
 
 def fingerprint(spec):
     return training.fold_fingerprint(spec, BACKBONE, "data", None, 0, 3)
+
+
+def _series(live, name: str) -> pd.DataFrame:
+    return pd.read_csv(live / "plots" / "metrics" / f"{name}.tsv", sep="\t")
+
+
+def test_telemetry_logs_every_step_to_dvclive_and_leaves_training_unchanged(frame, plain, tmp_path):
+    live = tmp_path / "live"
+    result = fit(frame, tmp=tmp_path, telemetry=training.Telemetry(live_dir=live, layer_stats=True))
+    pd.testing.assert_frame_equal(result.oof, plain.oof)  # the statistics' extra forward pass changes nothing
+    steps = result.log["step"].tolist()
+    for name in ("train_loss", "lr", "grad_norm", "tokens_per_second"):
+        series = _series(live, name)
+        assert series["step"].tolist() == steps and series[name].notna().all(), name
+    np.testing.assert_allclose(_series(live, "train_loss")["train_loss"], result.log["train_loss"])
+    assert (_series(live, "grad_norm")["grad_norm"] > 0).all()
+    qwk = _series(live, "eval_qwk")
+    assert qwk["step"].tolist() == result.log.dropna(subset=["eval_qwk"])["step"].tolist()
+    groups = sorted(p.stem for p in (live / "plots" / "metrics" / "layer_grad_norm").glob("*.tsv"))
+    assert groups[0] == "embeddings" and groups[-1] == "layers_1-1" and "head" in groups
+    assert (_series(live, "layer_grad_norm/head")["head"] > 0).all()
+    assert _series(live, "act_std/layers_1-1")["layers_1-1"].gt(0).all()
+    assert json.loads((live / "metrics.json").read_text())["step"] == steps[-1]
+
+
+def test_a_resumed_run_logs_the_same_series_as_an_uninterrupted_one(frame, tmp_path):
+    spec = replace(BASE, stages=[StageParams(epochs=2.0)], checkpoint_every=2, eval_every=2)
+    tel = {name: training.Telemetry(live_dir=tmp_path / name / "live") for name in ("whole", "killed")}
+    fit(frame, spec, tmp=tmp_path / "whole", telemetry=tel["whole"])
+    with pytest.raises(Interrupted):
+        fit(frame, spec, tmp=tmp_path / "killed", stop_after_steps=5, telemetry=tel["killed"])
+    assert _series(tel["killed"].live_dir, "train_loss")["step"].max() == 5  # logged past the checkpoint (4)
+    fit(frame, spec, tmp=tmp_path / "killed", telemetry=tel["killed"])
+    for name in ("train_loss", "eval_qwk", "grad_norm"):
+        pd.testing.assert_frame_equal(_series(tel["killed"].live_dir, name), _series(tel["whole"].live_dir, name))
+
+
+def test_profile_steps_write_a_trace(frame, tmp_path):
+    where = tmp_path / "profile"
+    fit(frame, tmp=tmp_path, telemetry=training.Telemetry(profile_steps=2, profile_dir=where))
+    trace = json.loads((where / "trace.json").read_text())
+    assert trace["traceEvents"] and "aten::" in (where / "profile.txt").read_text()
