@@ -98,15 +98,18 @@ class Engine:
         skipped the step (inf/NaN gradients); zero the gradients. Returns whether the optimizer stepped and the
         gradients' total norm before clipping (unscaled under fp16). `inspect` runs on the gradients the optimizer
         is about to use (unscaled, clipped): per-layer statistics."""
-        norm = self.accelerator.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else math.inf)
+        # This optimizer's gradients only: a model trained in stages has had one optimizer per stage prepared,
+        # and the accelerator's own unscale / skip flag would take all of them (stage 2 unscaled twice).
+        self.accelerator.unscale_gradients(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else math.inf)
         if inspect is not None:
             inspect()
         optimizer.step()
-        stepped = not self.accelerator.optimizer_step_was_skipped
+        stepped = not getattr(optimizer, "step_was_skipped", False)
         if stepped:
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        return StepResult(stepped, float(norm) if norm is not None else math.nan)
+        return StepResult(stepped, float(norm))
 
     def scaler_state(self) -> dict | None:
         return self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None

@@ -50,7 +50,7 @@ def find_lr(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: list[s
     run = training._plan(spec, backbone, tokenizer, data, fold, scratch, seed, device)
     run.model = run.model.to(run.engine.device)
     st = training._stage_setup(run, 0, spec.stages[0], None)
-    base = [group["lr"] for group in st.optimizer.param_groups]
+    base = [group.get("initial_lr", group["lr"]) for group in st.optimizer.param_groups]  # warmup set lr to 0
     batches: list[list[int]] = []
     epoch = 0
     st.model.train()

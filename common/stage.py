@@ -59,6 +59,17 @@ def check_writable(folder: Path) -> None:
             "Fix: set paths.output to a writable folder, or fix that folder's permissions or mount") from None
 
 
+def keep_headlines_with_the_run(params: Params, argv: Sequence[str]) -> None:
+    """A run sent elsewhere by hand (paths.output=... on the command line, paths.metrics not) keeps its headline
+    figures beside its outputs (<output>/exp_metrics), not in the repository's git-tracked metrics/ folder,
+    which describes the run params.yaml configures."""
+    given = [arg.split("=", 1)[0] for arg in argv if "=" in arg]
+    if "paths.output" in given and "paths.metrics" not in given:
+        params.paths.metrics = str(params.output_dir / "exp_metrics")
+        log.info("paths.output is set on the command line: headline metrics go to %s (paths.metrics=... to choose)",
+                 params.paths.metrics)
+
+
 def run_stage(main: Callable[[Params], None], description: str, argv: Sequence[str] | None = None) -> int:
     """Parse params, run `main(params)`, and turn expected failures into a one-paragraph message + exit 2.
 
@@ -70,6 +81,7 @@ def run_stage(main: Callable[[Params], None], description: str, argv: Sequence[s
     start = time.perf_counter()
     try:
         params = parse_cli(argv, description=description)
+        keep_headlines_with_the_run(params, sys.argv[1:] if argv is None else argv)
         check_writable(params.output_dir)
         main(params)
     except (ParamsError, InputError, PipelineError, FileNotFoundError) as exc:

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from common.io import atomic_write, write_json
+from common.stage import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,35 @@ in the units' dvclive folders."""
 DIGITS = 4
 
 
-class TrackingError(RuntimeError):
+class TrackingError(PipelineError):
     """A tracker was asked for that cannot run here."""
+
+
+def check_trackers(trackers: Sequence[str]) -> None:
+    """Fail before any work when a tracker of train.tracking is unknown or not installed."""
+    import importlib.util
+    import sys
+
+    for name in trackers:
+        if name not in TRACKERS:
+            raise TrackingError(f"train.tracking: unknown tracker {name!r}; choose from {list(TRACKERS)}")
+        loaded = sys.modules.get(name, ...)
+        if loaded is None or (loaded is ... and importlib.util.find_spec(name) is None):
+            raise TrackingError(f"train.tracking lists {name}, which is not installed: pip install {name} (or drop "
+                                "it from train.tracking; dvclive always logs)")
+
+
+def inside_dvc_repository() -> bool:
+    """Whether the working directory is inside a DVC repository (dvclive, outside one, would `dvc init` the
+    enclosing git repository, or fail in one without commits)."""
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        Repo.find_root()
+    except NotDvcRepoError:
+        return False
+    return True
 
 
 def rounded(value: Any, digits: int = DIGITS) -> Any:
@@ -64,10 +92,16 @@ class StepLogger:
 
     def __init__(self, live_dir: Path, run_name: str, config: Mapping[str, Any] | None = None,
                  trackers: Sequence[str] = ()) -> None:
-        from dvclive import Live
+        check_trackers(trackers)
+        self.live = None
+        if inside_dvc_repository():
+            from dvclive import Live
 
-        logging.getLogger("dvclive").setLevel(logging.WARNING)
-        self.live = Live(dir=str(live_dir), resume=False, report=None, save_dvc_exp=False, dvcyaml=None)
+            logging.getLogger("dvclive").setLevel(logging.WARNING)
+            self.live = Live(dir=str(live_dir), resume=False, report=None, save_dvc_exp=False, dvcyaml=None)
+        else:
+            log.info("%s: not inside a DVC repository, so no dvclive log (the fold's log.csv is still written); "
+                     "run from the repository root", run_name)
         self.run_name = run_name
         self._others = [_open_tracker(name, run_name, dict(config or {})) for name in trackers]
 
@@ -76,10 +110,11 @@ class StepLogger:
         step = int(row["step"])
         values = {k: float(v) for k, v in row.items()
                   if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)}
-        self.live.step = step
-        for name, value in values.items():
-            self.live.log_metric(name, value)
-        self.live.make_summary()
+        if self.live is not None:
+            self.live.step = step
+            for name, value in values.items():
+                self.live.log_metric(name, value)
+            self.live.make_summary()
         for tracker in self._others:
             tracker.log(values, step)
 
@@ -90,7 +125,8 @@ class StepLogger:
             self.log(row)
 
     def close(self) -> None:
-        self.live.end()
+        if self.live is not None:
+            self.live.end()
         for tracker in self._others:
             tracker.close()
 
@@ -123,12 +159,10 @@ class _Mlflow:
 def _open_tracker(name: str, run_name: str, config: dict):
     import importlib
 
-    if name not in TRACKERS:
-        raise TrackingError(f"train.tracking: unknown tracker {name!r}; choose from {list(TRACKERS)}")
     try:
         module = importlib.import_module(name)
     except ImportError:
-        raise TrackingError(f"train.tracking lists {name}, which is not installed: pip install {name} (or drop it "
+        raise TrackingError(f"train.tracking lists {name}, which does not import: pip install {name} (or drop it "
                             "from train.tracking; dvclive always logs)") from None
     return _Wandb(module, run_name, config) if name == "wandb" else _Mlflow(module, run_name, config)
 

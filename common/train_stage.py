@@ -54,7 +54,7 @@ from common.metrics import qwk
 from common.pseudo import StudentPseudo
 from common.stage import PipelineError
 from common.thresholds import round_scores
-from common.tracking import training_curves, write_headline
+from common.tracking import check_trackers, training_curves, write_headline
 from common.training import (
     STEP_TIMINGS,
     Telemetry,
@@ -422,6 +422,7 @@ def train_models(params: Params, script: Path) -> None:
     from common.pseudo import load_student_pseudo, read_external
 
     out, t, prep = params.output_dir, params.train, params.prepare
+    check_trackers(t.tracking)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     folds = read_folds(out / "prepare" / "folds.parquet")

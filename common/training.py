@@ -311,7 +311,8 @@ def _open_telemetry(run: _Run) -> None:
                                 config=unit_settings(run.spec), trackers=tel.trackers)
         run.logger.replay(run.state.log_rows)
     for row in run.state.log_rows:
-        run.watch.update(int(row["step"]), row["train_loss"], row.get("grad_norm"))
+        run.watch.update(int(row["step"]), row["train_loss"],
+                         None if "fp16_skipped_step" in row else row.get("grad_norm"))
     run.profiler = Profiler(tel.profile_dir or run.checkpoint.parent / "profile",
                             tel.profile_steps if run.engine.is_main else 0)
 
@@ -533,8 +534,10 @@ def _optimizer_step(run: _Run, st: _Stage) -> dict[str, float]:
         stats.update(_prefixed(grad_stats(layer_groups(run.model)), "layer_grad_norm"))
 
     inspect = layer_norms if run.telemetry.layer_stats and _is_eval_step(st, run.state.step + 1) else None
-    stats["grad_norm"] = run.engine.step(st.model, st.optimizer, st.scheduler, run.spec.max_grad_norm,
-                                         inspect).grad_norm
+    result = run.engine.step(st.model, st.optimizer, st.scheduler, run.spec.max_grad_norm, inspect)
+    stats["grad_norm"] = result.grad_norm
+    if not result.stepped:  # the fp16 scaler met inf/NaN gradients and lowers its scale: routine, not a blow-up
+        stats["fp16_skipped_step"] = 1.0
     if run.engine.device.type == "cuda":
         stats["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(run.engine.device) / 2**20
     return stats
@@ -590,7 +593,7 @@ def _evaluate_and_log(run: _Run, st: _Stage, last: bool, stats: dict[str, float]
     row = {"stage": st.index + 1, "epoch": state.epoch, "step": state.global_step,
            "train_loss": float(np.mean(st.losses)), "lr": st.scheduler.get_last_lr()[0], **stats}
     st.losses.clear()
-    run.watch.update(state.global_step, row["train_loss"], row.get("grad_norm"))
+    run.watch.update(state.global_step, row["train_loss"], None if "fp16_skipped_step" in row else row.get("grad_norm"))
     if len(run.held_out) and (state.step % st.eval_every == 0 or last):
         result = _evaluate(run.model, st.ema, run.collator, run.data, run.held_out, run.engine.accelerator,
                            spec.batch_size * 2)

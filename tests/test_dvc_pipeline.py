@@ -180,6 +180,8 @@ def test_every_metrics_file_is_git_tracked_so_experiments_hold_it():
                 for p in declared]
     ignored = subprocess.run(["git", "check-ignore", *resolved], cwd=REPO, capture_output=True, text=True)
     assert ignored.returncode == 1 and not ignored.stdout, ignored.stdout  # 1: none of them is ignored
+    tracked = subprocess.run(["git", "ls-files", "--", *resolved], cwd=REPO, capture_output=True, text=True).stdout
+    assert sorted(tracked.split()) == sorted(set(resolved))  # the demo's figures are committed with it
 
 
 def test_dvc_plots_show_renders_offline_with_one_line_per_fold(tmp_path):

@@ -91,3 +91,23 @@ def test_one_step_clips_steps_and_zeroes():
     moved = (model.weight.detach() - before).norm()
     assert 0 < moved <= 1.0 + 1e-5  # the gradient was clipped to norm 1 (lr 1)
     assert model.weight.grad is None and scheduler.get_last_lr() == [0.5]
+
+
+def test_a_step_without_clipping_is_a_plain_step_and_unscales_only_its_own_optimizer(monkeypatch):
+    torch.manual_seed(0)
+    reference, model = nn.Linear(4, 1), nn.Linear(4, 1)
+    model.load_state_dict(reference.state_dict())
+    engine = Engine("cpu", "no")
+    wrapped, optimizer = engine.prepare(model, torch.optim.SGD(model.parameters(), lr=1.0))
+    seen = []
+    monkeypatch.setattr(engine.accelerator, "unscale_gradients", lambda optimizer=None: seen.append(optimizer))
+    plain = torch.optim.SGD(reference.parameters(), lr=1.0)
+    for net in (reference, wrapped):
+        (net(torch.ones(2, 4)) * 1000.0).sum().backward()
+    plain.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    result = engine.step(wrapped, optimizer, scheduler, max_grad_norm=0)
+    assert result.stepped and result.grad_norm > 1000  # reported, not clipped
+    torch.testing.assert_close(model.weight, reference.weight, rtol=0, atol=0)
+    # Stage by stage, one optimizer each: only this step's optimizer is unscaled (fp16), never all of them.
+    assert seen == [optimizer]

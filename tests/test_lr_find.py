@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 def test_lr_range_test_writes_the_curve_and_a_suggestion_and_trains_nothing(tmp_path):
     _, table, texts = fold_table(seed=5, n_train=64, n_corpus_only=10)
     spec = ModelParams(name="t", max_length=48, stages=[StageParams(epochs=1.0)], batch_size=8,
-                       effective_batch_size=16, lr=1e-3, head_lr=5e-3, scorer=ScorerParams(dropout=0.0))
+                       effective_batch_size=16, lr=1e-3, head_lr=5e-3, warmup_ratio=0.5,  # the schedule starts at 0
+                       scorer=ScorerParams(dropout=0.0))
     suggested = find_lr(spec, BACKBONE, table, texts, tmp_path, seed=3, device="cpu", lr_min=1e-5, lr_max=10.0,
                         steps=24)
     folder = lr_find_dir(tmp_path, "t")

@@ -89,3 +89,24 @@ def test_headline_figures_are_rounded_to_4_decimals(tmp_path):
     assert json.loads((tmp_path / "m" / "ensemble.json").read_text()) == {
         "qwk": 0.7362, "n": 360, "selected": "stacker", "methods": {"mean": {"qwk": 0.1235}}, "none": None}
     assert rounded([float("nan"), 1.23456])[1] == 1.2346
+
+
+def test_outside_a_dvc_repository_no_dvclive_and_no_dvc_init(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not a DVC repository: dvclive would `dvc init` an enclosing git repository
+    _log(tmp_path / "live", ROWS)
+    assert not (tmp_path / ".dvc").exists() and not (tmp_path / "live" / "plots").exists()
+
+
+def test_a_hand_run_elsewhere_keeps_its_headlines_beside_its_outputs():
+    from common.config import Params
+    from common.stage import keep_headlines_with_the_run
+
+    moved = Params()
+    moved.paths.output = "/scratch/run"  # as parse_cli leaves it
+    keep_headlines_with_the_run(moved, ["train.model=m", "paths.output=/scratch/run"])
+    assert moved.paths.metrics == "/scratch/run/exp_metrics"
+    chosen = Params()
+    keep_headlines_with_the_run(chosen, ["paths.output=/scratch/run", "paths.metrics=mine"])
+    plain = Params()
+    keep_headlines_with_the_run(plain, ["train.model=m"])  # dvc repro: params.yaml says where
+    assert chosen.paths.metrics == "metrics" and plain.paths.metrics == "metrics"

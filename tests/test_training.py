@@ -302,10 +302,13 @@ def _series(live, name: str) -> pd.DataFrame:
     return pd.read_csv(live / "plots" / "metrics" / f"{name}.tsv", sep="\t")
 
 
-def test_telemetry_logs_every_step_to_dvclive_and_leaves_training_unchanged(frame, plain, tmp_path):
+def test_telemetry_logs_every_step_to_dvclive_and_leaves_training_unchanged(frame, tmp_path):
+    spec = replace(BASE, stages=[StageParams(epochs=2.0)], eval_every=1)  # statistics at every step
     live = tmp_path / "live"
-    result = fit(frame, tmp=tmp_path, telemetry=training.Telemetry(live_dir=live, layer_stats=True))
-    pd.testing.assert_frame_equal(result.oof, plain.oof)  # the statistics' extra forward pass changes nothing
+    result = fit(frame, spec, tmp=tmp_path, telemetry=training.Telemetry(live_dir=live, layer_stats=True))
+    quiet = fit(frame, spec, tmp=tmp_path / "quiet")
+    pd.testing.assert_frame_equal(result.oof, quiet.oof)  # the statistics' extra forward pass changes nothing
+    np.testing.assert_array_equal(result.log["train_loss"], quiet.log["train_loss"])  # at every step after it
     steps = result.log["step"].tolist()
     for name in ("train_loss", "lr", "grad_norm", "tokens_per_second"):
         series = _series(live, name)
