@@ -33,7 +33,7 @@ def main(params: Params) -> None:
         write_json(tmp / "metrics.json", result.metrics)
         plot_score_distribution(result.folds, "fold", tmp / "plots" / "score_by_fold.png", "Score share per fold")
         plot_score_distribution(
-            result.folds, "prompt_name", tmp / "plots" / "score_by_prompt.png", "Score share per prompt cluster"
+            result.folds, "prompt_name", tmp / "plots" / "score_by_prompt.png", "Score share per prompt"
         )
     write_json(stage_timings(params.output_dir, "prepare"), {"seconds": seconds})
     m = result.metrics

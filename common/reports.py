@@ -38,7 +38,7 @@ def plot_score_distribution(frame: pd.DataFrame, by: str, path: str | Path, titl
     ax.set_xlabel("score")
     ax.set_ylabel("share of essays")
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=by)
+    ax.legend(fontsize=9, title_fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=by)
     _save(fig, Path(path))
 
 
