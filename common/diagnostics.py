@@ -41,7 +41,9 @@ class LRRangeResult:
 
     lrs: the learning rates tried, increasing. losses: the raw loss `step(lr)` returned at each.
     smoothed: the bias-corrected exponential moving average of the losses.
-    suggested_lr: the lr where the smoothed loss falls fastest (see `suggest_lr`); None when it never falls.
+    suggested_lr: a tenth of the lr at the smoothed loss's minimum (see `suggest_lr`); None when it never falls.
+    steepest_lr: the lr where the smoothed loss falls fastest (`steepest_lr`): on a noisy curve (small batches)
+        a chance dip among the first rates can be steepest, which is why it is not the suggestion.
     diverged: whether the test stopped early because the loss diverged (else it reached lr_max: a larger lr_max
     would show where the loss blows up).
     """
@@ -51,6 +53,7 @@ class LRRangeResult:
     smoothed: list[float]
     suggested_lr: float | None
     diverged: bool
+    steepest_lr: float | None = None
 
     def to_frame(self) -> pd.DataFrame:
         """Columns lr, loss, smoothed_loss; one row per step."""
@@ -97,7 +100,9 @@ def lr_range_test(step: Callable[[float], float], lr_min: float = 1e-7, lr_max: 
         best = min(best, current)
     if not diverged:
         log.info("LR range test reached lr_max=%.4g without diverging: a larger lr_max shows the blow-up", lr_max)
-    return LRRangeResult(lrs, losses, smoothed, suggest_lr(lrs, smoothed, skip_start=steps // 10), diverged)
+    skip = steps // 10
+    return LRRangeResult(lrs, losses, smoothed, suggest_lr(lrs, smoothed, skip_start=skip), diverged,
+                         steepest_lr(lrs, smoothed, skip_start=skip))
 
 
 FLOAT_NOISE = 1e-9
@@ -105,6 +110,32 @@ FLOAT_NOISE = 1e-9
 
 
 def suggest_lr(lrs: list[float], smoothed: list[float], skip_start: int = 0) -> float | None:
+    """A tenth of the lr where the smoothed loss is lowest (the classic rule of the LR range test: the rate
+    where training is fastest but still a factor away from where it blows up), not below the first rate tried.
+
+    The window and the None cases are `steepest_lr`'s. Robust to noise: it needs only where the loss bottoms out,
+    not a slope.
+    """
+    window = _falling_window(smoothed, skip_start)
+    if window is None:
+        return None
+    return float(max(lrs[window.stop - 1] / 10, lrs[0]))
+
+
+def _falling_window(smoothed: list[float], skip_start: int) -> slice | None:
+    """From `skip_start` to the minimum of the finite smoothed losses; None when the loss does not fall there."""
+    values = np.asarray(smoothed, dtype=float)
+    finite = len(values) if np.isfinite(values).all() else int(np.argmin(np.isfinite(values)))
+    start = min(skip_start, max(finite - 1, 0))
+    if finite - start < 2:
+        return None
+    lowest = start + int(np.argmin(values[start:finite]))
+    if values[start] - values[lowest] <= FLOAT_NOISE * abs(values[start]):
+        return None
+    return slice(start, lowest + 1)
+
+
+def steepest_lr(lrs: list[float], smoothed: list[float], skip_start: int = 0) -> float | None:
     """The lr at the steepest descent of the smoothed loss against log10(lr).
 
     The window: from point `skip_start` (lr_range_test skips the first 10% of its steps, as fastai does: an
@@ -116,17 +147,12 @@ def suggest_lr(lrs: list[float], smoothed: list[float], skip_start: int = 0) -> 
     None when there are fewer than two finite points or the smoothed loss does not fall in the window by more than
     FLOAT_NOISE of itself: the lrs tried were already too high (try a smaller lr_min) or the loss did not react.
     """
+    window = _falling_window(smoothed, skip_start)
+    if window is None:
+        return None
     values = np.asarray(smoothed, dtype=float)
-    finite = len(values) if np.isfinite(values).all() else int(np.argmin(np.isfinite(values)))
-    start = min(skip_start, max(finite - 1, 0))
-    if finite - start < 2:
-        return None
-    lowest = start + int(np.argmin(values[start:finite]))
-    if values[start] - values[lowest] <= FLOAT_NOISE * abs(values[start]):
-        return None
-    window = slice(start, lowest + 1)
     slope = np.gradient(values[window], np.log10(np.asarray(lrs[window], dtype=float)))
-    return float(lrs[start + int(np.argmin(slope))])
+    return float(lrs[window.start + int(np.argmin(slope))])
 
 
 def plot_lr_range(result: LRRangeResult, path: Path) -> None:

@@ -2,8 +2,8 @@
 
 The model, its optimizer (parameter groups with their head and layer-wise rates) and its batches are exactly
 training's, on fold 0's training rows of the first stage; every group's rate is scaled together, so the
-suggestion is for `lr` (the others keep their ratios to it). Nothing is trained for good: the weights are
-dropped afterwards and no fold folder changes.
+suggestion (a tenth of the rate at the lowest smoothed loss) is for `lr`, the others keeping their ratios to
+it. Nothing is trained for good: the weights are dropped afterwards and no fold folder changes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from common.pseudo import StudentPseudo
 
 log = logging.getLogger(__name__)
 
-LR_MIN, LR_MAX, STEPS = 1e-7, 1e-2, 100
+LR_MIN, LR_MAX, STEPS = 1e-7, 1.0, 100
 
 
 class _NoSchedule:
@@ -78,8 +78,10 @@ def find_lr(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: list[s
     write_csv(folder / "lr_find.csv", result.to_frame())
     plot_lr_range(result, folder / "lr_find.png")
     suggested = None if result.suggested_lr is None else float(f"{result.suggested_lr:.4g}")
-    write_json(folder / "suggestion.json", {"suggested_lr": suggested, "params_lr": spec.lr, "steps": len(result.lrs),
-                                            "diverged": result.diverged, "fold": fold, "stage": 1})
+    steepest = None if result.steepest_lr is None else float(f"{result.steepest_lr:.4g}")
+    write_json(folder / "suggestion.json", {"suggested_lr": suggested, "steepest_lr": steepest, "params_lr": spec.lr,
+                                            "steps": len(result.lrs), "diverged": result.diverged, "fold": fold,
+                                            "stage": 1})
     if suggested is None:
         log.warning("%s: LR range test over %d steps (%.1e to %.1e): the loss never fell, no suggestion; look at %s "
                     "(frozen layers? constant labels?)", spec.name, len(result.lrs), lr_min, result.lrs[-1],

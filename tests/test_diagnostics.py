@@ -23,6 +23,7 @@ from common.diagnostics import (
     layer_groups,
     lr_range_test,
     plot_lr_range,
+    steepest_lr,
     suggest_lr,
 )
 
@@ -39,16 +40,33 @@ def falling_curve(lr: float) -> float:
 # ----------------------------------------------------------------------------------------------- LR range test
 
 
-def test_suggestion_is_the_steepest_descent_of_the_curve():
+def test_steepest_is_the_steepest_descent_of_the_curve():
     result = lr_range_test(falling_curve, smoothing=0.0)
     grid_step = 7 / 99  # decades between two lrs of the default grid
-    assert abs(math.log10(result.suggested_lr) + 3) <= grid_step
+    assert abs(math.log10(result.steepest_lr) + 3) <= grid_step
+
+
+def test_the_suggestion_is_a_tenth_of_the_rate_at_the_lowest_loss():
+    result = lr_range_test(falling_curve, smoothing=0.0)
+    lowest = result.lrs[int(np.argmin(result.smoothed))]
+    assert result.suggested_lr == pytest.approx(lowest / 10)
+    assert 1e-3 < result.suggested_lr < 1e-2  # past the steepest point, a decade below the bottom
+
+
+def test_a_chance_dip_among_the_first_rates_does_not_move_the_suggestion():
+    def step(lr: float) -> float:  # a noisy dip at 4e-6, then the real, slow descent to the bottom near 2.5e-2
+        return falling_curve(lr) - (0.5 if 2e-6 < lr < 8e-6 else 0.0)
+
+    result = lr_range_test(step, smoothing=0.0)
+    assert result.steepest_lr < 1e-5  # the dip is the steepest slope
+    assert 1e-3 < result.suggested_lr < 1e-2  # the suggestion is where the loss bottoms out, a decade down
 
 
 def test_smoothing_finds_the_descent_in_a_noisy_curve():
     rng = np.random.default_rng(0)
     result = lr_range_test(lambda lr: falling_curve(lr) * (1 + 0.05 * rng.standard_normal()))
-    assert 5e-4 < result.suggested_lr < 1e-2  # the moving average lags: the suggestion lands a little later
+    assert 5e-4 < result.steepest_lr < 1e-2  # the moving average lags: the steepest point lands a little later
+    assert 1e-3 < result.suggested_lr < 2e-2
 
 
 def test_the_first_tenth_of_the_steps_is_not_searched():
@@ -59,13 +77,14 @@ def test_the_first_tenth_of_the_steps_is_not_searched():
         return falling_curve(lr) + (3.0 if len(calls) <= 10 and len(calls) % 2 else 0.0)
 
     result = lr_range_test(step, smoothing=0.0)
-    assert abs(math.log10(result.suggested_lr) + 3) <= 7 / 99
+    assert abs(math.log10(result.steepest_lr) + 3) <= 7 / 99
 
 
 def test_points_after_the_minimum_are_not_searched():
     lrs = [10.0 ** -k for k in range(8, 0, -1)]
     smoothed = [5.0, 4.0, 3.0, 2.9, 8.0, 8.1, 2.95, 30.0]  # after the minimum (2.9) it bounces: 8.1 -> 2.95 is steeper
-    assert suggest_lr(lrs, smoothed) in lrs[:2]
+    assert steepest_lr(lrs, smoothed) in lrs[:2]
+    assert suggest_lr(lrs, smoothed) == pytest.approx(lrs[3] / 10)  # the minimum, not the bounce after it
 
 
 def test_divergence_stops_the_test_at_the_first_point_past_the_factor():
