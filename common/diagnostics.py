@@ -5,7 +5,8 @@
   smoothed loss falls fastest. `plot_lr_range` draws the curve.
 - `Profiler`: torch.profiler over a few optimizer steps, written as a Chrome trace and a table of the top ops.
 - `layer_groups`, `grad_stats`, `activation_stats`: gradient norms and activation mean / std per layer group,
-  keyed as dvclive metric names ("grad_norm/head", "act_mean/layers_0-5").
+  keyed as dvclive metric names ("layer_grad_norm/head", "act_mean/layers_0-5"; not "grad_norm/...": the
+  total gradient norm is a metric of that name).
 - `TrainingWatch`: warns when the training loss goes flat or the gradient norm explodes.
 
 Nothing here changes training: the caller decides when to call each piece and what to do with the numbers.
@@ -278,7 +279,7 @@ def layer_groups(model: nn.Module, n_groups: int = 4) -> dict[str, list[nn.Param
 
 
 def grad_stats(groups: Mapping[str, Iterable[nn.Parameter]]) -> dict[str, float]:
-    """{"grad_norm/<group>": L2 norm of the group's gradients}; parameters without a gradient count as 0.
+    """{"layer_grad_norm/<group>": L2 norm of the group's gradients}; parameters without a gradient count as 0.
 
     Call it after the backward pass and before `optimizer.zero_grad`, after unscaling under an fp16 GradScaler
     (the clip step unscales); a frozen group reads 0.0.
@@ -290,7 +291,7 @@ def grad_stats(groups: Mapping[str, Iterable[nn.Parameter]]) -> dict[str, float]
             names.append(name)
             norms.append(torch.linalg.vector_norm(torch.stack(grads)))
     values = dict(zip(names, torch.stack(norms).tolist(), strict=True)) if norms else {}  # one device sync
-    return {f"grad_norm/{name}": values.get(name, 0.0) for name in groups}
+    return {f"layer_grad_norm/{name}": values.get(name, 0.0) for name in groups}
 
 
 def _first_tensor(output: Any) -> torch.Tensor | None:
@@ -416,7 +417,7 @@ class TrainingWatch:
         return (f"step {step}: the training loss is flat at {loss:.4g} (mean {after:.4g} over the last "
                 f"{self.flat_steps - half} steps vs {before:.4g} over the {half} before, a relative change of "
                 f"{change:.4g} < {self.flat_tolerance:.4g}). Likely causes: the learning rate is too low (nothing "
-                "moves) or too high (stuck predicting the mean), the layers are frozen (grad_norm/* near 0), or "
+                "moves) or too high (stuck predicting the mean), the layers are frozen (layer_grad_norm/* near 0), or "
                 "the labels are constant (check the batch targets).")
 
     def _explode(self, step: int, grad_norm: float | None) -> str | None:

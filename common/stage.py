@@ -46,7 +46,7 @@ def record_runtime(output_dir: Path, stage: str, args: Sequence[str], seconds: f
         handle.write(line + "\n")
 
 
-def check_writable(folder: Path) -> None:
+def check_writable(folder: Path, key: str = "paths.output") -> None:
     """Fail at start, not after hours of work, when the stage could not save anything under `folder`."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -55,8 +55,8 @@ def check_writable(folder: Path) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise PipelineError(
-            f"paths.output={folder} is not writable ({exc.strerror or exc}), so this stage could save nothing. "
-            "Fix: set paths.output to a writable folder, or fix that folder's permissions or mount") from None
+            f"{key}={folder} is not writable ({exc.strerror or exc}), so this stage could save nothing. "
+            f"Fix: set {key} to a writable folder, or fix that folder's permissions or mount") from None
 
 
 def keep_headlines_with_the_run(params: Params, argv: Sequence[str]) -> None:
@@ -83,6 +83,7 @@ def run_stage(main: Callable[[Params], None], description: str, argv: Sequence[s
         params = parse_cli(argv, description=description)
         keep_headlines_with_the_run(params, sys.argv[1:] if argv is None else argv)
         check_writable(params.output_dir)
+        check_writable(params.metrics_dir, "paths.metrics")
         main(params)
     except (ParamsError, InputError, PipelineError, FileNotFoundError) as exc:
         log.error("%s", exc)

@@ -159,11 +159,7 @@ class _Mlflow:
 def _open_tracker(name: str, run_name: str, config: dict):
     import importlib
 
-    try:
-        module = importlib.import_module(name)
-    except ImportError:
-        raise TrackingError(f"train.tracking lists {name}, which does not import: pip install {name} (or drop it "
-                            "from train.tracking; dvclive always logs)") from None
+    module = importlib.import_module(name)  # check_trackers has made sure it is there
     return _Wandb(module, run_name, config) if name == "wandb" else _Mlflow(module, run_name, config)
 
 

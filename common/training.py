@@ -311,8 +311,7 @@ def _open_telemetry(run: _Run) -> None:
                                 config=unit_settings(run.spec), trackers=tel.trackers)
         run.logger.replay(run.state.log_rows)
     for row in run.state.log_rows:
-        run.watch.update(int(row["step"]), row["train_loss"],
-                         None if "fp16_skipped_step" in row else row.get("grad_norm"))
+        _watch(run, row)
     run.profiler = Profiler(tel.profile_dir or run.checkpoint.parent / "profile",
                             tel.profile_steps if run.engine.is_main else 0)
 
@@ -343,7 +342,7 @@ class _Run:
     best_weights: dict | None = None
     swa_models: int = 0  # weights the SWA average holds (0: no SWA)
     started: float = 0.0
-    telemetry: Telemetry = field(default_factory=lambda: Telemetry())
+    telemetry: Telemetry = field(default_factory=Telemetry)
     logger: StepLogger | None = None
     watch: TrainingWatch = field(default_factory=TrainingWatch)
     profiler: Any = None
@@ -531,7 +530,7 @@ def _optimizer_step(run: _Run, st: _Stage) -> dict[str, float]:
     stats: dict[str, float] = {}
 
     def layer_norms() -> None:
-        stats.update(_prefixed(grad_stats(layer_groups(run.model)), "layer_grad_norm"))
+        stats.update(grad_stats(layer_groups(run.model)))
 
     inspect = layer_norms if run.telemetry.layer_stats and _is_eval_step(st, run.state.step + 1) else None
     result = run.engine.step(st.model, st.optimizer, st.scheduler, run.spec.max_grad_norm, inspect)
@@ -546,11 +545,6 @@ def _optimizer_step(run: _Run, st: _Stage) -> dict[str, float]:
 def _is_eval_step(st: _Stage, step: int) -> bool:
     """Whether the stage's optimizer step number `step` (from 1) evaluates on the held-out fold."""
     return step % st.eval_every == 0 or step >= st.stop_steps
-
-
-def _prefixed(values: dict[str, float], prefix: str) -> dict[str, float]:
-    """diagnostics' per-group figures under one metric family (`prefix/<group>`)."""
-    return {f"{prefix}/{key.rsplit('/', 1)[-1]}": value for key, value in values.items()}
 
 
 def _micro_step(run: _Run, st: _Stage, rows: list[int], final_micro: bool) -> float:
@@ -593,7 +587,7 @@ def _evaluate_and_log(run: _Run, st: _Stage, last: bool, stats: dict[str, float]
     row = {"stage": st.index + 1, "epoch": state.epoch, "step": state.global_step,
            "train_loss": float(np.mean(st.losses)), "lr": st.scheduler.get_last_lr()[0], **stats}
     st.losses.clear()
-    run.watch.update(state.global_step, row["train_loss"], None if "fp16_skipped_step" in row else row.get("grad_norm"))
+    _watch(run, row)
     if len(run.held_out) and (state.step % st.eval_every == 0 or last):
         result = _evaluate(run.model, st.ema, run.collator, run.data, run.held_out, run.engine.accelerator,
                            spec.batch_size * 2)
@@ -610,6 +604,12 @@ def _evaluate_and_log(run: _Run, st: _Stage, last: bool, stats: dict[str, float]
         run.logger.log(row)
 
 
+def _watch(run: _Run, row: dict) -> None:
+    """The step's loss and gradient norm to the flat-loss / exploding-gradient watch (an fp16 step the scaler
+    skipped has an inf norm by design: not judged)."""
+    run.watch.update(int(row["step"]), row["train_loss"], None if "fp16_skipped_step" in row else row.get("grad_norm"))
+
+
 def _activation_row(run: _Run) -> dict[str, float]:
     """Mean and spread of each layer group's output on the first held-out batch (eval mode, no gradients,
     no random numbers drawn: training goes on unchanged)."""
@@ -617,20 +617,13 @@ def _activation_row(run: _Run) -> dict[str, float]:
     batch = run.collator([{"input_ids": run.data.input_ids[i], "target": float(run.data.scores[i])} for i in rows])
     batch = {k: v.to(run.engine.device) for k, v in batch.items()}
     layers = list(model.encoder_layers())
-    groups = {name: params for name, params in layer_groups(model).items()}
     modules = {"embeddings": model.embeddings_module(), "head": model.head}
-    for name in groups:
-        if name.startswith("layers_"):
+    for name in layer_groups(model):
+        if name.startswith("layers_"):  # a group's output is its last layer's
             modules[name] = layers[int(name.split("-")[-1])]
-    was_training = model.training
-    model.eval()
-    try:
-        with run.engine.autocast():
-            stats = activation_stats(model, lambda: model(batch["input_ids"], batch["attention_mask"],
-                                                          batch.get("windows")), modules)
-    finally:
-        model.train(was_training)
-    return stats
+    with run.engine.autocast():  # activation_stats runs the model in eval mode and restores its mode
+        return activation_stats(model, lambda: model(batch["input_ids"], batch["attention_mask"],
+                                                     batch.get("windows")), modules)
 
 
 def _save_checkpoint(run: _Run, st: _Stage) -> None:

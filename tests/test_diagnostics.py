@@ -242,7 +242,7 @@ def test_grad_stats_are_group_norms():
     model.head.weight.grad = torch.full_like(model.head.weight, 3.0)  # 4 x 9
     model.head.bias.grad = torch.full_like(model.head.bias, 8.0)  # 64
     stats = grad_stats({"head": model.head.parameters(), "embeddings": model.embeddings.parameters()})
-    assert stats == {"grad_norm/head": pytest.approx(10.0), "grad_norm/embeddings": 0.0}  # no grad: 0
+    assert stats == {"layer_grad_norm/head": pytest.approx(10.0), "layer_grad_norm/embeddings": 0.0}  # no grad: 0
 
 
 def test_grad_stats_add_up_to_the_total_norm():

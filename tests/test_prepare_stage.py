@@ -153,6 +153,17 @@ def test_an_unwritable_output_folder_fails_at_start(demo, tmp_path, stage):
     assert "INFO" not in result.stderr  # nothing ran before the check
 
 
+def test_an_unwritable_metrics_folder_fails_at_start(demo, tmp_path):
+    folder, _ = demo
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run_cli("00_prepare", f"paths.input={folder}", f"paths.output={tmp_path / 'out'}",
+                     f"paths.metrics={blocker / 'metrics'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"paths.metrics={blocker / 'metrics'} is not writable" in result.stderr and "Fix: set paths.metrics" in result.stderr
+    assert not (tmp_path / "out" / "prepare").exists()  # nothing ran before the check
+
+
 def test_data_that_cannot_fill_the_folds_fails_before_matching(demo, tmp_path):
     folder, _ = demo
     data = tmp_path / "input"
