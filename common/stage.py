@@ -46,11 +46,15 @@ def record_runtime(output_dir: Path, stage: str, args: Sequence[str], seconds: f
         handle.write(line + "\n")
 
 
-def check_writable(folder: Path, key: str = "paths.output") -> None:
-    """Fail at start, not after hours of work, when the stage could not save anything under `folder`."""
+def check_writable(folder: Path, key: str = "paths.output", create: bool = True) -> None:
+    """Fail at start, not after hours of work, when the stage could not save anything under `folder`.
+
+    `create` False leaves no folder behind: the probe goes to the nearest folder that exists, which must take it.
+    """
+    probed = folder if create else next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+        probed.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=probed)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
@@ -83,7 +87,7 @@ def run_stage(main: Callable[[Params], None], description: str, argv: Sequence[s
         params = parse_cli(argv, description=description)
         keep_headlines_with_the_run(params, sys.argv[1:] if argv is None else argv)
         check_writable(params.output_dir)
-        check_writable(params.metrics_dir, "paths.metrics")
+        check_writable(params.metrics_dir, "paths.metrics", create=False)  # written after the work, if at all
         main(params)
     except (ParamsError, InputError, PipelineError, FileNotFoundError) as exc:
         log.error("%s", exc)
