@@ -171,10 +171,47 @@ class StageParams:
 
 
 @dataclass
+class TextModelParams:
+    """A classical text model (kind: tfidf): TF-IDF word and char n-grams plus essay counts -> ridge or LightGBM
+    (common/text_model.py). Every fit (vocabulary, idf, count scaling, learner) sees the training folds only."""
+
+    learner: Literal["ridge", "lightgbm"] = _help(
+        "ridge: a linear fit on every column (seconds); lightgbm: gradient-boosted trees (minutes at 17k essays).",
+        "ridge")
+    word_ngrams: int = _help("Word n-grams 1..N (lower-cased); 0: no word block.", 2)
+    char_ngrams: list[int] = _help("char_wb n-grams [min, max] (inside word boundaries); empty: no char block.",
+                                   factory=lambda: [3, 5])
+    max_features: int = _help("N-grams kept per block: the most frequent in the training rows.", 50000)
+    min_df: int = _help("Fewest training essays an n-gram must occur in to be kept.", 2)
+    counts: bool = _help("Add the essay counts of common.text_features (length, structure, spelling, readability), "
+                         "standardised on the training rows.", True)
+    alpha: float = _help("Ridge: L2 penalty.", 1.0)
+    rounds: int = _help("LightGBM: boosting rounds (fixed: the held-out fold never stops the fit).", 600)
+    learning_rate: float = _help("LightGBM: learning rate.", 0.05)
+    num_leaves: int = _help("LightGBM: leaves per tree.", 15)
+    feature_fraction: float = _help("LightGBM: share of columns each tree samples.", 0.3)
+
+    def __post_init__(self) -> None:
+        problems = {}
+        low_high = self.char_ngrams
+        if low_high and not (len(low_high) == 2 and 1 <= low_high[0] <= low_high[1] <= 8):
+            problems["char_ngrams"] = f"{low_high!r}: give [min, max] with 1 <= min <= max <= 8, or [] for none"
+        if self.word_ngrams == 0 and not low_high and not self.counts:
+            problems["word_ngrams"] = "0 with no char_ngrams and counts off leaves no feature: turn one on"
+        if problems:
+            raise FieldErrors(type(self).__name__, problems)
+
+
+@dataclass
 class ModelParams:
     """One model: its key in train.models / train.students is its name (artifacts in output/train/<name>/)."""
 
     name: str = _help("Set from the model's key in train.models / train.students (not written in params).", "")
+    kind: Literal["transformer", "tfidf"] = _help(
+        "transformer: a fine-tuned backbone (every key below); tfidf: a classical text model with no backbone, set by "
+        "`tfidf` (with seeds and full_fit; the transformer keys are not used).", "transformer")
+    tfidf: TextModelParams = _help("kind: tfidf only: the text model's features and learner.",
+                                   factory=TextModelParams)
     backbone: str = _help("Hugging Face name or local folder of the backbone; empty: the top-level backbone.", "")
     mlm: MlmParams = _help("MLM domain adaptation of the backbone before fine-tuning (off unless mlm.epochs > 0).",
                            factory=MlmParams)
@@ -314,6 +351,10 @@ class TrainParams:
                                   "the name key")
             spec.name = name
             group = "models" if name in self.models else "students"
+            if spec.kind == "tfidf" and (group == "students" or spec.mlm.epochs > 0):
+                raise ParamsError(f"train.{group}.{name}: kind tfidf trains on the labelled rows of its training folds "
+                                  "alone; " + ("put it under train.models" if group == "students" else
+                                               "mlm.epochs must stay 0 (it has no backbone)"))
             if not spec.stages:
                 raise ParamsError(f"train.{group}.{name}.stages is empty: list at least one stage, e.g. stages: "
                                   "[{rows: all, epochs: 2}]")
@@ -349,6 +390,9 @@ class TrainParams:
                 raise ParamsError(f"train.students.{name}: no stage trains on the pseudo-labels; add one, e.g. stages: "
                                   "[{rows: pseudo, epochs: 1}, {rows: all, epochs: 2}], or a stage with with_pseudo: "
                                   "true (a model without pseudo-labels goes under train.models)")
+            if spec.teacher in self.all_models and self.all_models[spec.teacher].kind != "transformer":
+                raise ParamsError(f"train.students.{name}.teacher={spec.teacher!r} is a {self.all_models[spec.teacher].kind} "
+                                  "model; a teacher must be a transformer (its fold models label the external essays)")
             if spec.teacher not in self.all_models:
                 known = ", ".join(n for n in self.all_models if n != name) or "none"
                 raise ParamsError(f"train.students.{name}.teacher={spec.teacher!r} is not in train.models or "
@@ -399,10 +443,10 @@ class EnsembleParams:
     bootstrap_draws: int = _help("Bootstrap resamples (essays within folds) behind every interval and the "
                                  "method choice.", 1000)
     interval_level: float = _help("Two-sided level of the bootstrap intervals.", 0.9)
-    selection: Literal["best", "simplest"] = _help(
-        "Which method 04 keeps. best: the best nested QWK on the target's rows (ties to the simpler); simplest: the "
-        "simplest (mean < greedy < scipy < stacker) that the best does not beat beyond their paired interval (on "
-        "ASAP it kept the mean and lost 0.012 held-out QWK to the stacker: benchmarks/ASAP.md).", "best")
+    selection: Literal["noise_aware", "best", "simplest"] = _help(
+        "Which method 04 keeps (and how target=auto picks its weight). noise_aware: the best on the target's rows, "
+        "unless others within its paired interval there do better on all rows; best: the best on the target's rows; "
+        "simplest: the simplest the best does not beat beyond their paired interval (README, Ensembling).", "noise_aware")
     text_features: bool = _help("Give the LightGBM stacker text features beside model predictions.", True)
     prompt_features: bool = _help(
         "Give the LightGBM stacker the essay's recovered prompt cluster (one 0/1 column per cluster; test essays "
@@ -501,6 +545,9 @@ RANGES: dict[type, dict[str, str]] = {
                 "lr": "(0, inf)", "held_out_share": "[0, 1)"},
     PseudoParams: {"regression_sigma": "(0, inf)"},
     StageParams: {"epochs": "(0, inf)"},
+    TextModelParams: {"word_ngrams": "[0, 4]", "max_features": "[1, inf)", "min_df": "[1, inf)",
+                      "alpha": "(0, inf)", "rounds": "[1, inf)", "learning_rate": "(0, 1]", "num_leaves": "[2, inf)",
+                      "feature_fraction": "(0, 1]"},
     ScorerParams: {"dropout": "[0, 1)", "n_dropout_samples": "[1, inf)", "reinit_layers": "[0, inf)",
                    "lora_r": "[0, inf)", "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)"},
     ModelParams: {

@@ -51,6 +51,7 @@ from common.models.scorer import (
     read_config,
 )
 from common.stage import PipelineError
+from common.text_model import TextModel, is_text_model
 from common.tokenization import (
     EssayCollator,
     batches_by_token_budget,
@@ -246,7 +247,13 @@ class ArtifactSet:
 
     @staticmethod
     def _check_fold(fold_dir: Path, problems: Problems, fix: str) -> None:
-        """One fold model: what EssayScorer.load and TokenCache read from its folder."""
+        """One fold model: what EssayScorer.load and TokenCache read from its folder (a text model: every file of
+        it, `TextModel.problem`)."""
+        if is_text_model(fold_dir):
+            problem = TextModel.problem(fold_dir)
+            if problem is not None:
+                problems.bad(fold_dir, problem, fix)
+            return
         scorer_file = fold_dir / CONFIG_FILE
         if not scorer_file.is_file():
             problems.missing(scorer_file, fix)
@@ -432,6 +439,9 @@ def predict_models(artifacts: ArtifactSet, texts: list[str], devices: list[torch
         start = time.perf_counter()
         fold_preds, fold_probs = [], []
         for fold_dir in artifacts.fold_dirs[name]:
+            if is_text_model(fold_dir):
+                fold_preds.append(TextModel.load(fold_dir).predict(texts))
+                continue
             ids, collator = cache.get(fold_dir)
             pred, prob = predict_fold_model(fold_dir, ids, collator, devices, precision, batch_tokens,
                                             desc=f"{name} {fold_dir.name}")
@@ -474,7 +484,10 @@ def ensemble_scores(artifacts: ArtifactSet, predictions: TestPredictions, texts:
 
 
 def count_parameters(fold_dir: Path) -> int:
-    """Parameters of a saved fold model, read from its safetensors header (no weights loaded)."""
+    """Parameters of a saved fold model, read from its safetensors header (no weights loaded); 0 for a text model
+    (no encoder: its cost per essay is negligible beside one)."""
+    if is_text_model(fold_dir):
+        return 0
     weights = fold_dir / "model.safetensors"
     if not weights.is_file():
         config = json.loads((fold_dir / "backbone" / "config.json").read_text()) if (

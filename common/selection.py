@@ -68,6 +68,10 @@ class Target:
     weights: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
     by_origin: bool = True
     by_prompt: bool = False
+    rule: str = "best"  # how a weight is chosen among the candidates: SELECTIONS (`pick_weight`)
+    n_draws: int = DEFAULT_DRAWS  # bootstrap of the noise-aware rule
+    level: float = DEFAULT_LEVEL
+    seed: int = 0
 
     @property
     def candidates(self) -> tuple[float, ...]:
@@ -188,7 +192,7 @@ def choose_weight(chain: Chain, rows: Rows, target: Target, out_of_fold: bool) -
         return _chain(pred, rows, target).nested(w, within=train).scores
 
     def chooser(train: np.ndarray) -> float:
-        return best_weight({w: inner(train, w) for w in target.candidates}, rows, target, train)
+        return pick_weight({w: inner(train, w) for w in target.candidates}, rows, target, train)[0]
 
     return chooser
 
@@ -221,17 +225,24 @@ def evaluate_method(name: str, inputs: Any, rows: Rows, target: Target, proto: C
     weights_at = lambda weight: target.fit_weights(weight, rows.other, rows.base)  # noqa: E731
     frontier = {w: chain.nested(weights_at(w)).scores for w in target.candidates}
     every = np.ones(rows.y.size, dtype=bool)
-    final = best_weight(frontier, rows, target, every)
-    chooser = choose_weight(chain, rows, target, proto.out_of_fold)
     fold_ids = np.unique(rows.folds)
-    used = {str(int(f)): final if len(target.candidates) == 1 else chooser(rows.folds != f) for f in fold_ids}
+    if len(target.candidates) > 1 and fold_ids.size < MIN_FOLDS_TO_CHOOSE:
+        final, why = min(target.candidates), (
+            f"choosing it inside each training split needs at least {MIN_FOLDS_TO_CHOOSE} folds, there are "
+            f"{fold_ids.size}: the smallest candidate is used (set ensemble.target to a number to fix another)")
+        log.warning("%s: target weight %s: %s", name, weight_label(final), why)
+        used = {str(int(f)): final for f in fold_ids}
+    else:
+        final, why = pick_weight(frontier, rows, target, every)
+        chooser = choose_weight(chain, rows, target, proto.out_of_fold)
+        used = {str(int(f)): final if len(target.candidates) == 1 else chooser(rows.folds != f) for f in fold_ids}
     by_split = {(rows.folds != int(k)).tobytes(): w for k, w in used.items()}
     nested = chain.nested(lambda train: weights_at(by_split[train.tobytes()]))
     log.info("%s: target weight of other-origin rows per fold %s, on all rows %s", name,
              {k: weight_label(v) for k, v in used.items()}, weight_label(final))
     fitted = chain.fit(every, weights_at(final))
     insample = chain.score(fitted, fitted.train_pred, every)
-    extra = _target_extra(final, used, fitted.thresholds)
+    extra = {**_target_extra(final, used, fitted.thresholds), "target_weight_reason": why}
     if target.by_prompt and rows.prompt is not None:  # the test essays' cut points per prompt cluster
         extra["thresholds_by_prompt"] = {str(c): fitted.thresholds.thresholds_for(test_essay_group(c, target))
                                          for c in np.unique(rows.prompt)}
@@ -325,6 +336,34 @@ def model_scores(oofs: OOFSet, rows: Rows, target: Target) -> dict[str, np.ndarr
     return {f"model:{name}": _chain(pred, rows, target).nested(rows.base).scores for name, pred in oofs.preds.items()}
 
 
+MIN_FOLDS_TO_CHOOSE = 3
+"""Fewest folds with which a target weight can be chosen inside each training split (an inner CV over its folds)."""
+
+
+def near_tie(order: Sequence[str], boot: Bootstrap, all_rows: Mapping[str, float | None], what: str = "method"
+             ) -> tuple[str, str]:
+    """The noise-aware choice among `order` (simplest first), and why, in words.
+
+    The best on the target's rows (`boot`) is kept unless candidates lie within noise of it there: those it does not
+    beat beyond the paired interval of their difference (its lower end at or below 0). Among it and them, the best
+    QWK on all rows (`all_rows`) is kept, ties to the earlier in `order`. A lead on the target's rows that the
+    paired bootstrap cannot tell from noise is not worth a certain loss on the larger sample of every row; a clear
+    lead is kept whatever it costs on the other rows.
+    """
+    best = max(order, key=lambda m: boot.point[m])
+    tied = [m for m in order if m == best or boot.difference(best, m)["low"] <= 0.0]
+    pick = max(tied, key=lambda m: -math.inf if all_rows.get(m) is None else all_rows[m])
+    others = [m for m in tied if m != best]
+    if pick == best:
+        return best, (f"{what} {best} has the best nested QWK on the target's rows ({boot.point[best]:.4f})"
+                      + (f"; {', '.join(others)} within its paired interval there, behind on all rows" if others
+                         else "; none of the others within its paired interval there"))
+    d = boot.difference(best, pick)
+    return pick, (f"{what} {best} leads {pick} by {d['diff']:+.4f} on the target's rows, inside the paired interval "
+                  f"[{d['low']:+.4f}, {d['high']:+.4f}] (noise), while {pick} is ahead on all rows "
+                  f"({all_rows[pick]:.4f} vs {all_rows[best]:.4f}): {pick} is kept")
+
+
 def prefer_simpler(order: Sequence[str], boot: Bootstrap) -> tuple[str, str]:
     """The first (simplest) of `order` that the best one does not beat by more than the interval of their paired
     difference; and why, in words."""
@@ -339,16 +378,20 @@ def prefer_simpler(order: Sequence[str], boot: Bootstrap) -> tuple[str, str]:
     return best, best
 
 
-SELECTIONS = ("best", "simplest")
+SELECTIONS = ("noise_aware", "best", "simplest")
 
 
-def select_method(methods: Mapping[str, Any], boot: Bootstrap, rule: str = "best") -> tuple[str, str]:
-    """The method to keep, and why. "best": the best nested QWK on the target's rows (ties to the simpler);
-    "simplest": the simplest (in `COMPLEXITY` order) that the best does not beat beyond the interval of their
-    paired difference."""
+def select_method(methods: Mapping[str, Any], boot: Bootstrap, rule: str = "best",
+                  all_rows: Mapping[str, float | None] | None = None) -> tuple[str, str]:
+    """The method to keep, and why. "noise_aware": the best nested QWK on the target's rows, unless methods within
+    its paired interval there are ahead on all rows (`all_rows`: nested QWK on every row; `near_tie`); "best": the
+    best nested QWK on the target's rows (ties to the simpler); "simplest": the simplest (in `COMPLEXITY` order)
+    that the best does not beat beyond the interval of their paired difference."""
     if rule not in SELECTIONS:
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {rule!r}")
     order = [m for m in COMPLEXITY if m in methods]
+    if rule == "noise_aware":
+        return near_tie(order, boot, all_rows if all_rows is not None else boot.point)
     simplest, reason = prefer_simpler(order, boot)
     if rule == "simplest":
         return simplest, reason
@@ -363,6 +406,28 @@ def best_weight(scores: Mapping[float, np.ndarray], rows: Rows, target: Target, 
     select = np.where(within, target.select_weights(rows.other, rows.base), 0.0)
     figures = {w: _score(rows, s, select) for w, s in scores.items()}
     return max(sorted(scores), key=lambda w: figures[w] if figures[w] is not None else -1.0)
+
+
+def pick_weight(scores: Mapping[float, np.ndarray], rows: Rows, target: Target, within: np.ndarray
+                ) -> tuple[float, str]:
+    """The target weight to use, from nested scores of the rows in `within` at each candidate, and why.
+
+    `target.rule` "noise_aware" applies `near_tie` to the weights (smaller first: the fit closest to all rows): the
+    best on the target's rows unless weights within its paired interval there score better on all rows. Any other
+    rule keeps the best on the target's rows (`best_weight`)."""
+    best = best_weight(scores, rows, target, within)
+    if target.rule != "noise_aware" or len(scores) < 2 or target.select_on == "all":
+        return best, f"best nested QWK on the {target.select_on} rows"
+    select = np.where(within, target.select_weights(rows.other, rows.base), 0.0)
+    if np.unique(rows.y[select > 0]).size < 2:
+        return best, "too few target rows to compare"
+    idx = np.flatnonzero(within)  # scores outside `within` are not made (zeros)
+    named = {weight_label(w): np.asarray(s)[idx] for w, s in sorted(scores.items())}
+    boot = bootstrap_qwk(rows.y[idx], named, rows.folds[idx], select[idx] > 0, select[idx], target.n_draws,
+                         target.level, target.seed)
+    all_rows = {label: qwk(rows.y[idx], s, sample_weight=rows.base[idx]) for label, s in named.items()}
+    label, why = near_tie(list(named), boot, all_rows, what="target weight")
+    return next(w for w in scores if weight_label(w) == label), why
 
 
 def bootstraps(scores: Mapping[str, np.ndarray], rows: Rows, target: Target, n_draws: int, level: float,
@@ -421,7 +486,7 @@ def build_ensemble(
     text_features: bool = True,
     n_draws: int = DEFAULT_DRAWS,
     level: float = DEFAULT_LEVEL,
-    selection: str = "best",
+    selection: str = "noise_aware",
 ) -> EnsembleResult:
     """Score every method of `COMBINERS` nested, select one, and fit each on all rows.
 
@@ -442,13 +507,14 @@ def build_ensemble(
             per-cluster means and deviations (`EnsembleResult.prompt_stats`, no score used either) are taken
             over all train rows and reused for the test essays. Needs `texts`.
         n_draws, level: bootstrap resamples and interval level of the intervals and of the selection rule.
-        selection: "best" or "simplest" (`select_method`).
+        selection: "noise_aware", "best" or "simplest" (`select_method`), for the method and the target weight.
     """
     base = (prompt_mix_weights(oofs.folds["prompt_name"].to_numpy(), prompt_mix) if prompt_mix
             else np.ones(len(oofs.y)))
     features = StackerInputs.fit(oofs, texts, target.by_origin, prompt_features, text_features, seed,
                                  assign_prompts=target.by_prompt)
     rows = Rows(y=oofs.y, folds=oofs.fold.astype(np.int64), other=oofs.other, base=base, prompt=features.prompts)
+    target = dataclasses.replace(target, rule=selection, n_draws=n_draws, level=level, seed=seed)
     if target.select_on == "other" and np.unique(rows.y[rows.other]).size < 2:
         log.warning("ensemble.target=%s: too few other-origin rows to fit or select on; using all rows", target.mode)
         target = dataclasses.replace(target, mode="all")
@@ -465,7 +531,8 @@ def build_ensemble(
 
     scores = {name: m.nested_scores for name, m in methods.items()} | model_scores(oofs, rows, target)
     boots = bootstraps(scores, rows, target, n_draws, level, seed)
-    selected, reason = select_method(methods, boots["target"], selection)
+    all_rows = {name: m.figures["qwk_nested"] for name, m in methods.items()}
+    selected, reason = select_method(methods, boots["target"], selection, all_rows)
     intervals = interval_table(boots, selected)
     for m in methods.values():
         log.info("%-8s nested QWK %.4f (other-origin %s), in-sample %.4f, target weight %s", m.name,
@@ -490,6 +557,8 @@ def _metrics(methods: Mapping[str, MethodResult], selected: str, reason: str, ta
         "by_origin": target.by_origin,
         "by_prompt": target.by_prompt,
         "target_weight": methods[selected].extra["target_weight"],
+        "target_weight_reason": methods[selected].extra["target_weight_reason"],
+        "selection_rule": target.rule,
         "qwk_nested": methods[selected].figures["qwk_nested"],
         "qwk_nested_other": methods[selected].figures["qwk_nested_other"],
         "methods": {name: {**m.figures, "target_weight": m.extra["target_weight"]} for name, m in methods.items()},

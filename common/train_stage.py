@@ -65,6 +65,7 @@ from common.training import (
     fold_pseudo_labels,
     tokenize_train,
     train_fold,
+    unit_settings,
 )
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,16 @@ def trained_fingerprint(folder: Path) -> str | None:
 
 def trained_config(folder: Path) -> dict | None:
     """A complete fold folder's train_config.json, or None when the folder is incomplete or unreadable."""
-    needed = ("train_config.json", "oof.parquet", "metrics.json", "log.csv", "scorer.json", "tokenizer_config.json")
-    if not all((folder / name).is_file() for name in needed) or not _weights_readable(folder):
+    from common.text_model import TextModel, is_text_model
+
+    needed = ("train_config.json", "oof.parquet", "metrics.json", "log.csv")
+    if not all((folder / name).is_file() for name in needed):
+        return None
+    if is_text_model(folder):
+        if TextModel.problem(folder) is not None:
+            return None
+    elif not all((folder / name).is_file() for name in ("scorer.json", "tokenizer_config.json")) or \
+            not _weights_readable(folder):
         return None
     try:
         config = json.loads((folder / "train_config.json").read_text(encoding="utf-8"))
@@ -146,7 +155,7 @@ def train_model(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: li
                 if not units_to_train(spec, backbone, folds, texts, pseudo, out, seed, [unit], stop_fraction):
                     continue  # finished by the run that held the lock a moment ago
                 if not tokenised:
-                    tokenised.extend(tokenize_train(spec, backbone, folds, texts, pseudo))
+                    tokenised.extend(_model_inputs(spec, backbone, folds, texts, pseudo))
                 _train_one_unit(spec, backbone, *tokenised, unit, out, seed, device, main, stop_fraction,
                                 telemetry or Telemetry())
                 if main:  # the curves grow fold by fold while a long run goes on
@@ -203,6 +212,19 @@ def cv_stop_fraction(out: Path, spec: ModelParams, fold_ids: list[int], seed: in
     return round(float(np.mean(shares)), 4)
 
 
+def _model_inputs(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: list[str],
+                  pseudo: StudentPseudo | None) -> tuple:
+    """What a model's units train on, made once per stage run: (tokenizer, token ids) of a transformer, (None, the
+    n-gram counts) of a text model."""
+    if spec.kind == "tfidf":
+        from common.text_model import text_data
+
+        data = text_data(spec, folds, texts)
+        data.source = data_fingerprint(folds, texts)
+        return None, data
+    return tokenize_train(spec, backbone, folds, texts, pseudo)
+
+
 def _train_one_unit(spec: ModelParams, backbone: str, tokenizer, data, unit: Unit, out: Path, seed: int,
                     device: str, main: bool, stop_fraction: float, telemetry: Telemetry) -> None:
     final = fold_dir(out, spec.name, unit.fold, unit.seed)
@@ -216,6 +238,10 @@ def _train_one_unit(spec: ModelParams, backbone: str, tokenizer, data, unit: Uni
     ckpt = checkpoint_dir(out, spec.name, unit.fold, unit.seed)
     run_seed = unit.run_seed(seed)
     fraction = stop_fraction if unit.fold is None else 1.0
+    if spec.kind == "tfidf":
+        if main:  # no data parallelism for a text model: rank 0 fits it, the others wait for nothing
+            _train_text_unit(spec, data, unit, final, out, run_seed, fraction)
+        return
     if not main:  # data parallel: rank 0 alone writes the fold folder
         train_fold(spec, backbone, tokenizer, data, unit.fold, final, ckpt, run_seed, device, stop_fraction=fraction,
                    telemetry=replace(telemetry, live_dir=None))
@@ -233,6 +259,28 @@ def _train_one_unit(spec: ModelParams, backbone: str, tokenizer, data, unit: Uni
     else:
         log.info("%s %s: held-out QWK (rounded) %.4f in %.0f s", spec.name, unit.label,
                  result.metrics["qwk_rounded"], result.metrics["seconds"])
+
+
+def _train_text_unit(spec: ModelParams, data, unit: Unit, final: Path, out: Path, seed: int,
+                     stop_fraction: float) -> None:
+    """One fold (or the full fit) of a text model, written like a transformer's fold folder."""
+    from common.text_model import train_text_fold
+
+    fingerprint = fold_fingerprint(spec, "", data.source, None, unit.fold, seed,
+                                   stop_fraction if unit.fold is None else None)
+    with staged_dir(final) as tmp:
+        oof, metrics, steps = train_text_fold(spec, data, unit.fold, tmp, seed)
+        write_json(tmp / "train_config.json", {"kind": spec.kind, "model": unit_settings(spec), "backbone": "",
+                                               "fold": unit.fold, "seed": seed, "fingerprint": fingerprint,
+                                               "folds": data.folds_hash})
+        write_parquet(tmp / "oof.parquet", oof)
+        write_csv(tmp / "log.csv", steps)
+        write_json(tmp / "metrics.json", {k: v for k, v in metrics.items() if k not in TIMINGS})
+    write_json(timings_file(out, spec.name, unit.name), {k: metrics[k] for k in TIMINGS})
+    score = metrics["qwk_rounded"]
+    log.info("%s %s: %s (%d features) in %.0f s", spec.name, unit.label,
+             "trained on every labelled row" if score is None else f"held-out QWK (rounded) {score:.4f}",
+             metrics["n_features"], metrics["seconds"])
 
 
 LOCK_FILE = "lock"
@@ -442,7 +490,7 @@ def train_models(params: Params, script: Path) -> None:
     for name, spec in t.all_models.items():
         if t.model and name != t.model:
             continue
-        backbone, pseudo = spec.backbone or params.backbone, None
+        backbone, pseudo = (spec.backbone or params.backbone) if spec.kind == "transformer" else "", None
         if t.step != "collect" and spec.uses_pseudo:
             pseudo = load_student_pseudo(pseudo_dir(out, name), out / "prepare" / "external.parquet", fold_ids, texts,
                                          folds_fingerprint(folds), spec.teacher)
@@ -454,6 +502,9 @@ def train_models(params: Params, script: Path) -> None:
                 backbone = adapted_backbone(spec, backbone, mlm_texts, out, params.seed, t.device)
             else:  # every fold is kept: no MLM run (its cache may be gone, e.g. after dvc pull elsewhere)
                 backbone = planned
+        if t.lr_find and spec.kind != "transformer":
+            log.info("%s: a %s model has no learning rate: train.lr_find skips it", name, spec.kind)
+            continue
         if t.lr_find:
             from common.lr_find import find_lr
 
@@ -465,6 +516,8 @@ def train_models(params: Params, script: Path) -> None:
             log.info("%s: data parallel over %s processes: every process trains each fold together, "
                      "train.fold_workers=%d not used", name, os.environ["WORLD_SIZE"], workers)
             workers = 1
+        if spec.kind != "transformer":
+            workers = 1  # a text model fits in seconds to minutes: no worker processes
         if t.step != "collect" and workers != 1 and len(todo) > 1:
             pending = folds_to_train(spec, backbone, folds, texts, pseudo, out, params.seed, todo)
             if pending:

@@ -166,7 +166,8 @@ UNIT_INDEPENDENT = ("seeds", "full_fit")
 """Model settings that choose which units train, not what one trains to: left out of the fingerprint, so
 adding a seed or a full fit keeps every trained fold."""
 
-NEUTRAL_AT_DEFAULT = ("windows", "window_overlap", "random_crop", "max_length_schedule", "swa_start", "batch_tokens")
+NEUTRAL_AT_DEFAULT = ("windows", "window_overlap", "random_crop", "max_length_schedule", "swa_start", "batch_tokens",
+                      "kind", "tfidf")
 """Settings added after folds were first fingerprinted, whose default trains exactly what training did before
 they existed: at their default they are left out of the fingerprint and of train_config.json, so a pipeline
 upgrade that adds such a setting keeps the folds trained before it (no GPU hours spent again). A new setting

@@ -17,7 +17,8 @@ def test_typed_defaults_are_a_real_run_and_the_demo_lives_in_params_yaml():
     assert 1e-5 <= spec.lr <= 3e-5 and spec.max_length >= 1024 and spec.layerwise_lr_decay < 1.0
     demo = load_params(REPO / "params.yaml")
     assert demo.backbone == "input/tiny-deberta-v2"
-    assert all(s.lr > 1e-4 for s in demo.train.all_models.values())  # the tiny random backbone's rates
+    assert all(s.lr > 1e-4 for s in demo.train.all_models.values() if s.kind == "transformer")  # tiny backbone rates
+    assert [s.kind for s in demo.train.all_models.values()].count("tfidf") == 1  # one classical text member
     # params.yaml spells out every section, but only the backbone and the models differ from the defaults.
     for section in ("seed", "paths", "prepare", "pseudo", "thresholds", "ensemble", "infer"):
         assert getattr(demo, section) == getattr(defaults, section), section

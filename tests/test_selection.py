@@ -329,3 +329,75 @@ def test_prompt_statistics_standardise_each_prompt_on_its_own():
         stacker_features({"m": np.array([2.0])}, {}, None, np.array([7]), {"pred__m": stats["pred__m"]})
     with pytest.raises(ValueError, match="lack"):
         stacker_features({"m": np.array([2.0])}, {}, None, np.array([0]), stats)
+
+
+def _case_of_the_issue(seed: int = 0):
+    """The real case: on 4,400 other-origin rows of 17,000, `greedy` is a hair ahead (noise), while on all rows the
+    `stacker` is far ahead."""
+    rng = np.random.default_rng(seed)
+    n, n_other = 17000, 4400
+    y = rng.integers(1, 7, n)
+    folds = np.arange(n) % 5
+    other = np.zeros(n, dtype=bool)
+    other[:n_other] = True
+    base = np.where(rng.random(n) < 0.72, y, np.clip(y + rng.choice([-1, 1], n), 1, 6))
+    stacker = base.copy()
+    fix = np.flatnonzero(~other & (stacker != y))[:600]  # the stacker gets 600 more corpus rows right
+    stacker[fix] = y[fix]
+    greedy = base.copy()
+    fixed = np.flatnonzero(other & (greedy != y))[:60]  # greedy: 60 other-origin rows right that the stacker
+    broken = np.flatnonzero(other & (greedy == y))[:50]  # misses and 50 wrong that it gets: a hair ahead
+    greedy[fixed], greedy[broken] = y[fixed], np.where(y[broken] < 6, y[broken] + 1, 5)
+    scores = {"greedy": greedy, "stacker": stacker}
+    on_other = bootstrap_qwk(y, scores, folds, other, n_draws=300, seed=1)
+    on_all = bootstrap_qwk(y, scores, folds, n_draws=300, seed=1)
+    return y, folds, other, scores, on_other, on_all
+
+
+def test_noise_aware_selection_does_not_give_away_a_clear_win_on_all_rows_for_noise():
+    *_, on_other, on_all = _case_of_the_issue()
+    assert on_other.point["greedy"] > on_other.point["stacker"]  # greedy is ahead on the target's rows ...
+    assert on_other.difference("greedy", "stacker")["low"] <= 0  # ... within the paired interval
+    assert on_all.difference("stacker", "greedy")["low"] > 0  # the stacker's win on all rows is clear
+    methods = {"greedy": None, "stacker": None}
+    assert select_method(methods, on_other, "best")[0] == "greedy"
+    kept, why = select_method(methods, on_other, "noise_aware", on_all.point)
+    assert kept == "stacker" and "inside the paired interval" in why and "stacker is kept" in why
+
+
+def test_noise_aware_selection_keeps_a_clear_lead_on_the_target_rows():
+    y, folds, other, scores, _, _ = _case_of_the_issue()
+    greedy = scores["greedy"].copy()
+    wrong = np.flatnonzero(other & (greedy != y))[:400]  # now 400 more other-origin rows right: a clear lead
+    greedy[wrong] = y[wrong]
+    clear = {"greedy": greedy, "stacker": scores["stacker"]}
+    on_other = bootstrap_qwk(y, clear, folds, other, n_draws=300, seed=1)
+    assert on_other.difference("greedy", "stacker")["low"] > 0
+    all_rows = bootstrap_qwk(y, clear, folds, n_draws=300, seed=1).point
+    kept, why = select_method({"greedy": None, "stacker": None}, on_other, "noise_aware", all_rows)
+    assert kept == "greedy" and "none of the others within its paired interval" in why
+
+
+def test_the_target_weight_is_chosen_by_the_same_rule():
+    from common.selection import pick_weight
+
+    y, folds, other, scores, _, _ = _case_of_the_issue()
+    rows = Rows(y=y, folds=folds, other=other, base=np.ones(y.size))
+    by_weight = {1.0: scores["stacker"], 16.0: scores["greedy"]}  # weight 16: a hair ahead on other rows only
+    every = np.ones(y.size, dtype=bool)
+    best = Target("auto", (1.0, 16.0), True, rule="best", n_draws=300, seed=1)
+    assert pick_weight(by_weight, rows, best, every)[0] == 16.0
+    noise_aware = Target("auto", (1.0, 16.0), True, rule="noise_aware", n_draws=300, seed=1)
+    weight, why = pick_weight(by_weight, rows, noise_aware, every)
+    assert weight == 1.0 and "target weight 16 leads 1" in why
+
+
+def test_two_folds_fall_back_to_a_fixed_target_weight_and_say_so(caplog):
+    oofs = synthetic_oofs(seed=2)
+    oofs.folds["fold"] = oofs.folds["fold"] % 2
+    with caplog.at_level("WARNING"):
+        res = run(oofs, None, target=Target("auto", (1.0, 4.0), True), n_trials=0)
+    assert "needs at least 3 folds, there are 2" in caplog.text
+    assert "stacker" not in res.methods  # its nested evaluation needs more folds: skipped, as before
+    assert all(m.extra["target_weight"] == "1" for m in res.methods.values())
+    assert res.metrics["selection_rule"] == "noise_aware"

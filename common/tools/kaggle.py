@@ -81,6 +81,8 @@ def _ship_lora_base(fold_src: Path, fold_dst: Path, dataset: Path, shipped: dict
     The copied scorer.json names the base by a path relative to the fold folder, which EssayScorer.load
     resolves wherever Kaggle mounts the dataset.
     """
+    if not (fold_src / "scorer.json").is_file():  # a text model: no backbone
+        return
     config = json.loads((fold_src / "scorer.json").read_text(encoding="utf-8"))
     if config.get("lora_r", 0) <= 0:
         return
@@ -229,7 +231,7 @@ def build_bundle(params: Params, out: Path, wheels: bool = True, python_version:
     """Write the upload folder for the artifacts under `params.output_dir` to `out` (atomically)."""
     artifacts = ArtifactSet.open(Path(params.infer.artifacts) if params.infer.artifacts else params.output_dir)
     needs_peft = any(json.loads((d / "scorer.json").read_text()).get("lora_r", 0) > 0
-                     for dirs in artifacts.fold_dirs.values() for d in dirs)
+                     for dirs in artifacts.fold_dirs.values() for d in dirs if (d / "scorer.json").is_file())
     user = params.infer.kaggle_user
     with staged_dir(out) as tmp:
         dataset = tmp / "dataset"
