@@ -214,7 +214,8 @@ class ModelParams:
     effective_batch_size: int = _help(
         "Essays per optimizer step across devices and accumulation steps (a multiple of batch_size).", 16
     )
-    lr: float = _help("Learning rate of the top encoder layer.", 2e-5)
+    lr: float = _help("Learning rate of the top encoder layer (lower layers: layerwise_lr_decay); the rate the "
+                      "training logs show as lr.", 2e-5)
     head_lr: float = _help("Learning rate of pooling and head.", 1e-3)
     layerwise_lr_decay: float = _help("LR multiplier per encoder layer going down (1.0: none).", 0.9)
     weight_decay: float = _help("AdamW weight decay (not on biases and norms).", 0.01)
