@@ -8,9 +8,15 @@ itself and finds the result here; models with the same backbone and MLM settings
 """
 
 import logging
+import sys
 
-from common.config import Params
-from common.stage import PipelineError, exit_with
+try:
+    from common.config import Params
+    from common.stage import PipelineError, exit_with
+except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv
+    print(f"error: {sys.executable} has no module {missing.name!r}; the project is installed in .venv. Fix: "
+          "source .venv/bin/activate (make install creates it), then run the command again", file=sys.stderr)
+    sys.exit(2)
 
 log = logging.getLogger("aes.mlm")
 

@@ -235,3 +235,34 @@ def test_help_and_params_errors_come_before_torch_is_imported(stage):
                                 env={"PYTHONPATH": str(REPO), "PATH": ""}, timeout=120)
         expected = "exit 0 False" if args == ["--help"] else "exit 2 False"
         assert expected in result.stdout, result.stdout[-500:] + result.stderr[-2000:]
+
+
+STAGE_SCRIPTS = ["00_prepare/run.py", "01_pseudo_label/run.py", "01_pseudo_label/mlm.py", "02_train/run.py",
+                 "03_oof_thresholds/run.py", "04_ensemble/run.py", "05_infer/run.py", "05_infer/package.py"]
+
+
+@pytest.mark.parametrize("with_common", [False, True])
+@pytest.mark.parametrize("stage", STAGE_SCRIPTS)
+def test_a_python_without_the_projects_libraries_says_the_fix(stage, with_common):
+    """`dvc repro` outside the venv runs the stages with a system python: one line with the fix, exit 2."""
+    import subprocess
+    import sys
+
+    # -S: no site-packages, as a system python without the project's libraries (nor `common`, unless on the path)
+    env = {"PATH": "", **({"PYTHONPATH": str(REPO)} if with_common else {})}
+    result = subprocess.run([sys.executable, "-S", stage, "--help"], cwd=REPO, capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "has no module" in result.stderr and "source .venv/bin/activate" in result.stderr
+
+
+def test_a_library_imported_late_and_missing_says_the_fix(tmp_path, capfd):
+    from common.stage import run_stage
+
+    def main(params):
+        import not_an_installed_library  # noqa: F401
+
+    assert run_stage(main, "", [f"paths.output={tmp_path}", f"paths.metrics={tmp_path}/m"]) == 2
+    logged = capfd.readouterr().err
+    assert "no module 'not_an_installed_library'" in logged and "source .venv/bin/activate" in logged
