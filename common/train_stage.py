@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -412,6 +412,26 @@ def _mlm_summary(folder: Path) -> dict | None:
     return {k: v for k, v in metrics.items() if not k.endswith("seconds")}
 
 
+def check_backbones(backbones: Sequence[tuple[str, str]], params: Params) -> None:
+    """Stop before any work (MLM, tokenising, fold workers) when a backbone would not load offline.
+
+    `backbones`: (model name, backbone) of each model that needs one. One message names every such model, the
+    key that sets its backbone and the fix, instead of one failure per fold after its start-up.
+    """
+    from common.offline import backbone_problem
+
+    missing = {name: (backbone, why) for name, backbone in backbones
+               if (why := backbone_problem(backbone)) is not None}
+    if missing:
+        keys = {name: f"train.{'models' if name in params.train.models else 'students'}.{name}.backbone"
+                if params.train.all_models[name].backbone else "backbone" for name in missing}
+        raise PipelineError(
+            "; ".join(f"model {name}: {keys[name]}={b!r} {why}" for name, (b, why) in missing.items())
+            + ". No stage downloads. Fix: download it once where there is internet ("
+            + ", ".join(f"`hf download {b}`" for b in dict.fromkeys(b for b, _ in missing.values()))
+            + "), or set that key to a local model folder (config.json, weights, tokenizer)")
+
+
 def train_models(params: Params, script: Path) -> None:
     """Stage 02_train: every model of train.models / train.students (or train.model alone), fold by fold
     (several at once with train.fold_workers, each a run of `script`), then its full fit and OOF file."""
@@ -433,6 +453,8 @@ def train_models(params: Params, script: Path) -> None:
                             f"{len(fold_ids)}")
     data = texts = None
     if t.step != "collect":
+        check_backbones([(name, spec.backbone or params.backbone) for name, spec in t.all_models.items()
+                         if not t.model or name == t.model], params)
         data = load_competition_data(params.input_dir, prep.train_file, prep.test_file, prep.sample_submission_file)
         column = folds[["essay_id"]].merge(data.train, on="essay_id", how="left")["full_text"]
         if column.isna().any():
