@@ -364,3 +364,35 @@ def test_seeds_are_averaged_and_the_full_fit_trains_on_every_row(tmp_path):
     alone = pd.read_parquet(folder / "oof.parquet").set_index("essay_id")["pred"]
     pd.testing.assert_series_equal(alone.sort_index(), pd.concat([per_seed["fold_0"], per_seed["fold_1"]]).sort_index(),
                                    check_names=False)
+
+
+FAKE_WORKER = """
+import sys
+fold = [a for a in sys.argv if a.startswith("train.folds=")][0]
+print("12:00:00 INFO loading", fold, flush=True)
+sys.stderr.write("t fold stage 1:  40%|####      | 4/10 [00:02<00:03]\\r")
+sys.stderr.write("t fold stage 1:  90%|######### | 9/10 [00:05<00:01]\\r")
+"""
+
+
+def test_fold_workers_print_their_log_paths_and_progress(tmp_path, monkeypatch, caplog):
+    """The console shows where each worker logs, and each worker's latest progress line (here at its end)."""
+    import logging
+
+    from common import train_stage
+    from common.config import load_params
+    from tests.conftest import REPO
+
+    script = tmp_path / "worker.py"
+    script.write_text(FAKE_WORKER)
+    params = load_params(REPO / "params.yaml", [f"paths.output={tmp_path}", "train.device=cpu",
+                                                 "train.fold_workers=2"])
+    monkeypatch.setattr(train_stage, "PROGRESS_EVERY", 0.0)
+    with caplog.at_level(logging.INFO, logger="common.train_stage"):
+        train_stage.train_in_workers(params, "tiny-regression", [0, 1], script)
+    logs = {k: tmp_path / "checkpoints" / "tiny-regression" / f"fold_{k}.log" for k in (0, 1)}
+    assert f"their logs: {logs[0]}, {logs[1]}" in caplog.text
+    for k, path in logs.items():
+        assert f"fold {k}: started on CPU, log {path}" in caplog.text
+        assert f"fold {k}: worker finished (exit 0); its last line: t fold stage 1:  90%" in caplog.text
+    assert train_stage.latest_progress(tmp_path / "absent.log") == ""
