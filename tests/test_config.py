@@ -1,5 +1,6 @@
 """params.yaml loading, typed validation and dotted.key=value overrides."""
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -266,3 +267,77 @@ def test_a_library_imported_late_and_missing_says_the_fix(tmp_path, capfd):
     assert run_stage(main, "", [f"paths.output={tmp_path}", f"paths.metrics={tmp_path}/m"]) == 2
     logged = capfd.readouterr().err
     assert "no module 'not_an_installed_library'" in logged and "source .venv/bin/activate" in logged
+
+
+def _leaves(data: dict, prefix: str = "") -> list[str]:
+    """Dotted paths of the leaf values of raw params data (a model entry's keys, not the entry itself)."""
+    paths = []
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else key
+        paths.extend(_leaves(value, path) if isinstance(value, dict) and value else [path])
+    return paths
+
+
+def _without(data: dict, path: str) -> dict:
+    import copy
+
+    data = copy.deepcopy(data)
+    *parents, last = path.split(".")
+    node = data
+    for part in parents:
+        node = node[part]
+    del node[last]
+    return data
+
+
+@pytest.mark.parametrize("source", ["params/competition.yaml", "params/first-try.yaml", "params.yaml"])
+def test_the_written_params_file_is_minimal_commented_and_loads_back_the_same(source, tmp_path):
+    import yaml
+
+    from common.config import DVC_KEYS, write_params_file
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for name in ("train.csv", "test.csv", "sample_submission.csv"):
+        (data_dir / name).write_text("x\n")
+    overrides = [f"paths.input={data_dir}", "paths.output=runs/x", "prepare.external_file=", "prepare.n_folds=2",
+                 "ensemble.n_trials=8"]
+    target = REPO / f".test-params-{tmp_path.name}.yaml"  # beside dvc.yaml: paths.output must be inside the repo
+    try:
+        params = write_params_file(REPO / source, target, overrides)
+        text = target.read_text()
+    finally:
+        target.unlink(missing_ok=True)
+    written = tmp_path / "params.yaml"
+    written.write_text(text)
+    assert load_params(written) == params == load_params(REPO / source, overrides)
+    raw = yaml.safe_load(text)
+    for path in _leaves(raw):
+        model_entry = path.startswith(("train.models.", "train.students.")) and path.count(".") == 2  # all defaults
+        if path in DVC_KEYS or path.split(".")[0] == "paths" or model_entry:
+            continue
+        stripped = tmp_path / "stripped.yaml"
+        stripped.write_text(yaml.safe_dump(_without(raw, path)))
+        with contextlib.suppress(ParamsError):  # a ParamsError: needed as written (e.g. a student's teacher)
+            assert load_params(stripped) != params, f"{path} is at its default: the written file should leave it out"
+    assert "n_trials" not in raw.get("ensemble", {})  # set to its default by an override: left out
+    assert raw["prepare"]["external_file"] == ""
+    if source.startswith("params/"):  # what the presets say about their keys stays with them
+        comments = [line.strip() for line in (REPO / source).read_text().splitlines() if line.strip().startswith("#")]
+        assert all(comment in text for comment in comments)
+    assert len(text.splitlines()) < len((REPO / source).read_text().splitlines()) or source == "params/first-try.yaml"
+
+
+def test_the_keys_a_written_file_always_keeps_cover_what_dvc_yaml_reads():
+    import re
+
+    import yaml
+
+    from common.config import DVC_KEYS
+
+    text = (REPO / "dvc.yaml").read_text()
+    used = set(re.findall(r"\$\{([a-z_.]+)\}", text)) - {"key"}
+    for stage in yaml.safe_load(text)["stages"].values():
+        used |= {p for p in (stage.get("do", stage).get("params") or []) if "$" not in p}
+    used = {u for u in used if not u.startswith("item.")}
+    assert used and all(u in DVC_KEYS or any(k.startswith(u + ".") for k in DVC_KEYS) for u in used), used
