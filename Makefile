@@ -42,9 +42,10 @@ demo: install
 	@test -f output/submission.csv && echo "  output/submission.csv            the submission" || \
 		echo "  output/submission.csv            not yet: stages after '$(lastword $(DEMO_STAGES))' are not built"
 
-# The run report of the last run: one self-contained HTML page.
+# The run report: one self-contained HTML page of the run params.yaml's paths.output holds (OUT=DIR: that run's).
+OUT ?=
 report: install
-	$(BIN)/python -m common.tools.run_report --output output
+	$(BIN)/python -m common.tools.run_report $(if $(OUT),--output $(OUT))
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -58,20 +59,25 @@ demo-data: install
 	$(BIN)/python -m common.tools.tiny_backbone --train-csv input/train.csv \
 		--extra-csv input/persuade_2.0_human_scores_demo_id_github.csv --out input/tiny-deberta-v2
 
-# The Kaggle upload folder (output/kaggle/) from the trained artifacts of the last run (make demo first).
+# The Kaggle upload folder <paths.output>/kaggle/ from the trained artifacts of the run params.yaml names.
 KAGGLE_USER ?= your-kaggle-username
 kaggle: install
 	$(BIN)/python 05_infer/package.py infer.kaggle_user=$(KAGGLE_USER)
 
-# The real competition run (README "Run on the real data"): params/competition.yaml, with DATA as paths.input
-# and OUT (a folder inside the repository) as paths.output, becomes params.yaml; then the whole DAG runs.
+# The real competition run (README "Run on the real data"): params/$(PRESET).yaml (competition: the full run;
+# first-try: one small model, 2 folds, 1 epoch) with DATA as paths.input, OUT (a folder inside the repository;
+# default runs/$(PRESET)) as paths.output and ARGS (dotted.key=value overrides, quoted for the shell where a value
+# has spaces) becomes params.yaml, holding only what differs from the typed defaults; then dvc repro $(STAGES)
+# (empty: the whole DAG) and the report. Later runs: edit params.yaml, then `dvc repro` (README).
 DATA ?=
-OUT ?= runs/competition
+PRESET ?= competition
+ARGS ?=
+STAGES ?=
 competition: install
-	@test -n "$(DATA)" || { echo "usage: make competition DATA=/path/to/aes2-files [OUT=runs/first]"; exit 2; }
-	$(BIN)/python -m common.config --from params/competition.yaml --to params.yaml paths.input=$(DATA) paths.output=$(OUT)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
-	$(BIN)/python -m common.tools.run_report --output $(OUT)
+	@test -n "$(DATA)" || { echo "usage: make competition DATA=/path/to/aes2-files [PRESET=first-try] [OUT=runs/first] [ARGS='key=value ...'] [STAGES=...]"; exit 2; }
+	$(BIN)/python -m common.config --from params/$(PRESET).yaml --to params.yaml paths.input=$(DATA) paths.output=$(or $(OUT),runs/$(PRESET)) $(ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro $(STAGES)
+	$(BIN)/python -m common.tools.run_report
 
 benchmarks: install
 	$(BIN)/python benchmarks/run_all.py

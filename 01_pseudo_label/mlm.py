@@ -8,9 +8,15 @@ itself and finds the result here; models with the same backbone and MLM settings
 """
 
 import logging
+import sys
 
-from common.config import Params
-from common.stage import PipelineError, exit_with
+try:
+    from common.config import Params
+    from common.stage import PipelineError, exit_with
+except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv
+    print(f"error: {sys.executable} has no module {missing.name!r}; the project is installed in .venv. Fix: "
+          "source .venv/bin/activate (make install creates it), then run the command again", file=sys.stderr)
+    sys.exit(2)
 
 log = logging.getLogger("aes.mlm")
 
@@ -20,7 +26,7 @@ def main(params: Params) -> None:
 
     from common.data import load_competition_data
     from common.pseudo import read_external
-    from common.train_stage import adapted_backbone
+    from common.train_stage import adapted_backbone, check_backbones
 
     out, prep, t = params.output_dir, params.prepare, params.train
     if t.num_threads:
@@ -29,6 +35,7 @@ def main(params: Params) -> None:
     if not chosen:
         raise PipelineError(f"no model {'named ' + repr(t.model) + ' ' if t.model else ''}has mlm.epochs > 0: "
                             "set train.models.<name>.mlm.epochs (or train.students.<name>.mlm.epochs)")
+    check_backbones([(name, spec.backbone or params.backbone) for name, spec in chosen.items()], params)
     data = load_competition_data(params.input_dir, prep.train_file, prep.test_file, prep.sample_submission_file)
     external = read_external(out / "prepare" / "external.parquet")
     texts = [*data.train["full_text"], *data.test["full_text"], *external["full_text"]]

@@ -10,8 +10,15 @@ and plots/. Only the student's fold k reads fold_<k>.parquet. A student with mlm
 backbone in 02_train (python 01_pseudo_label/mlm.py does it ahead of time).
 """
 
-from common.config import Params
-from common.stage import exit_with
+import sys
+
+try:
+    from common.config import Params
+    from common.stage import exit_with
+except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv
+    print(f"error: {sys.executable} has no module {missing.name!r}; the project is installed in .venv. Fix: "
+          "source .venv/bin/activate (make install creates it), then run the command again", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(params: Params) -> None:

@@ -12,10 +12,16 @@ mlm.epochs > 0 first adapts its backbone by masked-language modelling (cached in
 Data parallel, every GPU on one fold: accelerate launch --num_processes 2 02_train/run.py [...]
 """
 
+import sys
 from pathlib import Path
 
-from common.config import Params
-from common.stage import exit_with
+try:
+    from common.config import Params
+    from common.stage import exit_with
+except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv
+    print(f"error: {sys.executable} has no module {missing.name!r}; the project is installed in .venv. Fix: "
+          "source .venv/bin/activate (make install creates it), then run the command again", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(params: Params) -> None:

@@ -6,14 +6,20 @@ Reads output/prepare/folds.parquet and output/train/<model>/oof.parquet; writes 
 """
 
 import logging
+import sys
 
-from common.config import Params
-from common.io import staged_dir, write_json
-from common.oof import load_oof_predictions, model_report
-from common.reports import plot_confusion, plot_pred_vs_true
-from common.stage import exit_with
-from common.thresholds import apply_thresholds
-from common.tracking import write_headline
+try:
+    from common.config import Params
+    from common.io import staged_dir, write_json
+    from common.oof import load_oof_predictions, model_report
+    from common.reports import plot_confusion, plot_pred_vs_true
+    from common.stage import exit_with
+    from common.thresholds import apply_thresholds
+    from common.tracking import write_headline
+except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv
+    print(f"error: {sys.executable} has no module {missing.name!r}; the project is installed in .venv. Fix: "
+          "source .venv/bin/activate (make install creates it), then run the command again", file=sys.stderr)
+    sys.exit(2)
 
 log = logging.getLogger("aes.thresholds")
 

@@ -10,20 +10,26 @@ method at every target weight), intervals.csv and plots/.
 """
 
 import logging
+import sys
 
-import pandas as pd
+try:
+    import pandas as pd
 
-from common.config import Params
-from common.data import load_competition_data
-from common.ensemble_artifact import EnsembleArtifact
-from common.io import staged_dir, write_csv, write_json, write_parquet
-from common.layout import inference_units
-from common.metrics import qwk_by_group
-from common.oof import load_oof_predictions
-from common.reports import plot_bars, plot_confusion, plot_frontier, plot_intervals
-from common.selection import Target, build_ensemble
-from common.stage import PipelineError, exit_with
-from common.tracking import write_headline
+    from common.config import Params
+    from common.data import load_competition_data
+    from common.ensemble_artifact import EnsembleArtifact
+    from common.io import staged_dir, write_csv, write_json, write_parquet
+    from common.layout import inference_units
+    from common.metrics import qwk_by_group
+    from common.oof import load_oof_predictions
+    from common.reports import plot_bars, plot_confusion, plot_frontier, plot_intervals
+    from common.selection import Target, build_ensemble
+    from common.stage import PipelineError, exit_with
+    from common.tracking import write_headline
+except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv
+    print(f"error: {sys.executable} has no module {missing.name!r}; the project is installed in .venv. Fix: "
+          "source .venv/bin/activate (make install creates it), then run the command again", file=sys.stderr)
+    sys.exit(2)
 
 log = logging.getLogger("aes.ensemble")
 

@@ -18,8 +18,13 @@ force_offline()
 
 import logging  # noqa: E402
 
-from common.config import Params  # noqa: E402
-from common.stage import exit_with  # noqa: E402
+try:
+    from common.config import Params
+    from common.stage import exit_with
+except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv
+    print(f"error: {sys.executable} has no module {missing.name!r}; the project is installed in .venv. Fix: "
+          "source .venv/bin/activate (make install creates it), then run the command again", file=sys.stderr)
+    sys.exit(2)
 
 log = logging.getLogger("aes.infer")
 

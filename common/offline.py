@@ -1,4 +1,6 @@
-"""Keep Hugging Face libraries off the network. Imports nothing heavy, so it can run first."""
+"""Keep Hugging Face libraries off the network, and say at start whether a backbone loads without it.
+
+Imports nothing heavy, so it can run first."""
 
 import os
 
@@ -13,3 +15,22 @@ def force_offline() -> None:
     imports transformers (05_infer/run.py does it on its first lines).
     """
     os.environ.update(OFFLINE_VARIABLES)
+
+
+def backbone_problem(backbone: str) -> str | None:
+    """Why `backbone` cannot load offline, or None when it is a local folder or a hub name in the Hugging Face
+    cache (its config.json there; looked up on disk only, never on the network)."""
+    from pathlib import Path
+
+    if Path(backbone).is_dir():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(backbone, "config.json")
+    except HFValidationError:
+        return "is not a local model folder (no such folder) nor a Hugging Face name"
+    if isinstance(cached, str):
+        return None
+    return "is neither a local model folder nor in the Hugging Face cache"

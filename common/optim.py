@@ -6,6 +6,7 @@
   other parameters (DeBERTa's `encoder.rel_embeddings` and `encoder.LayerNorm`, a pooler) get the top
   layer's rate, and every parameter outside it (pooling, head) `head_lr`. Biases, normalisation
   weights and every other 1-D tensor get no weight decay.
+- `named_rate_group`: the group whose rate is `lr` (the top encoder layer's), the rate the logs show.
 - `build_scheduler`: linear, cosine or constant after a linear warmup.
 - `EMA`: shadow = decay * shadow + (1 - decay) * weights after each optimizer step; `apply_to` swaps
   the shadow in for evaluation.
@@ -111,6 +112,18 @@ def param_groups(
     log.info("%d parameter groups, %d trainable weights (backbone %r, %d encoder layers)", len(result),
              sum(p.numel() for g in result for p in g["params"]), prefix, n)
     return result
+
+
+def named_rate_group(groups: list[dict]) -> int:
+    """Index of the group whose rate is the `lr` that params name: the top encoder layer's (`param_groups`
+    order: embeddings, layers bottom up, backbone_other, head). Without a trainable encoder layer, the other
+    backbone parameters' (also `lr`), else the first group."""
+    names = [g.get("name", "") for g in groups]
+    layers = [i for i, n in enumerate(names) if n.startswith("layer_")]
+    if layers:
+        top = max(int(names[i].split("_")[1]) for i in layers)
+        return next(i for i in layers if names[i].split("_")[1] == str(top))
+    return next((i for i, n in enumerate(names) if n.startswith("backbone_other")), 0)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, num_training_steps: int,

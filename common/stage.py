@@ -92,6 +92,10 @@ def run_stage(main: Callable[[Params], None], description: str, argv: Sequence[s
     except (ParamsError, InputError, PipelineError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 2
+    except ModuleNotFoundError as exc:  # a library the stage imports late (torch, ...) is not in this python
+        log.error("%s has no module %r; the project is installed in .venv. Fix: source .venv/bin/activate "
+                  "(make install creates it), then run the command again", sys.executable, exc.name)
+        return 2
     try:
         record_runtime(params.output_dir, _stage_name(main), sys.argv[1:] if argv is None else argv,
                        time.perf_counter() - start)

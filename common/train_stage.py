@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -460,6 +460,26 @@ def _mlm_summary(folder: Path) -> dict | None:
     return {k: v for k, v in metrics.items() if not k.endswith("seconds")}
 
 
+def check_backbones(backbones: Sequence[tuple[str, str]], params: Params) -> None:
+    """Stop before any work (MLM, tokenising, fold workers) when a backbone would not load offline.
+
+    `backbones`: (model name, backbone) of each model that needs one. One message names every such model, the
+    key that sets its backbone and the fix, instead of one failure per fold after its start-up.
+    """
+    from common.offline import backbone_problem
+
+    missing = {name: (backbone, why) for name, backbone in backbones
+               if (why := backbone_problem(backbone)) is not None}
+    if missing:
+        keys = {name: f"train.{'models' if name in params.train.models else 'students'}.{name}.backbone"
+                if params.train.all_models[name].backbone else "backbone" for name in missing}
+        raise PipelineError(
+            "; ".join(f"model {name}: {keys[name]}={b!r} {why}" for name, (b, why) in missing.items())
+            + ". No stage downloads. Fix: download it once where there is internet ("
+            + ", ".join(f"`hf download {b}`" for b in dict.fromkeys(b for b, _ in missing.values()))
+            + "), or set that key to a local model folder (config.json, weights, tokenizer)")
+
+
 def train_models(params: Params, script: Path) -> None:
     """Stage 02_train: every model of train.models / train.students (or train.model alone), fold by fold
     (several at once with train.fold_workers, each a run of `script`), then its full fit and OOF file."""
@@ -481,6 +501,8 @@ def train_models(params: Params, script: Path) -> None:
                             f"{len(fold_ids)}")
     data = texts = None
     if t.step != "collect":
+        check_backbones([(name, spec.backbone or params.backbone) for name, spec in t.all_models.items()
+                         if not t.model or name == t.model], params)
         data = load_competition_data(params.input_dir, prep.train_file, prep.test_file, prep.sample_submission_file)
         column = folds[["essay_id"]].merge(data.train, on="essay_id", how="left")["full_text"]
         if column.isna().any():
@@ -602,13 +624,31 @@ def worker_devices(device: str, workers: int) -> list[str | None]:
     return [None] * max(workers, 1)
 
 
+PROGRESS_EVERY = 60.0
+"""Seconds between the console lines that say where each fold worker is (its log's latest line)."""
+
+
+def latest_progress(log_file: Path, width: int = 160) -> str:
+    """The last non-empty line of a worker's log, where a progress bar's latest update counts as a line (tqdm
+    rewrites its bar after a carriage return), cut to `width` characters; "" before the log holds any."""
+    try:
+        with open(log_file, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 8192))
+            tail = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = [part.strip() for part in tail.replace("\r", "\n").split("\n") if part.strip()]
+    return lines[-1][:width] if lines else ""
+
+
 def train_in_workers(params: Params, name: str, folds: list[int], script: Path) -> None:
     """Train `folds` of model `name` in parallel processes (`python <script> ...`, one fold each).
 
     Each worker is a plain single-fold, single-process run of the stage with the same params (written to
     <out>/checkpoints/<name>/params.yaml), its own GPU on CUDA or a share of the CPU cores otherwise, and
-    its log in <out>/checkpoints/<name>/fold_<k>.log. A failed fold does not stop the others; the stage
-    then fails naming it, and a re-run trains only what is missing.
+    its log in <out>/checkpoints/<name>/fold_<k>.log. Every PROGRESS_EVERY seconds the console gets one line
+    per running fold: its log's latest line (progress bar or message). A failed fold does not stop the others;
+    the stage then fails naming it, and a re-run trains only what is missing.
     """
     from tqdm.auto import tqdm
 
@@ -620,8 +660,10 @@ def train_in_workers(params: Params, name: str, folds: list[int], script: Path) 
     params_file.write_text(yaml.safe_dump(plain(params), sort_keys=False), encoding="utf-8")
     threads = params.train.num_threads or max(1, (os.cpu_count() or 1) // len(slots))
     queue, running, failed = list(folds), {}, []
-    log.info("%s: training folds %s with %d workers (%s)", name, folds, len(slots),
-             ", ".join(f"GPU {s}" for s in slots) if slots[0] is not None else f"CPU, {threads} threads each")
+    log.info("%s: training folds %s with %d workers (%s); their logs: %s", name, folds, len(slots),
+             ", ".join(f"GPU {s}" for s in slots) if slots[0] is not None else f"CPU, {threads} threads each",
+             ", ".join(str(work / f"fold_{fold}.log") for fold in folds))
+    shown = time.monotonic()
     def stop(signum, frame):  # a killed stage takes its workers with it (the finally below)
         raise TrainingError(f"{name}: stopped by signal {signum}; the running folds were stopped too")
 
@@ -646,19 +688,25 @@ def train_in_workers(params: Params, name: str, folds: list[int], script: Path) 
                     handle = open(work / f"fold_{fold}.log", "w", encoding="utf-8")  # noqa: SIM115 (closed below)
                     running[slot] = (fold, subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT),
                                      handle)
-                    log.info("%s fold %d: started on %s", name, fold, f"GPU {gpu}" if gpu is not None else "CPU")
+                    log.info("%s fold %d: started on %s, log %s", name, fold,
+                             f"GPU {gpu}" if gpu is not None else "CPU", work / f"fold_{fold}.log")
                 for slot, (fold, proc, handle) in list(running.items()):
                     if proc.poll() is None:
                         continue
                     handle.close()
                     del running[slot]
                     progress.update(1)
-                    log.info("%s fold %d: worker finished (exit %d)", name, fold, proc.returncode)
+                    log.info("%s fold %d: worker finished (exit %d); its last line: %s", name, fold, proc.returncode,
+                             latest_progress(work / f"fold_{fold}.log"))
                     if proc.returncode:
                         failed.append(fold)
                         tail = (work / f"fold_{fold}.log").read_text(encoding="utf-8").splitlines()[-15:]
                         log.error("%s fold %d failed (exit %d); end of %s:\n%s", name, fold, proc.returncode,
                                   work / f"fold_{fold}.log", "\n".join(tail))
+                if running and time.monotonic() - shown >= PROGRESS_EVERY:
+                    shown = time.monotonic()
+                    for fold, _, _ in sorted(running.values(), key=lambda job: job[0]):
+                        log.info("%s fold %d: %s", name, fold, latest_progress(work / f"fold_{fold}.log") or "starting")
                 time.sleep(0.5)
         finally:
             signal.signal(signal.SIGTERM, previous)

@@ -52,7 +52,7 @@ from common.folds import folds_fingerprint
 from common.io import write_json
 from common.metrics import qwk
 from common.models import EssayScorer, ScorerConfig
-from common.optim import AWP, EMA, build_scheduler, param_groups
+from common.optim import AWP, EMA, build_scheduler, named_rate_group, param_groups
 from common.pseudo import StudentPseudo
 from common.thresholds import round_scores
 from common.tokenization import EssayCollator, load_tokenizer, model_collator, model_token_ids, token_settings
@@ -370,6 +370,7 @@ class _Stage:
     awp_from_step: int
     swa: AveragedModel | None = None  # the last stage's average of weights from swa_from_step on
     swa_from_step: int = 0
+    lr_group: int = 0  # the optimizer group whose rate the log's lr is: `lr`'s, the top encoder layer's
     progress: Any = None
     losses: list[float] = field(default_factory=list)
 
@@ -463,7 +464,7 @@ def _stage_setup(run: _Run, index: int, stage: StageParams, resume: dict | None)
                   eval_every=spec.eval_every or total_steps,
                   model=wrapped, optimizer=optimizer, scheduler=scheduler, ema=ema, awp=awp,
                   awp_from_step=int(spec.awp_start_epoch * per_epoch / run.accum), swa=swa,
-                  swa_from_step=int(spec.swa_start * min(stop_steps, total_steps)))
+                  swa_from_step=int(spec.swa_start * min(stop_steps, total_steps)), lr_group=named_rate_group(groups))
 
 
 def _train_stage(run: _Run, index: int, stage: StageParams, resume: dict | None, stop_after: int | None) -> None:
@@ -586,7 +587,7 @@ def _evaluate_and_log(run: _Run, st: _Stage, last: bool, stats: dict[str, float]
     statistics when asked for. The row goes to the run's log, its step logger and the loss / gradient watch."""
     state, spec = run.state, run.spec
     row = {"stage": st.index + 1, "epoch": state.epoch, "step": state.global_step,
-           "train_loss": float(np.mean(st.losses)), "lr": st.scheduler.get_last_lr()[0], **stats}
+           "train_loss": float(np.mean(st.losses)), "lr": st.scheduler.get_last_lr()[st.lr_group], **stats}
     st.losses.clear()
     _watch(run, row)
     if len(run.held_out) and (state.step % st.eval_every == 0 or last):

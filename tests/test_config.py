@@ -1,5 +1,6 @@
 """params.yaml loading, typed validation and dotted.key=value overrides."""
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,108 @@ def test_help_and_params_errors_come_before_torch_is_imported(stage):
                                 env={"PYTHONPATH": str(REPO), "PATH": ""}, timeout=120)
         expected = "exit 0 False" if args == ["--help"] else "exit 2 False"
         assert expected in result.stdout, result.stdout[-500:] + result.stderr[-2000:]
+
+
+STAGE_SCRIPTS = ["00_prepare/run.py", "01_pseudo_label/run.py", "01_pseudo_label/mlm.py", "02_train/run.py",
+                 "03_oof_thresholds/run.py", "04_ensemble/run.py", "05_infer/run.py", "05_infer/package.py"]
+
+
+@pytest.mark.parametrize("with_common", [False, True])
+@pytest.mark.parametrize("stage", STAGE_SCRIPTS)
+def test_a_python_without_the_projects_libraries_says_the_fix(stage, with_common):
+    """`dvc repro` outside the venv runs the stages with a system python: one line with the fix, exit 2."""
+    import subprocess
+    import sys
+
+    # -S: no site-packages, as a system python without the project's libraries (nor `common`, unless on the path)
+    env = {"PATH": "", **({"PYTHONPATH": str(REPO)} if with_common else {})}
+    result = subprocess.run([sys.executable, "-S", stage, "--help"], cwd=REPO, capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "has no module" in result.stderr and "source .venv/bin/activate" in result.stderr
+
+
+def test_a_library_imported_late_and_missing_says_the_fix(tmp_path, capfd):
+    from common.stage import run_stage
+
+    def main(params):
+        import not_an_installed_library  # noqa: F401
+
+    assert run_stage(main, "", [f"paths.output={tmp_path}", f"paths.metrics={tmp_path}/m"]) == 2
+    logged = capfd.readouterr().err
+    assert "no module 'not_an_installed_library'" in logged and "source .venv/bin/activate" in logged
+
+
+def _leaves(data: dict, prefix: str = "") -> list[str]:
+    """Dotted paths of the leaf values of raw params data (a model entry's keys, not the entry itself)."""
+    paths = []
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else key
+        paths.extend(_leaves(value, path) if isinstance(value, dict) and value else [path])
+    return paths
+
+
+def _without(data: dict, path: str) -> dict:
+    import copy
+
+    data = copy.deepcopy(data)
+    *parents, last = path.split(".")
+    node = data
+    for part in parents:
+        node = node[part]
+    del node[last]
+    return data
+
+
+@pytest.mark.parametrize("source", ["params/competition.yaml", "params/first-try.yaml", "params.yaml"])
+def test_the_written_params_file_is_minimal_commented_and_loads_back_the_same(source, tmp_path):
+    import yaml
+
+    from common.config import DVC_KEYS, write_params_file
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for name in ("train.csv", "test.csv", "sample_submission.csv"):
+        (data_dir / name).write_text("x\n")
+    overrides = [f"paths.input={data_dir}", "paths.output=runs/x", "prepare.external_file=", "prepare.n_folds=2",
+                 "ensemble.n_trials=8"]
+    target = REPO / f".test-params-{tmp_path.name}.yaml"  # beside dvc.yaml: paths.output must be inside the repo
+    try:
+        params = write_params_file(REPO / source, target, overrides)
+        text = target.read_text()
+    finally:
+        target.unlink(missing_ok=True)
+    written = tmp_path / "params.yaml"
+    written.write_text(text)
+    assert load_params(written) == params == load_params(REPO / source, overrides)
+    raw = yaml.safe_load(text)
+    for path in _leaves(raw):
+        model_entry = path.startswith(("train.models.", "train.students.")) and path.count(".") == 2  # all defaults
+        if path in DVC_KEYS or path.split(".")[0] == "paths" or model_entry:
+            continue
+        stripped = tmp_path / "stripped.yaml"
+        stripped.write_text(yaml.safe_dump(_without(raw, path)))
+        with contextlib.suppress(ParamsError):  # a ParamsError: needed as written (e.g. a student's teacher)
+            assert load_params(stripped) != params, f"{path} is at its default: the written file should leave it out"
+    assert "n_trials" not in raw.get("ensemble", {})  # set to its default by an override: left out
+    assert raw["prepare"]["external_file"] == ""
+    if source.startswith("params/"):  # what the presets say about their keys stays with them
+        comments = [line.strip() for line in (REPO / source).read_text().splitlines() if line.strip().startswith("#")]
+        assert all(comment in text for comment in comments)
+    assert len(text.splitlines()) < len((REPO / source).read_text().splitlines()) or source == "params/first-try.yaml"
+
+
+def test_the_keys_a_written_file_always_keeps_cover_what_dvc_yaml_reads():
+    import re
+
+    import yaml
+
+    from common.config import DVC_KEYS
+
+    text = (REPO / "dvc.yaml").read_text()
+    used = set(re.findall(r"\$\{([a-z_.]+)\}", text)) - {"key"}
+    for stage in yaml.safe_load(text)["stages"].values():
+        used |= {p for p in (stage.get("do", stage).get("params") or []) if "$" not in p}
+    used = {u for u in used if not u.startswith("item.")}
+    assert used and all(u in DVC_KEYS or any(k.startswith(u + ".") for k in DVC_KEYS) for u in used), used

@@ -214,3 +214,40 @@ def test_dvc_plots_show_renders_offline_with_one_line_per_fold(tmp_path):
     assert "<canvas" in rendered.stdout or "<svg" in rendered.stdout, rendered.stderr[-2000:]
     errors = [line for line in rendered.stderr.splitlines() if "CONSOLE" in line and ("Error" in line or "Uncaught" in line)]
     assert not errors, errors
+
+
+def make(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    """make in `folder` with this checkout's installed environment (no install in the copy)."""
+    return subprocess.run(["make", "-s", *args, f"VENV={Path(sys.executable).parents[1]}"], cwd=folder,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_make_competition_takes_a_preset_and_overrides_and_make_report_follows_paths_output(repo_copy, tmp_path):
+    """A first try on data without the corpus: the fix the message names works through make competition."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.csv", "test.csv", "sample_submission.csv"):
+        shutil.copy(REPO / "input" / name, data / name)
+    args = [f"DATA={data}", "PRESET=first-try", "OUT=runs/try", "STAGES=prepare"]
+    refused = make(repo_copy, "competition", *args)
+    assert refused.returncode != 0 and "ARGS=prepare.external_file=" in refused.stderr
+    tiny = REPO / "input" / "tiny-deberta-v2"
+    done = make(repo_copy, "competition", *args, f"ARGS=prepare.external_file= backbone={tiny} train.device=cpu")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    params = load_params(repo_copy / "params.yaml")
+    assert params.paths.output == "runs/try" and params.prepare.n_folds == 2 and params.backbone == str(tiny)
+    assert list(params.train.models) == ["deberta-v3-base-first-try"] and not params.train.students
+    assert params.train.models["deberta-v3-base-first-try"].max_length == 256
+    text = (repo_copy / "params.yaml").read_text()
+    assert "# One fold per GPU at once" in text and len(text.splitlines()) < 50  # commented, only what differs
+    folds = __import__("pandas").read_parquet(repo_copy / "runs" / "try" / "prepare" / "folds.parquet")
+    assert sorted(folds["fold"].unique()) == [0, 1]
+    assert (repo_copy / "runs" / "try" / "report" / "index.html").is_file()
+    dry = dvc(repo_copy, "repro", "--dry", "--force")  # the whole DAG plans from the written file
+    assert dry.returncode == 0 and "02_train/run.py train.model=deberta-v3-base-first-try" in dry.stdout, dry.stderr
+    (repo_copy / "runs" / "try" / "report" / "index.html").unlink()
+    report = make(repo_copy, "report")
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert (repo_copy / "runs" / "try" / "report" / "index.html").is_file()
+    other = make(repo_copy, "report", f"OUT={tmp_path / 'nothing'}")
+    assert other.returncode != 0 and "nothing holds no run" in other.stderr

@@ -70,6 +70,60 @@ def test_missing_backbone(prepared_output, demo_input, tmp_path):
     assert not (tmp_path / "train").exists()
 
 
+def test_an_uncached_backbone_fails_once_at_start_naming_model_and_key(prepared_output, demo_input, tmp_path):
+    """Checked before tokenising or fold workers: one message, not one failure per fold worker."""
+    folder, _ = demo_input
+    shutil.copytree(prepared_output / "prepare", tmp_path / "prepare")
+    result = run_cli("02_train", f"paths.input={folder}", f"paths.output={tmp_path}", *FAST, "train.fold_workers=2",
+                     "train.models.tiny-regression.backbone=aes-test/not-in-any-cache", "train.model=tiny-regression")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.count("not-in-any-cache") == 2  # once in the problem, once in the fix
+    assert "model tiny-regression: train.models.tiny-regression.backbone='aes-test/not-in-any-cache'" in result.stderr
+    assert "`hf download aes-test/not-in-any-cache`" in result.stderr
+    assert "started on" not in result.stderr and not (tmp_path / "checkpoints").exists()
+
+
+def test_mlm_checks_the_backbone_before_reading_the_essays(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    result = subprocess.run([sys.executable, "01_pseudo_label/mlm.py", f"paths.input={tmp_path / 'no-data'}",
+                             f"paths.output={tmp_path}", f"paths.metrics={tmp_path}", "train.model=tiny-student",
+                             "backbone=aes-test/not-in-any-cache"], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "model tiny-student: backbone='aes-test/not-in-any-cache'" in result.stderr
+    assert "`hf download aes-test/not-in-any-cache`" in result.stderr
+
+
+def test_backbones_resolve_from_a_folder_or_the_hub_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from common.config import load_params
+    from common.stage import PipelineError
+    from common.train_stage import check_backbones
+    from tests.conftest import BACKBONE, REPO
+
+    params = load_params(REPO / "params.yaml")
+    snapshot = tmp_path / "models--aes-test--cached" / "snapshots" / "0123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--aes-test--cached" / "refs").mkdir()
+    (tmp_path / "models--aes-test--cached" / "refs" / "main").write_text("0123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    check_backbones([("tiny-regression", BACKBONE), ("tiny-ordinal", "aes-test/cached")], params)
+    with pytest.raises(PipelineError) as err:
+        check_backbones([("tiny-regression", "aes-test/absent"), ("tiny-ordinal", str(tmp_path / "nothing")),
+                         ("tiny-student", "aes-test/absent")], params)
+    message = str(err.value)
+    assert message.count("`hf download aes-test/absent`") == 1
+    for name in ("tiny-regression", "tiny-ordinal", "tiny-student"):
+        assert f"model {name}: backbone=" in message
+
+
 def test_fold_not_in_folds_file(prepared_output, demo_input, tmp_path):
     folder, _ = demo_input
     shutil.copytree(prepared_output / "prepare", tmp_path / "prepare")
@@ -310,3 +364,35 @@ def test_seeds_are_averaged_and_the_full_fit_trains_on_every_row(tmp_path):
     alone = pd.read_parquet(folder / "oof.parquet").set_index("essay_id")["pred"]
     pd.testing.assert_series_equal(alone.sort_index(), pd.concat([per_seed["fold_0"], per_seed["fold_1"]]).sort_index(),
                                    check_names=False)
+
+
+FAKE_WORKER = """
+import sys
+fold = [a for a in sys.argv if a.startswith("train.folds=")][0]
+print("12:00:00 INFO loading", fold, flush=True)
+sys.stderr.write("t fold stage 1:  40%|####      | 4/10 [00:02<00:03]\\r")
+sys.stderr.write("t fold stage 1:  90%|######### | 9/10 [00:05<00:01]\\r")
+"""
+
+
+def test_fold_workers_print_their_log_paths_and_progress(tmp_path, monkeypatch, caplog):
+    """The console shows where each worker logs, and each worker's latest progress line (here at its end)."""
+    import logging
+
+    from common import train_stage
+    from common.config import load_params
+    from tests.conftest import REPO
+
+    script = tmp_path / "worker.py"
+    script.write_text(FAKE_WORKER)
+    params = load_params(REPO / "params.yaml", [f"paths.output={tmp_path}", "train.device=cpu",
+                                                 "train.fold_workers=2"])
+    monkeypatch.setattr(train_stage, "PROGRESS_EVERY", 0.0)
+    with caplog.at_level(logging.INFO, logger="common.train_stage"):
+        train_stage.train_in_workers(params, "tiny-regression", [0, 1], script)
+    logs = {k: tmp_path / "checkpoints" / "tiny-regression" / f"fold_{k}.log" for k in (0, 1)}
+    assert f"their logs: {logs[0]}, {logs[1]}" in caplog.text
+    for k, path in logs.items():
+        assert f"fold {k}: started on CPU, log {path}" in caplog.text
+        assert f"fold {k}: worker finished (exit 0); its last line: t fold stage 1:  90%" in caplog.text
+    assert train_stage.latest_progress(tmp_path / "absent.log") == ""

@@ -341,3 +341,10 @@ def test_profile_steps_write_a_trace(frame, tmp_path):
     fit(frame, tmp=tmp_path, telemetry=training.Telemetry(profile_steps=2, profile_dir=where))
     trace = json.loads((where / "trace.json").read_text())
     assert trace["traceEvents"] and "aten::" in (where / "profile.txt").read_text()
+
+
+def test_the_logged_learning_rate_is_the_one_lr_names(frame, tmp_path):
+    """With layer-wise decay the log's lr is the top encoder layer's (`lr`), not the embeddings' lower rate."""
+    spec = replace(BASE, scheduler="constant", warmup_ratio=0.0, layerwise_lr_decay=0.5)
+    result = fit(frame, spec, tmp=tmp_path)
+    np.testing.assert_allclose(result.log["lr"], spec.lr)

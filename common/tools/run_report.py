@@ -1,6 +1,8 @@
 """The run report: one self-contained HTML page (plots inlined) from a finished run's outputs.
 
-    python -m common.tools.run_report [--output output] [--to output/report/index.html]     (make report)
+    python -m common.tools.run_report [--output DIR] [--to DIR/report/index.html]     (make report [OUT=DIR])
+
+DIR defaults to paths.output of params.yaml (`--params`): the run that file configures.
 
 It reads only what the stages declare as outputs (and `runtime.jsonl`, which every stage appends to):
 data overview, folds, per-model and ensemble QWK (rounded, in-sample, nested, with bootstrap intervals; all
@@ -31,6 +33,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from common.config import ParamsError, load_params
 from common.folds import folds_fingerprint
 from common.io import atomic_write
 from common.layout import pseudo_plots_dir, stage_timings
@@ -573,12 +576,18 @@ def build_report(out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default="output", help="the run's output folder (paths.output)")
+    parser.add_argument("--output", default=None, help="the run's output folder (default: paths.output of --params)")
+    parser.add_argument("--params", default="params.yaml", help="params file naming the run (default: params.yaml)")
     parser.add_argument("--to", default=None, help="HTML file to write (default: <output>/report/index.html)")
     args = parser.parse_args(argv)
-    out = Path(args.output)
+    try:
+        out = Path(args.output) if args.output else load_params(args.params).output_dir
+    except ParamsError as exc:
+        print(f"error: {exc}; or name the run's folder: --output DIR (make report OUT=DIR)", file=sys.stderr)
+        return 2
     if not (out / "prepare").is_dir():
-        print(f"{out} holds no run (no prepare/ folder): run `make demo` or `dvc repro` first", file=sys.stderr)
+        print(f"{out} holds no run (no prepare/ folder): run `make demo` or `dvc repro` first, or name the run's "
+              "folder: make report OUT=DIR (--output DIR)", file=sys.stderr)
         return 2
     target = Path(args.to) if args.to else out / "report" / "index.html"
     target.parent.mkdir(parents=True, exist_ok=True)
