@@ -502,7 +502,7 @@ def train_models(params: Params, script: Path) -> None:
     data = texts = None
     if t.step != "collect":
         check_backbones([(name, spec.backbone or params.backbone) for name, spec in t.all_models.items()
-                         if not t.model or name == t.model], params)
+                         if (not t.model or name == t.model) and spec.kind == "transformer"], params)
         data = load_competition_data(params.input_dir, prep.train_file, prep.test_file, prep.sample_submission_file)
         column = folds[["essay_id"]].merge(data.train, on="essay_id", how="left")["full_text"]
         if column.isna().any():
