@@ -46,7 +46,7 @@ from common.config import load_params  # noqa: E402
 from common.ensemble import LGBMStacker  # noqa: E402
 from common.metrics import qwk  # noqa: E402
 from common.nested import Chain  # noqa: E402
-from common.oof import load_oof_predictions  # noqa: E402
+from common.oof import OOFSet, load_oof_predictions  # noqa: E402
 from common.selection import Rows, Target, build_ensemble, evaluate_method  # noqa: E402
 from common.text_features import TextFeaturizer  # noqa: E402
 from common.thresholds import ThresholdSearcher, round_scores  # noqa: E402
@@ -253,26 +253,34 @@ def main() -> int:
     stage_seconds = {stage: run_stage(stage, overrides) for stage in
                      ("00_prepare", "02_train", "03_oof_thresholds", "04_ensemble", "05_infer")}
 
-    oofs = load_oof_predictions(run_dir / "train", run_dir / "prepare" / "folds.parquet", [MODEL_NAME])
+    profile = load_params(PARAMS_FILE, args.settings)  # the stages' settings, --set included
+    models = list(profile.train.all_models)
+    oofs = load_oof_predictions(run_dir / "train", run_dir / "prepare" / "folds.parquet", models)
     frame = oofs.folds[["essay_id"]].merge(train, on="essay_id", how="left")
     texts, prompts, y, folds = frame["full_text"].tolist(), frame["prompt_id"].to_numpy(), oofs.y, oofs.fold
-    ensemble_params = asdict(load_params(PARAMS_FILE, args.settings).ensemble)  # the stages' settings, --set included
+    ensemble_params = asdict(profile.ensemble)
     n_trials = int(ensemble_params["n_trials"])
     clusters = oofs.folds["prompt_cluster"].to_numpy()
     print(f"prompt clusters recovered by 00_prepare: {len(np.unique(clusters))}, adjusted Rand index against the "
           f"withheld prompt ids {adjusted_rand_score(prompts, clusters):.4f}")
 
-    minilm = Chain(oofs.preds[MODEL_NAME], y, folds, ThresholdSearcher).nested().scores
+    member_scores = {name: Chain(oofs.preds[name], y, folds, ThresholdSearcher).nested().scores for name in models}
     target = Target(ensemble_params["target"], tuple(ensemble_params["target_weights"]),
                     bool(ensemble_params["by_origin"]), bool(ensemble_params["by_prompt"]))
-    result = build_ensemble(oofs, texts, target, "regression", n_trials, {}, args.seed,
-                            prompt_features=bool(ensemble_params["prompt_features"]),
-                            text_features=bool(ensemble_params["text_features"]),
-                            selection=ensemble_params.get("selection", "best"))
+
+    def ensemble_of(names: list[str]):
+        subset = OOFSet(oofs.folds, {n: oofs.preds[n] for n in names}, {n: p for n, p in oofs.probs.items()
+                                                                          if n in names})
+        return build_ensemble(subset, texts, target, "regression", n_trials, {}, args.seed,
+                              prompt_features=bool(ensemble_params["prompt_features"]),
+                              text_features=bool(ensemble_params["text_features"]),
+                              selection=ensemble_params["selection"])
+
+    result = ensemble_of(models)
     ensemble = result.methods[result.selected].nested_scores
     columns = {
         "text-LGBM": per_prompt_qwk(y, text_lgbm_scores(texts, oofs, n_trials, args.seed), prompts),
-        "MiniLM": per_prompt_qwk(y, minilm, prompts),
+        **{name: per_prompt_qwk(y, scores, prompts) for name, scores in member_scores.items()},
         "ensemble": per_prompt_qwk(y, ensemble, prompts),
         "10-count baseline": per_prompt_qwk(
             y, baseline_scores(ten_counts(texts, prompts), y, args.seed), prompts),
@@ -283,6 +291,19 @@ def main() -> int:
           f"ensemble selected by 04: {result.selected}; methods: "
           + ", ".join(f"{n} {m.figures['qwk_nested']:.4f}" for n, m in result.methods.items()) + ")")
     print_table(columns, counts)
+
+    # Ablations of the text members: the ensemble 04 would select on each subset of the models.
+    text_members = [n for n in models if profile.train.all_models[n].kind == "tfidf"]
+    transformers = [n for n in models if n not in text_members]
+    ablations = {"without the text members": transformers, "the text members alone": text_members,
+                 **{f"{', '.join(transformers)} + {n}": [*transformers, n] for n in text_members}}
+    for label, names in ablations.items():
+        if not names or len(names) == len(models):
+            continue
+        part = ensemble_of(names)
+        figures = per_prompt_qwk(y, part.methods[part.selected].nested_scores, prompts)
+        print(f"ablation, {label}: selected {part.selected}, nested QWK " + ", ".join(
+            f"{k} {v:.4f}" for k, v in figures.items()))
 
     # Two diagnostics for the prompts where the ensemble trails the baseline: how much the baseline itself
     # moves with another fold split, and what adding the fine-tuned model's OOF prediction does to it.

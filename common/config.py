@@ -187,6 +187,8 @@ class TextModelParams:
     counts: bool = _help("Add the essay counts of common.text_features (length, structure, spelling, readability), "
                          "standardised on the training rows.", True)
     alpha: float = _help("Ridge: L2 penalty.", 1.0)
+    top_features: int = _help("LightGBM: columns it sees, the most correlated with the score on the training rows "
+                              "(trees over 100k sparse columns take minutes a fold); 0: all.", 2000)
     rounds: int = _help("LightGBM: boosting rounds (fixed: the held-out fold never stops the fit).", 600)
     learning_rate: float = _help("LightGBM: learning rate.", 0.05)
     num_leaves: int = _help("LightGBM: leaves per tree.", 15)
@@ -547,7 +549,7 @@ RANGES: dict[type, dict[str, str]] = {
                 "lr": "(0, inf)", "held_out_share": "[0, 1)"},
     PseudoParams: {"regression_sigma": "(0, inf)"},
     StageParams: {"epochs": "(0, inf)"},
-    TextModelParams: {"word_ngrams": "[0, 4]", "max_features": "[1, inf)", "min_df": "[1, inf)",
+    TextModelParams: {"word_ngrams": "[0, 4]", "max_features": "[1, inf)", "min_df": "[1, inf)", "top_features": "[0, inf)",
                       "alpha": "(0, inf)", "rounds": "[1, inf)", "learning_rate": "(0, 1]", "num_leaves": "[2, inf)",
                       "feature_fraction": "(0, 1]"},
     ScorerParams: {"dropout": "[0, 1)", "n_dropout_samples": "[1, inf)", "reinit_layers": "[0, inf)",

@@ -233,3 +233,22 @@ def test_03_04_05_run_on_two_and_three_folds(n_folds: int, demo_input, tmp_path)
     assert len(submission) == len(pd.read_csv(folder / "test.csv")) and submission["score"].between(1, 6).all()
     metrics = json.loads((tmp_path / "ensemble" / "metrics.json").read_text())
     assert metrics["selection_rule"] == "noise_aware" and metrics["target_weight_reason"]
+
+
+def test_lightgbm_sees_the_columns_most_correlated_with_the_training_scores() -> None:
+    import scipy.sparse as sp
+
+    from common.text_model import most_correlated
+
+    rng = np.random.default_rng(0)
+    dense = rng.random((200, 30)) * (rng.random((200, 30)) < 0.3)
+    dense[:, 7] = 0.0  # a constant column never wins
+    y = dense[:, 3] * 2 - dense[:, 11] + rng.normal(0, 0.05, 200)
+    corr = np.nan_to_num([abs(np.corrcoef(dense[:, j], y)[0, 1]) if dense[:, j].std() else 0 for j in range(30)])
+    picked = most_correlated(sp.csr_matrix(dense), y, 5)
+    assert set(picked) == set(np.argsort(-corr)[:5]) and {3, 11} <= set(picked) and 7 not in picked
+    texts, scores = scored_essays()
+    params = TextModelParams(learner="lightgbm", rounds=30, top_features=50)
+    data = make_data(texts, scores, params)
+    model, _ = fit_text_model(params, data, np.flatnonzero(data.folds != 0), seed=0)
+    assert model.columns.size == 50 and model.inputs(texts[:3]).shape == (3, 50)
