@@ -92,6 +92,9 @@ TINY_TRAIN = ["train.models.tiny-regression.max_length=64", f"train.models.tiny-
 NO_STUDENTS = "train.students={}"
 """The models of `trained_output` are params.yaml's without its student (03 and 04 read the models params names)."""
 
+DEMO_MEMBERS = "ensemble.models=[tiny-regression,tiny-ordinal]"
+"""The ensemble of `trained_output`: the two transformer models it trains (params.yaml's tiny-tfidf is left out)."""
+
 
 @pytest.fixture(scope="session")
 def trained_output(demo_input, prepared_output, tmp_path_factory):
@@ -105,7 +108,7 @@ def trained_output(demo_input, prepared_output, tmp_path_factory):
     for model in ("tiny-regression", "tiny-ordinal"):
         trained = run_cli("02_train", *common, *TINY_TRAIN, f"train.model={model}")
         assert trained.returncode == 0, trained.stderr[-3000:]
-    ensembled = run_cli("04_ensemble", *common, "ensemble.n_trials=2", NO_STUDENTS)
+    ensembled = run_cli("04_ensemble", *common, "ensemble.n_trials=2", NO_STUDENTS, DEMO_MEMBERS)
     assert ensembled.returncode == 0, ensembled.stderr[-3000:]
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return out

@@ -21,7 +21,7 @@ from common.tools.run_report import (
     section_runtime,
     training_curves,
 )
-from tests.conftest import NO_STUDENTS, run_cli
+from tests.conftest import DEMO_MEMBERS, NO_STUDENTS, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def reported_output(trained_output, demo_input, tmp_path_factory):
     folder, _ = demo_input
     out = tmp_path_factory.mktemp("reported") / "out"
     shutil.copytree(trained_output, out)
-    common = [f"paths.input={folder}", f"paths.output={out}", NO_STUDENTS]
+    common = [f"paths.input={folder}", f"paths.output={out}", NO_STUDENTS, DEMO_MEMBERS]
     for stage in ("03_oof_thresholds", "05_infer"):
         result = run_cli(stage, *common)
         assert result.returncode == 0, result.stderr[-2000:]
