@@ -23,6 +23,11 @@ log = logging.getLogger("aes")
 RUNTIME_LOG = "runtime.jsonl"
 """One line per successful stage run under paths.output: stage, arguments, seconds (the run report reads it)."""
 
+INSIDE_STAGE = "AES_INSIDE_STAGE"
+"""Environment variable a stage sets, to its own name, for the processes it starts that run a stage script too
+(02_train's fold workers): their runtime records carry it as `inside`, and the run report leaves them out of its
+sums, since the stage's own record already holds the time it waited for them."""
+
 
 class PipelineError(RuntimeError):
     """An expected failure a stage reports as one message (no traceback): the message says the fix."""
@@ -38,10 +43,14 @@ def _stage_name(main: Callable) -> str:
 
 
 def record_runtime(output_dir: Path, stage: str, args: Sequence[str], seconds: float) -> None:
-    """Append one line to <output>/runtime.jsonl (a single short write: safe from parallel stages)."""
+    """Append one line to <output>/runtime.jsonl (a single short write: safe from parallel stages); a process
+    started by another stage (INSIDE_STAGE set) records that stage's name as `inside`."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"stage": stage, "args": list(args), "seconds": round(seconds, 2),
-                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    record = {"stage": stage, "args": list(args), "seconds": round(seconds, 2),
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if os.environ.get(INSIDE_STAGE):
+        record["inside"] = os.environ[INSIDE_STAGE]
+    line = json.dumps(record)
     with open(output_dir / RUNTIME_LOG, "a", encoding="utf-8") as handle:
         handle.write(line + "\n")
 

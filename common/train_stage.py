@@ -52,7 +52,7 @@ from common.layout import (
 )
 from common.metrics import qwk
 from common.pseudo import StudentPseudo
-from common.stage import PipelineError
+from common.stage import INSIDE_STAGE, PipelineError
 from common.thresholds import round_scores
 from common.tracking import check_trackers, training_curves, write_headline
 from common.training import (
@@ -680,6 +680,7 @@ def train_in_workers(params: Params, name: str, folds: list[int], script: Path) 
                     for variable in _LAUNCHER_VARIABLES:
                         env.pop(variable, None)
                     env = {k: v for k, v in env.items() if not k.startswith(("TORCHELASTIC_", "ACCELERATE_"))}
+                    env[INSIDE_STAGE] = script.resolve().parent.name  # its runtime is inside this stage's
                     if gpu is not None:
                         env["CUDA_VISIBLE_DEVICES"] = gpu
                     cmd = [sys.executable, str(script), "--params", str(params_file), f"train.model={name}",

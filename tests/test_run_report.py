@@ -21,7 +21,7 @@ from common.tools.run_report import (
     section_runtime,
     training_curves,
 )
-from tests.conftest import DEMO_MEMBERS, NO_STUDENTS, run_cli
+from tests.conftest import DEMO_MEMBERS, NO_STUDENTS, REPO, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -157,6 +157,33 @@ def test_runtime_sets_each_stage_and_the_inference_against_kaggles_limit(page):
     assert re.search(r"<tr><td>05_infer</td><td>\d+</td><td>\d+\.\d</td><td>[^<]+</td><td>[\d.]+%</td>", runtime)
     assert "Inference against Kaggle's 9 h limit" in runtime and "is within the limit" in runtime
     assert runtime.count("<img") == 2  # seconds per stage; the estimates against the 9 h line
+
+
+FOLD_WORKER = """
+from common.stage import exit_with
+
+exit_with(lambda params: None, "a fold worker of 02_train that trains nothing")
+"""
+
+
+def test_runtime_counts_the_fold_workers_inside_their_stage_not_again(tmp_path):
+    """02_train's own record already holds the time of the fold workers it waited for: theirs are not added."""
+    from common.config import load_params
+    from common.stage import record_runtime
+    from common.train_stage import train_in_workers
+
+    script = tmp_path / "02_train" / "run.py"
+    script.parent.mkdir()
+    script.write_text(FOLD_WORKER)
+    out = tmp_path / "out"
+    params = load_params(REPO / "params.yaml", [f"paths.output={out}", "train.device=cpu", "train.fold_workers=2"])
+    train_in_workers(params, "tiny-regression", [0, 1], script)
+    record_runtime(out, "02_train", ["train.model=tiny-regression"], 100.0)  # the stage, after its workers
+    runs = pd.read_json(out / "runtime.jsonl", lines=True)
+    assert list(runs["stage"]) == ["02_train"] * 3  # both workers ran as 02_train and recorded their runtime
+    runtime = section_runtime(out)
+    assert row(runtime, "02_train").startswith("<tr><td>02_train</td><td>1</td><td>100.0</td>")
+    assert "2 fold-worker runs" in runtime and "inside 02_train" in runtime
 
 
 def test_ensemble_table_shows_each_methods_bootstrap_interval(reported_output, page):

@@ -551,11 +551,24 @@ def section_runtime(out: Path) -> str:
         return _missing(f"no {RUNTIME_LOG}: stages record their runtime there when they finish") + _budget(out)
     runs = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
     latest = runs.assign(call=runs["args"].map(" ".join)).drop_duplicates(["stage", "call"], keep="last")
-    table = latest.groupby("stage", sort=False).agg(runs=("seconds", "size"), seconds=("seconds", "sum"),
-                                                    finished=("finished", "max")).reset_index()
+    inside = latest["inside"].notna() if "inside" in latest else pd.Series(False, index=latest.index)
+    table = latest[~inside].groupby("stage", sort=False).agg(runs=("seconds", "size"), seconds=("seconds", "sum"),
+                                                             finished=("finished", "max")).reset_index()
+    if table.empty:
+        return _missing(f"{RUNTIME_LOG} holds no finished stage") + _inside_note(latest[inside]) + _budget(out)
     table.insert(3, "time", table["seconds"].map(_duration))
     table.insert(4, "share", (table["seconds"] / table["seconds"].sum()).map(_percent))
-    return (_table(table, ".1f") + _runtime_figure(table) + _budget(out))
+    return _table(table, ".1f") + _inside_note(latest[inside]) + _runtime_figure(table) + _budget(out)
+
+
+def _inside_note(runs: pd.DataFrame) -> str:
+    """What the runtime table leaves out: the runs of processes a stage started (02_train's fold workers), whose
+    time the stage's own record already holds (it waits for them; parallel workers overlap)."""
+    if runs.empty:
+        return ""
+    notes = [f"{len(group)} fold-worker run{'s' * (len(group) != 1)} ({_duration(group['seconds'].sum())} "
+             f"together) inside {html.escape(stage)}" for stage, group in runs.groupby("inside", sort=False)]
+    return f'<p class="note">Not added to the sums: {"; ".join(notes)}: the stage\'s own time holds them.</p>'
 
 
 def build_report(out: Path) -> str:
