@@ -125,10 +125,27 @@ def section_data(out: Path) -> str:
             ("prompt clusters", metrics.get("clusters", {}).get("n_clusters"))]
     parts = [_table(pd.DataFrame(rows, columns=["", "count"]), ".0f")]
     parts.append(_plots([_img(p) for p in sorted((out / "prepare" / "plots").glob("*.png"))]))
-    sizes = metrics.get("clusters", {}).get("train_sizes")
-    if sizes:
-        parts.append(_table(pd.DataFrame(sorted(sizes.items()), columns=["prompt cluster", "train essays"])))
+    folds = _folds(out)
+    if folds is not None:
+        parts.append(_prompt_table(folds, metrics.get("clusters", {}).get("train_sizes", {})))
     return "\n".join(parts)
+
+
+def _prompt_table(folds: pd.DataFrame, cluster_sizes: Mapping[str, int]) -> str:
+    """Train essays per prompt_name, with the size of the prompt cluster of that name beside it.
+
+    A prompt and the cluster named after it hold different essays: an essay found in the corpus takes the corpus's
+    prompt, whatever cluster it fell in, and the others take their cluster's name (a smaller cluster with the same
+    majority prompt is "<prompt>#2"). The score-share legend and the per-prompt QWK count by prompt_name, so this
+    table does too; the cluster sizes (what the folds stratify or group by) sit beside, so neither count hides the other.
+    """
+    counts = folds["prompt_name"].value_counts()
+    frame = pd.DataFrame({"train essays": counts, "in the cluster of that name": pd.Series(cluster_sizes, dtype="Int64")})
+    frame["train essays"] = frame["train essays"].astype("Int64")
+    return ("<p>Train essays per prompt (as the score-share legend and the per-prompt QWK count them: the corpus's "
+            "prompt where the essay is in the corpus, else its cluster's name), and the size of the prompt cluster "
+            "named after it (what the folds stratify by, or hold out whole with prepare.group_by=prompt).</p>"
+            + _table(frame.sort_index().rename_axis("prompt").reset_index()))
 
 
 def _folds(out: Path) -> pd.DataFrame | None:
