@@ -113,24 +113,26 @@ def test_the_prompt_table_counts_each_prompt_as_the_score_share_legend_does(tmp_
     cluster named after it differ. The table counts by prompt_name, as the legend, with the cluster's size beside."""
     from common import reports
 
-    names = ["Prompt 6"] * 5 + ["Car-free cities"] + ["Prompt 6"] * 3 + ["Prompt 6#2"]
-    folds = pd.DataFrame({"essay_id": [f"e{i}" for i in range(10)], "score": [1, 2, 3, 4, 5] * 2, "fold": [0, 1] * 5,
-                          "prompt_cluster": [0] * 6 + [1] * 4, "prompt_name": names,
-                          "origin": ["persuade"] * 9 + ["other"]})
+    names = ["Prompt 6"] * 5 + ["Car-free cities"] + ["Prompt 6"] * 3 + ["Prompt 6#2"] + ["Prompt 6"] * 2
+    folds = pd.DataFrame({"essay_id": [f"e{i}" for i in range(12)], "score": [1, 2, 3, 4, 5, 6] * 2, "fold": [0, 1] * 6,
+                          "prompt_cluster": [0] * 6 + [1] * 4 + [2] * 2, "prompt_name": names,
+                          "origin": ["persuade"] * 9 + ["other"] + ["persuade"] * 2})
     (tmp_path / "prepare").mkdir()
     folds.to_parquet(tmp_path / "prepare" / "folds.parquet")
+    sizes = {"Prompt 6": 6, "Prompt 6#2": 4, "Prompt 6#3": 2}  # cluster 2: every essay in the corpus as Prompt 6
     (tmp_path / "prepare" / "metrics.json").write_text(json.dumps(
-        {"n_train": 10, "clusters": {"n_clusters": 2, "train_sizes": {"Prompt 6": 6, "Prompt 6#2": 4}}}))
+        {"n_train": 12, "clusters": {"n_clusters": 3, "train_sizes": sizes}}))
     legend = []
     monkeypatch.setattr(reports, "_save", lambda fig, path: (legend.extend(
         t.get_text() for t in fig.axes[0].get_legend().get_texts()), plt.close(fig)))
     reports.plot_score_distribution(folds, "prompt_name", tmp_path / "score_by_prompt.png", "Score share per prompt")
     counts = dict(re.fullmatch(r"(.+) \(n=(\d+)\)", label).groups() for label in legend)
-    assert counts.pop("all rows") == "10" and len(counts) == 3
+    assert counts.pop("all rows") == "12" and len(counts) == 3
     data = section_data(tmp_path)
     for prompt, n in counts.items():
         assert row(data, f"{prompt}</td>").startswith(f"<tr><td>{prompt}</td><td>{n}</td>")
-    assert row(data, "Prompt 6</td>") == "<tr><td>Prompt 6</td><td>8</td><td>6</td></tr>"
+    assert row(data, "Prompt 6</td>") == "<tr><td>Prompt 6</td><td>10</td><td>6</td></tr>"
+    assert row(data, "Prompt 6#3</td>") == "<tr><td>Prompt 6#3</td><td>0</td><td>2</td></tr>"
     assert row(data, "Prompt 6#2</td>") == "<tr><td>Prompt 6#2</td><td>1</td><td>4</td></tr>"
     assert row(data, "Car-free cities</td>") == "<tr><td>Car-free cities</td><td>1</td><td></td></tr>"
 

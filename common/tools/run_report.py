@@ -141,7 +141,7 @@ def _prompt_table(folds: pd.DataFrame, cluster_sizes: Mapping[str, int]) -> str:
     """
     counts = folds["prompt_name"].value_counts()
     frame = pd.DataFrame({"train essays": counts, "in the cluster of that name": pd.Series(cluster_sizes, dtype="Int64")})
-    frame["train essays"] = frame["train essays"].astype("Int64")
+    frame["train essays"] = frame["train essays"].fillna(0).astype("Int64")  # a cluster none of whose essays has its name
     return ("<p>Train essays per prompt (as the score-share legend and the per-prompt QWK count them: the corpus's "
             "prompt where the essay is in the corpus, else its cluster's name), and the size of the prompt cluster "
             "named after it (what the folds stratify by, or hold out whole with prepare.group_by=prompt).</p>"
