@@ -19,6 +19,7 @@ from common.tools.run_report import (
     section_data,
     section_groups,
     section_inference,
+    section_pseudo,
     section_runtime,
     training_curves,
 )
@@ -87,7 +88,8 @@ def test_report_has_every_section_with_the_runs_numbers(reported_output, tmp_pat
     runtime = section(page, "runtime")
     for stage in ("02_train", "04_ensemble", "03_oof_thresholds", "05_infer"):
         assert f"<td>{stage}</td>" in runtime
-    assert "01_pseudo_label has not run" in section(page, "pseudo")  # an absent stage is said, not hidden
+    pseudo = section(page, "pseudo")  # no student in this run: not running 01_pseudo_label is right, and said so
+    assert '<p class="note">No model of this run is a student' in pseudo and "has not run" not in pseudo
     runs = pd.read_json(out / "runtime.jsonl", lines=True)
     assert (runs["seconds"] > 0).all()
 
@@ -106,6 +108,18 @@ def test_groups_count_the_essays_of_each_prompt_and_origin(reported_output, page
     assert per_prompt  # 04 writes the selected method's nested QWK per prompt: the ensemble column
     prompt, value = sorted(per_prompt.items())[0]
     assert f"<td>{value:.4f}</td>" in row(groups, prompt)
+
+
+def test_a_student_without_pseudo_labels_is_said_in_red(reported_output, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reported_output / "prepare", out / "prepare")
+    shutil.copytree(reported_output / "train", out / "train")
+    for config in (out / "train" / "tiny-ordinal" / "folds").glob("*/train_config.json"):
+        settings = json.loads(config.read_text())
+        config.write_text(json.dumps({**settings, "model": {**settings["model"], "teacher": "tiny-regression"}}))
+    pseudo = section_pseudo(out)
+    assert '<p class="missing">01_pseudo_label has not run for tiny-ordinal' in pseudo
+    assert "No model of this run is a student" not in pseudo
 
 
 def test_the_prompt_table_counts_each_prompt_as_the_score_share_legend_does(tmp_path, monkeypatch):

@@ -36,7 +36,7 @@ import pandas as pd
 from common.config import ParamsError, load_params
 from common.folds import folds_fingerprint
 from common.io import atomic_write
-from common.layout import pseudo_plots_dir, stage_timings
+from common.layout import pseudo_dir, pseudo_plots_dir, stage_timings
 from common.logs import duration as _duration
 from common.logs import format_hours
 from common.metrics import MIN_LABEL, N_CLASSES
@@ -430,7 +430,30 @@ def section_pseudo(out: Path) -> str:
         parts.append(f"<p>Pseudo-labels of {html.escape(student)} (teacher {html.escape(str(teacher))}, last fold) "
                      "vs train scores, per prompt:</p>" + _table(frame[[c for c in keep if c in frame.columns]], ".3f"))
         parts.append(_plots([_img(p) for p in sorted(pseudo_plots_dir(out, student).glob("*.png"))]))
-    return ("".join(parts) or _missing("01_pseudo_label has not run")) + _other_runs_note(skipped, shown=False)
+    students = students_of_run(out, stale)
+    unlabelled = [s for s in students if not (pseudo_dir(out, s) / "report.csv").is_file()]
+    if not students:
+        parts.append('<p class="note">No model of this run is a student (none was trained with a teacher, and there '
+                     "is no pseudo/ folder), so 01_pseudo_label had nothing to do.</p>")
+    elif unlabelled:
+        parts.append(_missing(f"01_pseudo_label has not run for {', '.join(unlabelled)}: no "
+                              "pseudo/<student>/report.csv"))
+    return "".join(parts) + _other_runs_note(skipped, shown=False)
+
+
+def students_of_run(out: Path, stale: Mapping[str, str]) -> list[str]:
+    """The students this run's outputs show: a model of this run whose fold models were trained with a teacher
+    (their train_config.json), or one that has a pseudo/<student>/ folder.
+
+    The report reads outputs, not params.yaml (a run may have been made with train.students={} on the command
+    line): a student configured but neither labelled nor trained yet leaves no trace to find.
+    """
+    found = {p.name for p in (out / "pseudo").glob("*") if p.is_dir()}
+    for config in (out / "train").glob("*/folds/*/train_config.json"):
+        name = config.parents[2].name
+        if name not in stale and (_json(config) or {}).get("model", {}).get("teacher"):
+            found.add(name)
+    return sorted(found - set(stale))
 
 
 def section_inference(out: Path) -> str:
