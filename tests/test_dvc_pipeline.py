@@ -184,14 +184,51 @@ def test_every_metrics_file_is_git_tracked_so_experiments_hold_it():
     assert sorted(tracked.split()) == sorted(set(resolved))  # the demo's figures are committed with it
 
 
-def test_dvc_plots_show_renders_offline_with_one_line_per_fold(tmp_path):
+def plots_copy(folder: Path) -> Path:
+    """What `dvc plots show` reads (dvc.yaml, params.yaml, the dvc config and templates) in a fresh git repository."""
     from common.tools.offline_plots import write_offline_page
 
     for name in ("dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots/by_unit.json"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, tmp_path / name)
-    write_offline_page(tmp_path / ".dvc" / "plots" / "offline.html")
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, folder / name)
+    write_offline_page(folder / ".dvc" / "plots" / "offline.html")
+    subprocess.run(["git", "init", "-q"], cwd=folder, check=True)
+    return folder
+
+
+def write_png(path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = plt.figure(figsize=(2, 2))
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def test_dvc_plots_show_of_a_run_without_students_misses_no_plot(tmp_path):
+    """The pseudo-label plots are the pseudo_label stages' outputs: no student, no stage, no plot missing."""
+    edit_params(plots_copy(tmp_path), lambda d: d["train"].update(students={}))
+    out = tmp_path / "output"
+    for folder in ("prepare/plots", "thresholds/plots", "ensemble/plots"):  # every plot a finished run makes
+        write_png(out / folder / "shares.png")
+    (out / "curves" / "tiny-regression").mkdir(parents=True)
+    (out / "curves" / "tiny-regression" / "eval_qwk.tsv").write_text("step\tunit\teval_qwk\n1\tfold_0\t0.5\n")
+    shown = dvc(tmp_path, "plots", "show", "-o", "dvc_plots")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "failed to load" not in shown.stdout + shown.stderr, shown.stdout + shown.stderr
+
+
+def test_dvc_plots_show_renders_a_students_pseudo_label_plots(tmp_path):
+    plots_copy(tmp_path)
+    student = next(iter(load_params(tmp_path / "params.yaml").train.students))
+    write_png(tmp_path / "output" / "plots" / "pseudo" / student / "distribution.png")
+    shown = dvc(tmp_path, "plots", "show", "-o", "dvc_plots")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert f"plots/pseudo/{student}/distribution.png" in (tmp_path / "dvc_plots" / "index.html").read_text()
+
+
+def test_dvc_plots_show_renders_offline_with_one_line_per_fold(tmp_path):
+    plots_copy(tmp_path)
     curves = tmp_path / "output" / "curves" / "tiny-regression"
     curves.mkdir(parents=True)
     (curves / "eval_qwk.tsv").write_text("step\tunit\teval_qwk\n1\tfold_0\t0.5\n2\tfold_0\t0.6\n1\tfold_1\t0.4\n"
