@@ -35,7 +35,6 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
-from common import layout
 from common.artifact_checks import COPY_HINT, TRUNCATED, ArtifactError, Problems, read_json
 from common.config import Params
 from common.data import InputError, read_csv_checked
@@ -227,11 +226,10 @@ class ArtifactSet:
         A file that is there but truncated fails here, not after the fold models ran.
         """
         problems = Problems()
-        for name in self.models:
+        self.fold_dirs = EnsembleArtifact.member_dirs(self.root, self.spec, self.folds, problems)
+        for name in self.fold_dirs:
             rerun_train = (f"re-run python 02_train/run.py train.model={name} (it trains again every fold whose "
                            "files are missing or unreadable)")
-            members = self.spec.get("members", {}).get(name) or [layout.unit_name(k) for k in self.folds]
-            self.fold_dirs[name] = [layout.model_dir(self.root, name) / "folds" / member for member in members]
             for fold_dir in self.fold_dirs[name]:
                 self._check_fold(fold_dir, problems, rerun_train)
         EnsembleArtifact.check(self.root / ENSEMBLE_DIR, self.spec, problems)
