@@ -245,7 +245,8 @@ class ModelParams:
     # Seeds and the full fit
     seeds: list[int] = _help(
         "Seeds of this model: each fold trains once per seed; OOF and test predictions are their mean. Empty: the "
-        "top-level seed, once. Adding a seed trains only the new one.", factory=list)
+        "top-level seed, once. Each in [0, 4294967295]; the first keeps the plain fold_<k> folders, and the top-level "
+        "seed then changes nothing of the model. Adding a seed trains only the new one.", factory=list)
     full_fit: Literal["off", "beside", "alone"] = _help(
         "After CV, a model per seed on every labelled row, stopped where CV stopped (keep_best: the folds' mean "
         "best share of the last stage). Inference uses it beside the fold models (one more member) or alone; "
@@ -334,6 +335,11 @@ class TrainParams:
                                   "use one of them")
             if len(set(spec.seeds)) != len(spec.seeds):
                 raise ParamsError(f"train.{group}.{name}.seeds={spec.seeds} lists a seed twice; list each once")
+            outside = [s for s in spec.seeds if not _in_range(s, RANGES[Params]["seed"])]
+            if outside:
+                raise ParamsError(f"'train.{group}.{name}.seeds' = {spec.seeds}: seed {outside[0]} is out of range: "
+                                  f"allowed {RANGES[Params]['seed']} (like the top-level seed). Fix: list seeds "
+                                  "within that range")
             if spec.effective_batch_size % spec.batch_size:
                 raise ParamsError(f"train.{group}.{name}: effective_batch_size={spec.effective_batch_size} is not a "
                                   f"multiple of batch_size={spec.batch_size} (it is batch_size x processes x "

@@ -208,11 +208,6 @@ def _train_one_unit(spec: ModelParams, backbone: str, tokenizer, data, unit: Uni
     final = fold_dir(out, spec.name, unit.fold, unit.seed)
     telemetry = replace(telemetry, live_dir=live_dir(out, spec.name, unit.name), run_name=f"{spec.name}/{unit.name}",
                         profile_dir=profile_dir(out, spec.name, unit.name))
-    if main and unit.fold is not None:
-        stale_oof = model_dir(out, spec.name) / "oof.parquet"
-        if stale_oof.exists():  # it no longer describes the model once a fold trains again
-            log.info("%s: removing %s while %s trains", spec.name, stale_oof, unit.label)
-            stale_oof.unlink(missing_ok=True)  # fold workers may race for it
     ckpt = checkpoint_dir(out, spec.name, unit.fold, unit.seed)
     run_seed = unit.run_seed(seed)
     fraction = stop_fraction if unit.fold is None else 1.0
@@ -226,6 +221,8 @@ def _train_one_unit(spec: ModelParams, backbone: str, tokenizer, data, unit: Uni
         write_parquet(tmp / "oof.parquet", result.oof)
         write_csv(tmp / "log.csv", reproducible_log(result.log))
         write_json(tmp / "metrics.json", {k: v for k, v in result.metrics.items() if k not in TIMINGS})
+    if unit.fold is not None:  # only now, the fold's new model in place, does the OOF file describe another
+        _remove_stale_oof(out, spec.name, unit.label)
     write_json(timings_file(out, spec.name, unit.name), {k: result.metrics[k] for k in TIMINGS})
     if unit.fold is None:
         log.info("%s %s: trained on every labelled row (%.0f%% of the last stage, where CV stopped) in %.0f s",
@@ -233,6 +230,15 @@ def _train_one_unit(spec: ModelParams, backbone: str, tokenizer, data, unit: Uni
     else:
         log.info("%s %s: held-out QWK (rounded) %.4f in %.0f s", spec.name, unit.label,
                  result.metrics["qwk_rounded"], result.metrics["seconds"])
+
+
+def _remove_stale_oof(out: Path, name: str, label: str) -> None:
+    """The model's oof.parquet no longer describes it once a fold has trained again (removed after, not before:
+    a fold that fails leaves the model's files as they were)."""
+    stale_oof = model_dir(out, name) / "oof.parquet"
+    if stale_oof.exists():
+        log.info("%s: removing %s (%s trained again)", name, stale_oof, label)
+        stale_oof.unlink(missing_ok=True)  # fold workers may race for it
 
 
 LOCK_FILE = "lock"
@@ -362,8 +368,8 @@ def collect_oof(out: Path, spec: ModelParams, folds: pd.DataFrame, seed: int, re
                          for unit in units},
                "mlm": _mlm_summary(fold_dir(out, name, units[0].fold, units[0].seed))}
     if len(seeds) > 1:
-        metrics["seeds"] = {str(seed if s is None else s): _oof_scores(
-            folds, pd.concat([per_unit[u] for u in units if u.seed == s]))["qwk_rounded"] for s in seeds}
+        metrics["seeds"] = {str(s): _oof_scores(
+            folds, pd.concat([per_unit[u] for u in units if u.run_seed(seed) == s]))["qwk_rounded"] for s in seeds}
     logs = [pd.read_csv(fold_dir(out, name, u.fold, u.seed) / "log.csv").assign(fold=u.fold) for u in units]
     if len(seeds) > 1:
         logs = [frame.assign(seed=u.run_seed(seed)) for frame, u in zip(logs, units, strict=True)]
@@ -490,9 +496,15 @@ def _needs_training(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts
 # Backbones adapted by masked-language modelling
 
 
+def mlm_seed(spec: ModelParams, seed: int) -> int:
+    """The seed of a model's MLM run: its first seed when it lists `seeds` (the run's `seed` then changes nothing
+    of the model), else the run's."""
+    return model_seeds(spec, seed)[0]
+
+
 def mlm_fingerprint(spec: ModelParams, base: str, texts: list[str], seed: int) -> str:
     """Hash of what an MLM-adapted backbone depends on: base backbone, MLM settings, newline token, essays."""
-    digest = hashlib.sha256(json.dumps({"base": base, "mlm": asdict(spec.mlm), "seed": seed,
+    digest = hashlib.sha256(json.dumps({"base": base, "mlm": asdict(spec.mlm), "seed": mlm_seed(spec, seed),
                                         "newline": spec.add_newline_tokens}, sort_keys=True).encode())
     add_texts(digest, texts)
     return digest.hexdigest()[:16]
@@ -522,8 +534,8 @@ def adapted_backbone(spec: ModelParams, base: str, texts: list[str], out: Path, 
     metrics = adapt_backbone(base, texts, folder, mlm_probability=m.probability, whole_word_masking=m.whole_word,
                              max_length=m.max_length, epochs=m.epochs, batch_size=m.batch_size, lr=m.lr,
                              held_out_share=m.held_out_share, add_newline_tokens=spec.add_newline_tokens,
-                             seed=seed, device=device, mixed_precision=spec.mixed_precision, checkpoint=checkpoint,
-                             fingerprint=fingerprint)
+                             seed=mlm_seed(spec, seed), device=device, mixed_precision=spec.mixed_precision,
+                             checkpoint=checkpoint, fingerprint=fingerprint)
     log.info("%s: held-out MLM loss %.4f -> %.4f", spec.name, metrics["held_out_loss_before"],
              metrics["held_out_loss_after"])
     return str(folder)

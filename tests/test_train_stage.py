@@ -310,3 +310,50 @@ def test_seeds_are_averaged_and_the_full_fit_trains_on_every_row(tmp_path):
     alone = pd.read_parquet(folder / "oof.parquet").set_index("essay_id")["pred"]
     pd.testing.assert_series_equal(alone.sort_index(), pd.concat([per_seed["fold_0"], per_seed["fold_1"]]).sort_index(),
                                    check_names=False)
+
+
+def _tiny_spec(**changes):
+    from common.config import ModelParams, StageParams
+
+    return ModelParams(name="t", max_length=64, stages=[StageParams(epochs=1.0)], batch_size=8, effective_batch_size=16,
+                       lr=1e-3, head_lr=5e-3, warmup_ratio=0.0, **changes)
+
+
+def test_the_largest_seed_trains_and_the_oof_file_stays_until_a_fold_has_trained_again(tmp_path, monkeypatch):
+    """seed + fold must not overflow numpy's 32-bit seeds, and the model's oof.parquet is removed only once a fold
+    that makes it stale has trained (a failed fold leaves it as it was)."""
+    import common.train_stage
+    from common.train_stage import train_model
+    from common.training import TrainingError
+    from tests.conftest import BACKBONE, fold_table
+
+    _, table, texts = fold_table(seed=5, n_train=48, n_corpus_only=10, n_folds=2)
+    spec = _tiny_spec()
+    oof = tmp_path / "train" / "t" / "oof.parquet"
+    oof.parent.mkdir(parents=True)
+    oof.write_bytes(b"the previous OOF file")
+
+    def fails(*args, **kwargs):
+        raise TrainingError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(common.train_stage, "train_fold", fails)
+        with pytest.raises(TrainingError, match="disk full"):
+            train_model(spec, BACKBONE, table, texts, tmp_path, 4294967295, [1], "cpu")
+    assert oof.read_bytes() == b"the previous OOF file"
+    train_model(spec, BACKBONE, table, texts, tmp_path, 4294967295, [1], "cpu")  # fold 1: seed 2**32 folded to 0
+    assert json.loads((tmp_path / "train" / "t" / "folds" / "fold_1" / "train_config.json").read_text())["seed"] == (
+        4294967295)
+    assert not oof.exists()  # fold 1 trained again: the old OOF file no longer describes the model
+
+
+def test_the_run_seed_neither_renames_nor_retrains_a_model_with_its_own_seeds():
+    from common.layout import inference_units
+
+    spec = _tiny_spec(seeds=[42, 7], full_fit="beside")
+    names = ["fold_0", "fold_0_seed7", "fold_1", "fold_1_seed7", "full", "full_seed7"]
+    for run_seed in (42, 7, 1):
+        units = inference_units(spec, [0, 1], run_seed)
+        assert [u.name for u in units] == names
+        assert [u.run_seed(run_seed) for u in units] == [42, 7, 42, 7, 42, 7]  # what each fingerprint holds
+    assert [u.run_seed(1) for u in inference_units(_tiny_spec(), [0], 1)] == [1]  # no seeds: the run's
