@@ -13,6 +13,7 @@ kind of parallelism: several folds at once, one process per GPU, each a plain si
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -23,9 +24,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -270,10 +272,7 @@ def fold_lock(folder: Path, what: str, take: bool = True) -> Iterator[None]:
                             holder.get("pid"))
                 lock.unlink(missing_ok=True)
                 continue
-            raise TrainingError(
-                f"{what} is being trained by process {holder.get('pid')} on {holder.get('host')} since "
-                f"{holder.get('since')} (lock {lock}); two runs of one fold would share its checkpoint. Wait "
-                f"for it or stop it; if that process is gone, delete {lock}") from None
+            raise TrainingError(_busy_message(what, holder, lock)) from None
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(me, handle)
         break
@@ -281,6 +280,25 @@ def fold_lock(folder: Path, what: str, take: bool = True) -> Iterator[None]:
         yield
     finally:
         lock.unlink(missing_ok=True)
+
+
+def _busy_message(what: str, holder: dict, lock: Path) -> str:
+    return (f"{what} is being trained by process {holder.get('pid')} on {holder.get('host')} since "
+            f"{holder.get('since')} (lock {lock}); two runs of one fold would share its checkpoint. Wait "
+            f"for it or stop it; if that process is gone, delete {lock}")
+
+
+def busy_lock(folder: Path, what: str) -> str | None:
+    """Why `fold_lock` would refuse the unit whose checkpoint folder is `folder` now (a live process of this host,
+    or one of another host, holds its lock), or None. Looks only: takes nothing."""
+    lock = folder / LOCK_FILE
+    if not lock.is_file():
+        return None
+    holder = _lock_holder(lock)
+    if holder.get("host") == socket.gethostname() and (not _running(holder.get("pid"))
+                                                       or holder.get("pid") == os.getpid()):
+        return None
+    return _busy_message(what, holder, lock)
 
 
 def _lock_holder(lock: Path) -> dict:
@@ -565,22 +583,27 @@ def train_in_workers(params: Params, name: str, folds: list[int], script: Path) 
     """Train `folds` of model `name` in parallel processes (`python <script> ...`, one fold each).
 
     Each worker is a plain single-fold, single-process run of the stage with the same params (written to
-    <out>/checkpoints/<name>/params.yaml), its own GPU on CUDA or a share of the CPU cores otherwise, and
-    its log in <out>/checkpoints/<name>/fold_<k>.log. A failed fold does not stop the others; the stage
-    then fails naming it, and a re-run trains only what is missing.
+    <out>/checkpoints/<name>/params.yaml), its own GPU on CUDA or, on CPU, the thread count a serial run has (so
+    both train to the same bits), and its log appended to <out>/checkpoints/<name>/fold_<k>.log. Workers die with
+    the stage (`start_worker`). A fold whose lock a live process holds is not started (its log is that process's).
+    A failed fold does not stop the others; the stage then fails naming it, and a re-run trains only what is
+    missing.
     """
+    import torch
     from tqdm.auto import tqdm
 
-    out = params.output_dir
+    out, spec = params.output_dir, params.train.all_models[name]
     slots = worker_devices(params.train.device, params.train.fold_workers)[: len(folds)]
     work = checkpoint_dir(out, name, 0).parent
     work.mkdir(parents=True, exist_ok=True)
     params_file = work / "params.yaml"
     params_file.write_text(yaml.safe_dump(plain(params), sort_keys=False), encoding="utf-8")
-    threads = params.train.num_threads or max(1, (os.cpu_count() or 1) // len(slots))
-    queue, running, failed = list(folds), {}, []
+    # A serial run's thread count: a CPU reduction split over other threads rounds otherwise (by ~1e-7).
+    threads = params.train.num_threads or torch.get_num_threads()
+    queue, running, failed, busy = list(folds), {}, [], []
     log.info("%s: training folds %s with %d workers (%s)", name, folds, len(slots),
-             ", ".join(f"GPU {s}" for s in slots) if slots[0] is not None else f"CPU, {threads} threads each")
+             ", ".join(f"GPU {s}" for s in slots) if slots[0] is not None
+             else f"CPU, {threads} threads each, as a serial run has")
     def stop(signum, frame):  # a killed stage takes its workers with it (the finally below)
         raise TrainingError(f"{name}: stopped by signal {signum}; the running folds were stopped too")
 
@@ -592,6 +615,12 @@ def train_in_workers(params: Params, name: str, folds: list[int], script: Path) 
                     if slot in running or not queue:
                         continue
                     fold = queue.pop(0)
+                    holders = [m for u in fold_units(spec, [fold], params.seed) if (m := busy_lock(
+                        checkpoint_dir(out, name, u.fold, u.seed), f"{name} {u.label}")) is not None]
+                    if holders:  # its log is that process's: not started, nothing truncated
+                        log.error("%s", "\n".join(holders))
+                        busy.append(fold)
+                        continue
                     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(script.resolve().parents[1]),
                                                                         os.environ.get("PYTHONPATH", "")])}
                     for variable in _LAUNCHER_VARIABLES:
@@ -602,9 +631,8 @@ def train_in_workers(params: Params, name: str, folds: list[int], script: Path) 
                     cmd = [sys.executable, str(script), "--params", str(params_file), f"train.model={name}",
                            f"train.folds=[{fold}]", "train.step=fit", "train.fold_workers=1",
                            f"train.num_threads={threads}"]
-                    handle = open(work / f"fold_{fold}.log", "w", encoding="utf-8")  # noqa: SIM115 (closed below)
-                    running[slot] = (fold, subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT),
-                                     handle)
+                    proc, handle = start_worker(cmd, env, work / f"fold_{fold}.log")
+                    running[slot] = (fold, proc, handle)
                     log.info("%s fold %d: started on %s", name, fold, f"GPU {gpu}" if gpu is not None else "CPU")
                 for slot, (fold, proc, handle) in list(running.items()):
                     if proc.poll() is None:
@@ -625,6 +653,41 @@ def train_in_workers(params: Params, name: str, folds: list[int], script: Path) 
                 proc.terminate()
                 proc.wait()
                 handle.close()
+    if busy:
+        raise TrainingError(f"{name}: fold(s) {sorted(busy)} are being trained by another process (above), so they were "
+                            "not started" + (f", and fold(s) {sorted(failed)} failed in their workers (logs in {work})"
+                                             if failed else "") + "; the others are kept. Wait for that process or "
+                            "stop it, then re-run: only the missing folds train again.")
     if failed:
         raise TrainingError(f"{name}: fold(s) {sorted(failed)} failed in their workers (logs in {work}); the others "
                             "are kept. Fix the cause and re-run: only the missing folds train again.")
+
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2): the signal the kernel sends a process when the thread that started it ends (Linux)."""
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child get SIGKILL when this process dies, however it dies (SIGKILL and the
+    out-of-memory killer included, where no handler or `finally` runs); None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the call took effect
+            os._exit(1)
+
+    return preexec
+
+
+def start_worker(cmd: list[str], env: dict[str, str] | None, log_file: Path) -> tuple[subprocess.Popen, IO[str]]:
+    """Start a fold worker, its output appended to `log_file` (never truncated: a process of an earlier run may
+    still write there), and bound to die with this process (`_die_with_parent`). The caller closes the handle."""
+    handle = open(log_file, "a", encoding="utf-8")  # noqa: SIM115 (the caller closes it)
+    handle.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: started by process {os.getpid()}\n")
+    handle.flush()
+    return subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with_parent()), handle
