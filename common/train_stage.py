@@ -98,6 +98,13 @@ def trained_fingerprint(folder: Path) -> str | None:
     return None if config is None else config.get("fingerprint")
 
 
+def unit_fingerprints(out: Path, spec: ModelParams, fold_ids: list[int], seed: int) -> dict[str, str | None]:
+    """{unit name: its trained fingerprint (None: not trained)} of the model's fold models: what a teacher's
+    pseudo-labels record of the folds that made them, and what its student compares."""
+    return {u.name: trained_fingerprint(fold_dir(out, spec.name, u.fold, u.seed))
+            for u in fold_units(spec, fold_ids, seed)}
+
+
 def trained_config(folder: Path) -> dict | None:
     """A complete fold folder's train_config.json, or None when the folder is incomplete or unreadable."""
     needed = ("train_config.json", "oof.parquet", "metrics.json", "log.csv", "scorer.json", "tokenizer_config.json")
@@ -469,7 +476,8 @@ def train_models(params: Params, script: Path) -> None:
         backbone, pseudo = spec.backbone or params.backbone, None
         if t.step != "collect" and spec.uses_pseudo:
             pseudo = load_student_pseudo(pseudo_dir(out, name), out / "prepare" / "external.parquet", fold_ids, texts,
-                                         folds_fingerprint(folds), spec.teacher)
+                                         folds_fingerprint(folds), spec.teacher,
+                                         unit_fingerprints(out, t.all_models[spec.teacher], fold_ids, params.seed))
         if t.step != "collect" and spec.mlm.epochs > 0:
             external = read_external(out / "prepare" / "external.parquet")
             mlm_texts = [*data.train["full_text"], *data.test["full_text"], *external["full_text"]]
