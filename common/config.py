@@ -686,6 +686,13 @@ def _schema_type(cls: type, path: list[str]) -> Any:
     return tp
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """'is not plain YAML (...)' for a tag safe_load refuses (`!!python/object/apply:...`), else 'is not valid YAML
+    (...)', with yaml's reason and place on one line."""
+    kind = "plain" if isinstance(exc, yaml.constructor.ConstructorError) else "valid"
+    return f"is not {kind} YAML ({' '.join(str(exc).split())})"
+
+
 def apply_override(data: dict[str, Any], override: str) -> None:
     """Apply one `dotted.key=value` override to raw params data in place (value parsed as YAML)."""
     if "=" not in override:
@@ -694,7 +701,11 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     key = key.strip()
     path = key.split(".")
     _schema_type(Params, path)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"override '{override}': its value {_yaml_problem(exc)}. Fix: quote or complete the value, "
+                          "e.g. 'stages=[{rows: all, epochs: 2}]' (the shell needs the quotes)") from None
     node: Any = data
     for i, part in enumerate(path[:-1]):
         if isinstance(node, list):
@@ -721,7 +732,11 @@ def load_params(path: str | Path | None = "params.yaml", overrides: typing.Seque
         path = Path(path)
         if not path.exists():
             raise ParamsError(f"params file {path} not found; run from the repository root or pass --params")
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ParamsError(f"{path}: not {_yaml_problem(exc).removeprefix('is not ')}. Nothing ran. Fix: correct "
+                              "the place it names (params hold plain values: no tags such as !!python/...)") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ParamsError(f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
         data = loaded or {}

@@ -40,6 +40,7 @@ from common.config import Params
 from common.data import InputError, read_csv_checked
 from common.devices import autocast_dtype
 from common.ensemble_artifact import ENSEMBLE_DIR, EnsembleArtifact
+from common.io import atomic_write, staged_dir, write_csv, write_json, write_parquet
 from common.models import EssayScorer
 from common.models.scorer import (
     ADAPTER_DIR,
@@ -459,6 +460,23 @@ def prediction_frame(test_ids: np.ndarray, predictions: TestPredictions) -> pd.D
         for member, column in zip(names, values, strict=True):
             columns[f"{name}__{member}"] = column
     return pd.DataFrame(columns)
+
+
+def write_outputs(submission_path: Path, submission: pd.DataFrame, infer_dir: Path | None = None,
+                  metrics: dict | None = None, predictions: pd.DataFrame | None = None) -> None:
+    """The submission and, locally (`infer_dir`), infer/metrics.json and infer/test_predictions.parquet, together:
+    every file is written in full (staged) before any replaces its predecessor, so a failure (a full disk) leaves
+    the previous outputs as they were, never a new submission beside old predictions. Kaggle writes the
+    submission alone."""
+    if infer_dir is None:
+        write_csv(submission_path, submission)
+        return
+    with atomic_write(submission_path) as staged_submission:
+        submission.to_csv(staged_submission, index=False)
+        with staged_dir(infer_dir) as tmp:
+            write_json(tmp / "metrics.json", metrics)
+            write_parquet(tmp / "test_predictions.parquet", predictions)
+        # infer/ is in place; leaving atomic_write renames the submission beside it
 
 
 def ensemble_scores(artifacts: ArtifactSet, predictions: TestPredictions, texts: list[str]) -> tuple[np.ndarray,

@@ -239,3 +239,27 @@ def test_help_and_params_errors_come_before_torch_is_imported(stage):
                                 env={"PYTHONPATH": str(REPO), "PATH": ""}, timeout=120)
         expected = "exit 0 False" if args == ["--help"] else "exit 2 False"
         assert expected in result.stdout, result.stdout[-500:] + result.stderr[-2000:]
+
+
+def test_a_python_tag_in_params_yaml_is_refused_by_name(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ParamsError, match=rf"{path}: not plain YAML .*python/object/apply.*Fix:"):
+        load_params(path)
+    path.write_text("train:\n  models: {a: {stages: [\n")
+    with pytest.raises(ParamsError, match=rf"{path}: not valid YAML .*line \d+.*Fix:"):
+        load_params(path)
+
+
+def test_an_unclosed_override_is_refused_by_name():
+    override = "train.models.tiny-regression.stages=[{rows: all"
+    with pytest.raises(ParamsError, match=r"override 'train\.models\.tiny-regression\.stages=\[\{rows: all': its "
+                                          r"value is not valid YAML .*Fix:"):
+        load_params(REPO / "params.yaml", [override])
+    with pytest.raises(ParamsError, match=r"override 'seed=!!python/object/apply:os\.system \[x\]': its value is not "
+                                          "plain YAML"):
+        load_params(REPO / "params.yaml", ["seed=!!python/object/apply:os.system [x]"])
+    from tests.conftest import run_cli
+
+    result = run_cli("00_prepare", override)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and f"override '{override}'" in result.stderr

@@ -500,3 +500,33 @@ def test_a_lora_models_base_backbone_travels_with_the_bundle(tmp_path, monkeypat
     shutil.move(str(dataset), moved)  # Kaggle mounts the dataset wherever it likes
     got, _ = EssayScorer.load(moved / "train" / "m" / "folds" / "fold_0").predict(ids, mask)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def test_05s_outputs_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
+    """A full disk while writing test_predictions.parquet: no new submission beside the old predictions."""
+    import errno
+
+    from common.inference import write_outputs
+    from common.io import WriteFailed
+
+    infer = tmp_path / "infer"
+    infer.mkdir()
+    (tmp_path / "submission.csv").write_text("old submission\n")
+    (infer / "test_predictions.parquet").write_text("old predictions")
+    submission = pd.DataFrame({"essay_id": ["a"], "score": [3]})
+    predictions = pd.DataFrame({"essay_id": ["a"], "m": [3.1]})
+
+    def disk_full(self, path, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pd.DataFrame, "to_parquet", disk_full)
+        with pytest.raises(WriteFailed, match=r"test_predictions\.parquet: could not be written"):
+            write_outputs(tmp_path / "submission.csv", submission, infer, {"n": 1}, predictions)
+    assert (tmp_path / "submission.csv").read_text() == "old submission\n"
+    assert sorted(p.name for p in infer.iterdir()) == ["test_predictions.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["infer", "submission.csv"]  # no staging left behind
+    write_outputs(tmp_path / "submission.csv", submission, infer, {"n": 1}, predictions)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "submission.csv"), submission)
+    pd.testing.assert_frame_equal(pd.read_parquet(infer / "test_predictions.parquet"), predictions)
+    assert json.loads((infer / "metrics.json").read_text()) == {"n": 1}
