@@ -46,8 +46,9 @@ def main(params: Params) -> None:
         read_test,
         resolve_paths,
         spread,
+        write_outputs,
     )
-    from common.io import write_csv, write_json, write_parquet
+    from common.io import write_json
     from common.layout import stage_timings
     from common.logs import format_hours
 
@@ -82,17 +83,16 @@ def main(params: Params) -> None:
                                 len(texts) * len(artifacts.folds) * len(artifacts.models) / seconds, p.time_limit_hours)
     log.info("%d essays in %.1f s: %d essays for the ensemble would take %s on this machine", len(texts),
              seconds, p.expected_essays, format_hours(measured["this_device_hours"]))
-    write_csv(paths.submission, submission)
-    if not paths.on_kaggle:
+    if paths.on_kaggle:
+        write_outputs(paths.submission, submission)
+    else:
         estimate = {k: v for k, v in measured.items() if k != "this_device_hours"}
-        write_json(params.output_dir / "infer" / "metrics.json", {
+        write_outputs(paths.submission, submission, params.output_dir / "infer", {
             "n_essays": len(texts), "devices": [str(d) for d in devices], "runtime_estimate": estimate,
             "score_counts": {str(k): int(v) for k, v in submission["score"].value_counts().sort_index().items()},
             "mean_prediction": float(np.mean(continuous)),
             "spread": spreads, "spread_correction": p.spread_correction,
-        })
-        write_parquet(params.output_dir / "infer" / "test_predictions.parquet",
-                      prediction_frame(test["essay_id"].to_numpy(), predictions))
+        }, prediction_frame(test["essay_id"].to_numpy(), predictions))
         write_json(stage_timings(params.output_dir, "infer"), {  # changes from run to run: not in metrics
             "seconds": seconds, "model_seconds": predictions.seconds,
             "this_device_hours": measured["this_device_hours"]})

@@ -42,6 +42,21 @@ class Problems:
         return bool(self.lines)
 
 
+def escapes(folder: Path, entry: object) -> str | None:
+    """Why `entry`, a path an artifact file names relative to `folder`, is refused, or None when it is a relative
+    path that resolves (symlinks followed) to something inside `folder`. Checked before anything there is read:
+    an artifact must not make 05_infer or `make kaggle` read or ship a file from elsewhere on the machine."""
+    if not isinstance(entry, str) or not entry:
+        return f"{entry!r} is not a file or folder name"
+    if Path(entry).is_absolute():
+        return f"{entry!r} is an absolute path"
+    base = folder.resolve()
+    target = (folder / entry).resolve()
+    if base not in target.parents:
+        return f"{entry!r} resolves to {target}, outside {base}"
+    return None
+
+
 def json_problem(path: Path) -> tuple[object, str | None]:
     """(the parsed JSON at `path`, None), or (None, what is wrong with it)."""
     try:

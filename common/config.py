@@ -286,7 +286,8 @@ class ModelParams:
     # Seeds and the full fit
     seeds: list[int] = _help(
         "Seeds of this model: each fold trains once per seed; OOF and test predictions are their mean. Empty: the "
-        "top-level seed, once. Adding a seed trains only the new one.", factory=list)
+        "top-level seed, once. Each in [0, 4294967295]; the first keeps the plain fold_<k> folders, and the top-level "
+        "seed then changes nothing of the model. Adding a seed trains only the new one.", factory=list)
     full_fit: Literal["off", "beside", "alone"] = _help(
         "After CV, a model per seed on every labelled row, stopped where CV stopped (keep_best: the folds' mean "
         "best share of the last stage). Inference uses it beside the fold models (one more member) or alone; "
@@ -379,6 +380,11 @@ class TrainParams:
                                   "use one of them")
             if len(set(spec.seeds)) != len(spec.seeds):
                 raise ParamsError(f"train.{group}.{name}.seeds={spec.seeds} lists a seed twice; list each once")
+            outside = [s for s in spec.seeds if not _in_range(s, RANGES[Params]["seed"])]
+            if outside:
+                raise ParamsError(f"'train.{group}.{name}.seeds' = {spec.seeds}: seed {outside[0]} is out of range: "
+                                  f"allowed {RANGES[Params]['seed']} (like the top-level seed). Fix: list seeds "
+                                  "within that range")
             if spec.effective_batch_size % spec.batch_size:
                 raise ParamsError(f"train.{group}.{name}: effective_batch_size={spec.effective_batch_size} is not a "
                                   f"multiple of batch_size={spec.batch_size} (it is batch_size x processes x "
@@ -731,6 +737,13 @@ def _schema_type(cls: type, path: list[str]) -> Any:
     return tp
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """'is not plain YAML (...)' for a tag safe_load refuses (`!!python/object/apply:...`), else 'is not valid YAML
+    (...)', with yaml's reason and place on one line."""
+    kind = "plain" if isinstance(exc, yaml.constructor.ConstructorError) else "valid"
+    return f"is not {kind} YAML ({' '.join(str(exc).split())})"
+
+
 def apply_override(data: dict[str, Any], override: str, parse: typing.Callable[[str], Any] = yaml.safe_load) -> None:
     """Apply one `dotted.key=value` override to raw params data in place (value parsed as YAML by `parse`)."""
     if "=" not in override:
@@ -739,7 +752,11 @@ def apply_override(data: dict[str, Any], override: str, parse: typing.Callable[[
     key = key.strip()
     path = key.split(".")
     _schema_type(Params, path)
-    value = parse(raw) if raw.strip() else ""
+    try:
+        value = parse(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"override '{override}': its value {_yaml_problem(exc)}. Fix: quote or complete the value, "
+                          "e.g. 'stages=[{rows: all, epochs: 2}]' (the shell needs the quotes)") from None
     node: Any = data
     for i, part in enumerate(path[:-1]):
         if isinstance(node, list):
@@ -766,7 +783,11 @@ def load_params(path: str | Path | None = "params.yaml", overrides: typing.Seque
         path = Path(path)
         if not path.exists():
             raise ParamsError(f"params file {path} not found; run from the repository root or pass --params")
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ParamsError(f"{path}: not {_yaml_problem(exc).removeprefix('is not ')}. Nothing ran. Fix: correct "
+                              "the place it names (params hold plain values: no tags such as !!python/...)") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ParamsError(f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
         data = loaded or {}

@@ -216,6 +216,16 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+SEED_SPACE = 2**32
+"""numpy's seeds are 32-bit: every seed derived from a configured one is folded into [0, 2**32)."""
+
+
+def derived_seed(seed: int, offset: int) -> int:
+    """`seed + offset` folded into numpy's seed range (a fold's seed from the run's: seed 4294967295, fold 1 -> 0).
+    Seeds that do not overflow are unchanged, so folds trained before keep their seeds."""
+    return (seed + offset) % SEED_SPACE
+
+
 def seed_everything(seed: int) -> None:
     """torch, numpy and Python's RNGs from one seed (CUDA's follow torch's)."""
     torch.manual_seed(seed)

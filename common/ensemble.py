@@ -54,7 +54,7 @@ from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import NotFittedError
 
-from common.artifact_checks import ENSEMBLE_FILE, TRUNCATED, Problems, read_json
+from common.artifact_checks import ENSEMBLE_FILE, TRUNCATED, Problems, escapes, read_json
 from common.io import atomic_write
 from common.metrics import check_labels, check_same_length, check_sample_weight, qwk
 from common.nested import check_folds
@@ -166,6 +166,12 @@ class Combiner(BaseEstimator):
               fix: str) -> None:
         """Record in `problems` every file or entry field `load` needs that is missing or unreadable."""
         raise NotImplementedError
+
+    @classmethod
+    def input_columns(cls, directory: Path, entry: Mapping[str, Any]) -> list[str] | None:
+        """The columns of X the saved combiner was fitted on, for a method on stacker features (None: not recorded,
+        or unreadable, which `check` reports)."""
+        return None
 
 
 class _WeightedBlend(Combiner):
@@ -663,6 +669,13 @@ class LGBMStacker(Combiner):
         return stacker
 
     @classmethod
+    def input_columns(cls, directory: Path, entry: Mapping[str, Any]) -> list[str] | None:
+        """stacker.json's "feature_names"."""
+        meta = read_json(Path(directory) / cls.DIR / cls.META_FILE, Problems(), "")
+        names = meta.get("feature_names") if isinstance(meta, dict) else None
+        return [str(n) for n in names] if isinstance(names, list) else None
+
+    @classmethod
     def check(cls, directory: Path, entry: Mapping[str, Any], models: Sequence[str], problems: Problems,
               fix: str) -> None:
         """stacker.json with every key `load` reads, and every booster whole (see `lightgbm_model_problem`)."""
@@ -676,8 +689,12 @@ class LGBMStacker(Combiner):
         if absent or not isinstance(model_files, dict) or not model_files:
             problems.bad(meta_file, f"lacks {absent or ['model_files']}: {TRUNCATED}", fix)
             return
-        for file in model_files.values():
-            path = folder / str(file)
+        for fold, file in model_files.items():
+            if (why := escapes(folder, file)) is not None:  # refused before anything there is read
+                problems.bad(meta_file, f"'model_files' entry {fold}: {why}: refused (an artifact names only files "
+                             "inside its folder)", fix)
+                continue
+            path = folder / file
             if not path.is_file():
                 problems.missing(path, fix)
             elif (problem := lightgbm_model_problem(path)) is not None:

@@ -26,12 +26,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common import layout
 from common.artifact_checks import (
     COPY_HINT,
     ENSEMBLE_FILE,
     TRUNCATED,
     ArtifactError,
     Problems,
+    escapes,
     json_problem,
     read_json,
 )
@@ -57,6 +59,20 @@ def _cut_points(thresholds: Any) -> bool:
     """True for 5 increasing numbers: what apply_thresholds takes."""
     numbers = isinstance(thresholds, list) and all(isinstance(t, int | float) for t in thresholds)
     return numbers and len(thresholds) == 5 and list(thresholds) == sorted(thresholds)
+
+
+def _check_model_columns(ensemble_file: Path, models: list[str], columns: list[str] | None, problems: Problems
+                         ) -> None:
+    """The stacker's prediction columns (`pred__<model>`, `<model>__prob_<s>`) are those of ensemble.json's models:
+    05_infer builds the features from the models it lists, so any other would fail after every model ran."""
+    if columns is None:
+        return
+    names = [c.removeprefix("pred__") for c in stacker_features({m: np.zeros(1) for m in models}, {}, None).columns]
+    found = sorted({c.removeprefix("pred__") for c in columns if c.startswith("pred__")}
+                   | {c.split("__prob_")[0] for c in columns if "__prob_" in c and not c.startswith(("z__", "text__"))})
+    if found != sorted(names):
+        problems.bad(ensemble_file, f"its 'models' {models} disagree with the stacker's prediction columns (of models "
+                     f"{found}): ensemble.json and stacker/ come from different runs of 04_ensemble", RERUN)
 
 
 @dataclass
@@ -141,6 +157,41 @@ class EnsembleArtifact:
         return spec
 
     @staticmethod
+    def member_dirs(root: Path, spec: dict[str, Any], folds: list[int], problems: Problems) -> dict[str, list[Path]]:
+        """Per model of ensemble.json's "models", the folders of the members 05_infer averages (its "members"
+        entry, else fold_<k> of `folds`), each confined to its parent: a model name to root/train/, a member to
+        root/train/<model>/folds/. An entry that resolves elsewhere (`..`, an absolute path, a symlink out) is
+        recorded in `problems` and left out, so nothing it names is read."""
+        ensemble_file = root / ENSEMBLE_DIR / ENSEMBLE_FILE
+        members = spec.get("members") or {}
+        models = spec["models"]
+        if not isinstance(models, list) or not isinstance(members, dict):
+            problems.bad(ensemble_file, f"'models' must be a list and 'members' an object: {TRUNCATED}", RERUN)
+            return {}
+        unknown = sorted(set(members) - set(models))
+        if unknown:
+            problems.bad(ensemble_file, f"'members' names model(s) {unknown}, which 'models' {models} does not list: "
+                         "the members disagree with the models the ensemble combines", RERUN)
+        dirs: dict[str, list[Path]] = {}
+        for name in models:
+            why = escapes(root / "train", name)
+            if why is not None:
+                problems.bad(ensemble_file, f"'models' entry {why}: refused (an artifact names only files inside "
+                             "its folder)", RERUN)
+                continue
+            parent = layout.model_dir(root, name) / "folds"
+            units = members.get(name) or [layout.unit_name(k) for k in folds]
+            if not isinstance(units, list):
+                units = [units]
+            for unit in units:
+                why = escapes(parent, unit)
+                if why is not None:
+                    problems.bad(ensemble_file, f"'members' entry of {name}: {why}: refused (an artifact names only "
+                                 "files inside its folder)", RERUN)
+            dirs[name] = [parent / unit for unit in units if escapes(parent, unit) is None]
+        return dirs
+
+    @staticmethod
     def check(directory: Path, spec: dict[str, Any], problems: Problems) -> None:
         """Record in `problems` what of the selected method is missing or unreadable: the thresholds, its entry and
         files (its class's `check`), for a method on stacker features the vocabulary and the prompt assigner, and the
@@ -165,6 +216,8 @@ class EnsembleArtifact:
             problems.bad(ensemble_file, f"has no entry for the selected method {selected!r}: {TRUNCATED}", RERUN)
             return
         kind.check(directory, entry, list(spec["models"]), problems, RERUN)
+        if kind.uses_features:
+            _check_model_columns(ensemble_file, list(spec["models"]), kind.input_columns(directory, entry), problems)
         if kind.uses_features and spec.get("text_features"):
             words = read_json(directory / VOCABULARY_FILE, problems, RERUN, kind=list)
             if words is not None and not all(isinstance(word, str) for word in words):

@@ -35,12 +35,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
-from common import layout
 from common.artifact_checks import COPY_HINT, TRUNCATED, ArtifactError, Problems, read_json
 from common.config import Params
 from common.data import InputError, read_csv_checked
 from common.devices import autocast_dtype
 from common.ensemble_artifact import ENSEMBLE_DIR, EnsembleArtifact
+from common.io import atomic_write, staged_dir, write_csv, write_json, write_parquet
 from common.models import EssayScorer
 from common.models.scorer import (
     ADAPTER_DIR,
@@ -228,11 +228,10 @@ class ArtifactSet:
         A file that is there but truncated fails here, not after the fold models ran.
         """
         problems = Problems()
-        for name in self.models:
+        self.fold_dirs = EnsembleArtifact.member_dirs(self.root, self.spec, self.folds, problems)
+        for name in self.fold_dirs:
             rerun_train = (f"re-run python 02_train/run.py train.model={name} (it trains again every fold whose "
                            "files are missing or unreadable)")
-            members = self.spec.get("members", {}).get(name) or [layout.unit_name(k) for k in self.folds]
-            self.fold_dirs[name] = [layout.model_dir(self.root, name) / "folds" / member for member in members]
             for fold_dir in self.fold_dirs[name]:
                 self._check_fold(fold_dir, problems, rerun_train)
         EnsembleArtifact.check(self.root / ENSEMBLE_DIR, self.spec, problems)
@@ -471,6 +470,23 @@ def prediction_frame(test_ids: np.ndarray, predictions: TestPredictions) -> pd.D
         for member, column in zip(names, values, strict=True):
             columns[f"{name}__{member}"] = column
     return pd.DataFrame(columns)
+
+
+def write_outputs(submission_path: Path, submission: pd.DataFrame, infer_dir: Path | None = None,
+                  metrics: dict | None = None, predictions: pd.DataFrame | None = None) -> None:
+    """The submission and, locally (`infer_dir`), infer/metrics.json and infer/test_predictions.parquet, together:
+    every file is written in full (staged) before any replaces its predecessor, so a failure (a full disk) leaves
+    the previous outputs as they were, never a new submission beside old predictions. Kaggle writes the
+    submission alone."""
+    if infer_dir is None:
+        write_csv(submission_path, submission)
+        return
+    with atomic_write(submission_path) as staged_submission:
+        submission.to_csv(staged_submission, index=False)
+        with staged_dir(infer_dir) as tmp:
+            write_json(tmp / "metrics.json", metrics)
+            write_parquet(tmp / "test_predictions.parquet", predictions)
+        # infer/ is in place; leaving atomic_write renames the submission beside it
 
 
 def ensemble_scores(artifacts: ArtifactSet, predictions: TestPredictions, texts: list[str]) -> tuple[np.ndarray,

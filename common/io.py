@@ -8,6 +8,7 @@ of its work succeeded, so a crash or a validation error never leaves a half-writ
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -46,11 +47,51 @@ def _dir_mode() -> int:
     return 0o777 & ~_umask()
 
 
+class WriteFailed(RuntimeError):
+    """A file could not be written for want of space (or a failing disk): the message names it, and the fix."""
+
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+"""OSError numbers of a write the disk refused: no space, quota exceeded, file too large, I/O error."""
+WRITE_FAILURES = ("iostream error", "file write failed", "failed writing", "cannot write", "no space left")
+"""What torch.save (`basic_ios::clear: iostream error`, `PytorchStreamWriter failed writing file`) and LightGBM
+(`Cannot write ...`) say when the disk refuses their bytes."""
+
+
+def write_failure(exc: BaseException) -> bool:
+    """Whether `exc` (or what it was raised from) is a write the disk refused, not a bug."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in FULL_DISK:
+            return True
+        library = isinstance(exc, RuntimeError) or type(exc).__name__ == "LightGBMError"
+        if library and any(text in str(exc).lower() for text in WRITE_FAILURES):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def write_failed(path: Path, exc: BaseException, folder: bool = False) -> WriteFailed:
+    """The one message of a refused write of `path` (`folder`: of a file somewhere under it): what failed, the free
+    space there, and the fix."""
+    try:
+        there = next(p for p in (path.absolute(), *path.absolute().parents) if p.is_dir())
+        free = f"{shutil.disk_usage(there).free / 2**20:,.0f} MiB free there now"
+    except (OSError, StopIteration):
+        free = "its free space unknown"
+    what = f"a file under {path}" if folder else str(path)
+    return WriteFailed(
+        f"{what}: could not be written ({type(exc).__name__}: {' '.join(str(exc).split())}); {free}. The file "
+        "was not replaced: the last complete output is as it was. Fix: free space on that disk (old checkpoints "
+        "under <paths.output>/checkpoints, other runs' outputs) or set paths.output to a disk with room, then "
+        "re-run: finished folds and stages are kept")
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success rename it to `path`, on error delete it.
 
-    The final file gets the mode a plain open() would give it (0644 under umask 022).
+    The final file gets the mode a plain open() would give it (0644 under umask 022). A write the disk refuses
+    (full, over quota: `write_failure`) is raised as `WriteFailed`, naming `path` and the fix.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,6 +102,13 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, _file_mode())  # the writer may have replaced the file: set the mode last
         os.replace(tmp_path, path)
+    except WriteFailed:
+        raise  # a file written inside this one's body: named already
+    except Exception as exc:
+        # A LightGBMError here is Booster.save_model failing to write, whatever its words: nothing else runs here.
+        if write_failure(exc) or type(exc).__name__ == "LightGBMError":
+            raise write_failed(path, exc) from exc
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

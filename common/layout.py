@@ -1,7 +1,7 @@
 """Where each artifact lives under paths.output: the one place that spells the folder layout.
 
     train/<model>/folds/fold_<k>/   one fold's model, tokenizer, config, held-out predictions, log
-    train/<model>/folds/fold_<k>_seed<s>/   the same per seed, for a model that lists `seeds`
+    train/<model>/folds/fold_<k>_seed<s>/   the same per seed, for a model that lists `seeds` (its first: fold_<k>)
     train/<model>/folds/full[_seed<s>]/     the full fit: every labelled row (`full_fit`)
     train/<model>/oof.parquet       the model's out-of-fold predictions (+ metrics.json, log.csv)
     pseudo/<student>/fold_<k>.parquet   soft labels for a student's fold k (from its teacher's fold k)
@@ -96,10 +96,12 @@ def stage_timings(out: Path, stage: str) -> Path:
 
 @dataclass(frozen=True)
 class Unit:
-    """One model that trains: a fold (None: the full fit on every labelled row) and a seed (None: the run's)."""
+    """One model that trains: a fold (None: the full fit on every labelled row) and a seed: `seed` is its folder's
+    suffix (None: none), `model_seed` the seed it trains with when the model lists `seeds` (None: the run's)."""
 
     fold: int | None
     seed: int | None = None
+    model_seed: int | None = None
 
     @property
     def name(self) -> str:
@@ -111,23 +113,35 @@ class Unit:
         return where if self.seed is None else f"{where} seed {self.seed}"
 
     def run_seed(self, seed: int) -> int:
+        """The seed this unit trains with (its fingerprint holds it), given the run's `seed`."""
+        if self.model_seed is not None:
+            return self.model_seed
         return seed if self.seed is None else self.seed
 
 
-def model_seeds(spec: ModelParams, seed: int) -> list[int | None]:
-    """The seeds a model trains with: its `seeds`, the run's `seed` as None (its folders carry no suffix, so a
-    model that lists the run's seed among others keeps the folds it trained before it listed any), or [None]."""
-    return [None if s == seed else s for s in spec.seeds] or [None]
+def model_seeds(spec: ModelParams, seed: int) -> list[int]:
+    """The seeds a model trains with: its `seeds`, or the run's `seed` alone."""
+    return list(spec.seeds) or [seed]
+
+
+def _seed_units(spec: ModelParams, fold: int | None) -> list[Unit]:
+    """A fold's (or the full fit's) units, one per seed of the model. The first seed it lists keeps the plain
+    folder (`fold_<k>`), every other one gets `_seed<s>`: the names and fingerprints depend on the model's seeds
+    alone, so changing the run's `seed` retrains nothing of a model that lists its own, and a model that lists
+    seeds for the first time, the seed it trained with first, keeps the folds it trained."""
+    if not spec.seeds:
+        return [Unit(fold)]
+    return [Unit(fold, None if i == 0 else s, s) for i, s in enumerate(spec.seeds)]
 
 
 def fold_units(spec: ModelParams, fold_ids: list[int], seed: int) -> list[Unit]:
     """Every (fold, seed) model of the CV: their OOF predictions are averaged over the seeds."""
-    return [Unit(k, s) for k in fold_ids for s in model_seeds(spec, seed)]
+    return [unit for k in fold_ids for unit in _seed_units(spec, k)]
 
 
 def full_units(spec: ModelParams, seed: int) -> list[Unit]:
     """The full-fit models (one per seed), or none when full_fit is off."""
-    return [] if spec.full_fit == "off" else [Unit(None, s) for s in model_seeds(spec, seed)]
+    return [] if spec.full_fit == "off" else _seed_units(spec, None)
 
 
 def inference_units(spec: ModelParams, fold_ids: list[int], seed: int) -> list[Unit]:

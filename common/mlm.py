@@ -49,7 +49,14 @@ from transformers import (
 )
 
 from common.devices import autocast_dtype
-from common.engine import Engine, epoch_batches, read_checkpoint, remove_checkpoint, set_rng_state
+from common.engine import (
+    Engine,
+    derived_seed,
+    epoch_batches,
+    read_checkpoint,
+    remove_checkpoint,
+    set_rng_state,
+)
 from common.io import staged_dir, write_json
 from common.optim import build_scheduler
 from common.tokenization import (
@@ -515,7 +522,7 @@ class _Corpus:
         held_essays = held_out_essays(len(essays), settings["held_out_share"], settings["seed"])
         held_out = held_essays[chunks.essay_index]
         masker = MaskingCollator(tokenizer, settings["mlm_probability"], settings["whole_word_masking"],
-                                 seed=settings["seed"] + 1)
+                                 seed=derived_seed(settings["seed"], 1))
         eval_batches = fixed_mask_batches(chunks.items(np.flatnonzero(held_out)), masker, settings["batch_size"])
         return cls(essays, chunks, held_essays, held_out, chunks.items(np.flatnonzero(~held_out)), eval_batches)
 

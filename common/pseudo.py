@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,14 +104,26 @@ def read_external(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+def _teacher_changes(meta: Mapping, now: Mapping[str, str | None], teacher: str | None) -> list[str]:
+    """What metrics.json of pseudo-labels says of the teacher's fold models that made them, against `now`."""
+    made = meta.get("teacher_fingerprints")
+    if not isinstance(made, dict):
+        return ["they do not record the teacher fold models that made them (made by an older version)"]
+    changed = [unit for unit, fingerprint in now.items() if fingerprint is not None and made.get(unit) != fingerprint]
+    return [f"teacher {teacher or meta.get('teacher')!r} changed since they were made: {', '.join(changed)} trained "
+            "again"] if changed else []
+
+
 def load_student_pseudo(pseudo_dir: Path, external_path: Path, fold_ids: Sequence[int],
                         train_texts: Sequence[str], folds_hash: str | None = None,
-                        teacher: str | None = None) -> StudentPseudo:
+                        teacher: str | None = None,
+                        teacher_fingerprints: Mapping[str, str | None] | None = None) -> StudentPseudo:
     """Read fold_<k>.parquet for every fold, check it, and drop any essay that is a train essay.
 
     With `folds_hash` (of the current folds table) and `teacher`, labels made on other folds or by
     another teacher are refused: fold k's labels are leak-free only if the teacher's fold k held out
-    today's fold k.
+    today's fold k. With `teacher_fingerprints` ({unit: fingerprint} of the teacher's fold models now), labels
+    made by teacher folds that have trained again since are refused too (by hand, nothing else re-makes them).
     """
     made = pseudo_dir / "metrics.json"
     if folds_hash is not None and made.is_file():
@@ -121,6 +133,8 @@ def load_student_pseudo(pseudo_dir: Path, external_path: Path, fold_ids: Sequenc
             wrong.append("they were made on other folds (00_prepare ran since)")
         if teacher is not None and meta.get("teacher") != teacher:
             wrong.append(f"they come from teacher {meta.get('teacher')!r}, not {teacher!r}")
+        if teacher_fingerprints is not None:
+            wrong.extend(_teacher_changes(meta, teacher_fingerprints, teacher))
         if wrong:
             raise PipelineError(f"{pseudo_dir}: " + " and ".join(wrong) + ". Make them again: python "
                                 f"01_pseudo_label/run.py train.model={pseudo_dir.name}")

@@ -31,7 +31,7 @@ from common.pseudo import (
 )
 from common.reports import plot_bars
 from common.stage import PipelineError
-from common.train_stage import trained_config
+from common.train_stage import trained_config, unit_fingerprints
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,8 @@ def label_student(params: Params, student: str, spec: ModelParams, folds: pd.Dat
         write_csv(tmp / "report.csv", distribution_report(frame, external, folds))
         write_json(tmp / "metrics.json", {"student": student, "teacher": teacher, "n_external": len(external),
                                           "folds": summary, "train_mean_score": float(folds["score"].mean()),
-                                          "folds_fingerprint": folds_fingerprint(folds)})
+                                          "folds_fingerprint": folds_fingerprint(folds),
+                                          "teacher_fingerprints": unit_fingerprints(out, spec, fold_ids, params.seed)})
     shares = frame[PROB_COLUMNS].mean()
     train_shares = folds["score"].value_counts(normalize=True).sort_index()
     plot_bars({**{f"pseudo {c[-1]}": float(v) for c, v in shares.items()},

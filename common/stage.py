@@ -14,6 +14,7 @@ from pathlib import Path
 
 from common.config import Params, ParamsError, parse_cli
 from common.data import InputError
+from common.io import WriteFailed, write_failed, write_failure
 from common.logs import setup_logging
 from common.offline import force_offline
 
@@ -98,12 +99,18 @@ def run_stage(main: Callable[[Params], None], description: str, argv: Sequence[s
         check_writable(params.output_dir)
         check_writable(params.metrics_dir, "paths.metrics", create=False)  # written after the work, if at all
         main(params)
-    except (ParamsError, InputError, PipelineError, FileNotFoundError) as exc:
+    except (ParamsError, InputError, PipelineError, FileNotFoundError, WriteFailed) as exc:
         log.error("%s", exc)
         return 2
     except ModuleNotFoundError as exc:  # a library the stage imports late (torch, ...) is not in this python
         log.error("%s has no module %r; the project is installed in .venv. Fix: source .venv/bin/activate "
                   "(make install creates it), then run the command again", sys.executable, exc.name)
+        return 2
+    except Exception as exc:
+        if not write_failure(exc):
+            raise
+        where = getattr(exc, "filename", None)
+        log.error("%s", write_failed(Path(where), exc) if where else write_failed(params.output_dir, exc, folder=True))
         return 2
     try:
         record_runtime(params.output_dir, _stage_name(main), sys.argv[1:] if argv is None else argv,

@@ -13,6 +13,7 @@ kind of parallelism: several folds at once, one process per GPU, each a plain si
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -23,9 +24,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -95,6 +97,13 @@ def trained_fingerprint(folder: Path) -> str | None:
     (such a fold trains again)."""
     config = trained_config(folder)
     return None if config is None else config.get("fingerprint")
+
+
+def unit_fingerprints(out: Path, spec: ModelParams, fold_ids: list[int], seed: int) -> dict[str, str | None]:
+    """{unit name: its trained fingerprint (None: not trained)} of the model's fold models: what a teacher's
+    pseudo-labels record of the folds that made them, and what its student compares."""
+    return {u.name: trained_fingerprint(fold_dir(out, spec.name, u.fold, u.seed))
+            for u in fold_units(spec, fold_ids, seed)}
 
 
 def trained_config(folder: Path) -> dict | None:
@@ -230,11 +239,6 @@ def _train_one_unit(spec: ModelParams, backbone: str, tokenizer, data, unit: Uni
     final = fold_dir(out, spec.name, unit.fold, unit.seed)
     telemetry = replace(telemetry, live_dir=live_dir(out, spec.name, unit.name), run_name=f"{spec.name}/{unit.name}",
                         profile_dir=profile_dir(out, spec.name, unit.name))
-    if main and unit.fold is not None:
-        stale_oof = model_dir(out, spec.name) / "oof.parquet"
-        if stale_oof.exists():  # it no longer describes the model once a fold trains again
-            log.info("%s: removing %s while %s trains", spec.name, stale_oof, unit.label)
-            stale_oof.unlink(missing_ok=True)  # fold workers may race for it
     ckpt = checkpoint_dir(out, spec.name, unit.fold, unit.seed)
     run_seed = unit.run_seed(seed)
     fraction = stop_fraction if unit.fold is None else 1.0
@@ -252,6 +256,8 @@ def _train_one_unit(spec: ModelParams, backbone: str, tokenizer, data, unit: Uni
         write_parquet(tmp / "oof.parquet", result.oof)
         write_csv(tmp / "log.csv", reproducible_log(result.log))
         write_json(tmp / "metrics.json", {k: v for k, v in result.metrics.items() if k not in TIMINGS})
+    if unit.fold is not None:  # only now, the fold's new model in place, does the OOF file describe another
+        _remove_stale_oof(out, spec.name, unit.label)
     write_json(timings_file(out, spec.name, unit.name), {k: result.metrics[k] for k in TIMINGS})
     if unit.fold is None:
         log.info("%s %s: trained on every labelled row (%.0f%% of the last stage, where CV stopped) in %.0f s",
@@ -276,11 +282,22 @@ def _train_text_unit(spec: ModelParams, data, unit: Unit, final: Path, out: Path
         write_parquet(tmp / "oof.parquet", oof)
         write_csv(tmp / "log.csv", steps)
         write_json(tmp / "metrics.json", {k: v for k, v in metrics.items() if k not in TIMINGS})
+    if unit.fold is not None:
+        _remove_stale_oof(out, spec.name, unit.label)
     write_json(timings_file(out, spec.name, unit.name), {k: metrics[k] for k in TIMINGS})
     score = metrics["qwk_rounded"]
     log.info("%s %s: %s (%d features) in %.0f s", spec.name, unit.label,
              "trained on every labelled row" if score is None else f"held-out QWK (rounded) {score:.4f}",
              metrics["n_features"], metrics["seconds"])
+
+
+def _remove_stale_oof(out: Path, name: str, label: str) -> None:
+    """The model's oof.parquet no longer describes it once a fold has trained again (removed after, not before:
+    a fold that fails leaves the model's files as they were)."""
+    stale_oof = model_dir(out, name) / "oof.parquet"
+    if stale_oof.exists():
+        log.info("%s: removing %s (%s trained again)", name, stale_oof, label)
+        stale_oof.unlink(missing_ok=True)  # fold workers may race for it
 
 
 LOCK_FILE = "lock"
@@ -312,10 +329,7 @@ def fold_lock(folder: Path, what: str, take: bool = True) -> Iterator[None]:
                             holder.get("pid"))
                 lock.unlink(missing_ok=True)
                 continue
-            raise TrainingError(
-                f"{what} is being trained by process {holder.get('pid')} on {holder.get('host')} since "
-                f"{holder.get('since')} (lock {lock}); two runs of one fold would share its checkpoint. Wait "
-                f"for it or stop it; if that process is gone, delete {lock}") from None
+            raise TrainingError(_busy_message(what, holder, lock)) from None
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(me, handle)
         break
@@ -323,6 +337,25 @@ def fold_lock(folder: Path, what: str, take: bool = True) -> Iterator[None]:
         yield
     finally:
         lock.unlink(missing_ok=True)
+
+
+def _busy_message(what: str, holder: dict, lock: Path) -> str:
+    return (f"{what} is being trained by process {holder.get('pid')} on {holder.get('host')} since "
+            f"{holder.get('since')} (lock {lock}); two runs of one fold would share its checkpoint. Wait "
+            f"for it or stop it; if that process is gone, delete {lock}")
+
+
+def busy_lock(folder: Path, what: str) -> str | None:
+    """Why `fold_lock` would refuse the unit whose checkpoint folder is `folder` now (a live process of this host,
+    or one of another host, holds its lock), or None. Looks only: takes nothing."""
+    lock = folder / LOCK_FILE
+    if not lock.is_file():
+        return None
+    holder = _lock_holder(lock)
+    if holder.get("host") == socket.gethostname() and (not _running(holder.get("pid"))
+                                                       or holder.get("pid") == os.getpid()):
+        return None
+    return _busy_message(what, holder, lock)
 
 
 def _lock_holder(lock: Path) -> dict:
@@ -410,8 +443,8 @@ def collect_oof(out: Path, spec: ModelParams, folds: pd.DataFrame, seed: int, re
                          for unit in units},
                "mlm": _mlm_summary(fold_dir(out, name, units[0].fold, units[0].seed))}
     if len(seeds) > 1:
-        metrics["seeds"] = {str(seed if s is None else s): _oof_scores(
-            folds, pd.concat([per_unit[u] for u in units if u.seed == s]))["qwk_rounded"] for s in seeds}
+        metrics["seeds"] = {str(s): _oof_scores(
+            folds, pd.concat([per_unit[u] for u in units if u.run_seed(seed) == s]))["qwk_rounded"] for s in seeds}
     logs = [pd.read_csv(fold_dir(out, name, u.fold, u.seed) / "log.csv").assign(fold=u.fold) for u in units]
     if len(seeds) > 1:
         logs = [frame.assign(seed=u.run_seed(seed)) for frame, u in zip(logs, units, strict=True)]
@@ -515,7 +548,8 @@ def train_models(params: Params, script: Path) -> None:
         backbone, pseudo = (spec.backbone or params.backbone) if spec.kind == "transformer" else "", None
         if t.step != "collect" and spec.uses_pseudo:
             pseudo = load_student_pseudo(pseudo_dir(out, name), out / "prepare" / "external.parquet", fold_ids, texts,
-                                         folds_fingerprint(folds), spec.teacher)
+                                         folds_fingerprint(folds), spec.teacher,
+                                         unit_fingerprints(out, t.all_models[spec.teacher], fold_ids, params.seed))
         if t.step != "collect" and spec.mlm.epochs > 0:
             external = read_external(out / "prepare" / "external.parquet")
             mlm_texts = [*data.train["full_text"], *data.test["full_text"], *external["full_text"]]
@@ -565,9 +599,15 @@ def _needs_training(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts
 # Backbones adapted by masked-language modelling
 
 
+def mlm_seed(spec: ModelParams, seed: int) -> int:
+    """The seed of a model's MLM run: its first seed when it lists `seeds` (the run's `seed` then changes nothing
+    of the model), else the run's."""
+    return model_seeds(spec, seed)[0]
+
+
 def mlm_fingerprint(spec: ModelParams, base: str, texts: list[str], seed: int) -> str:
     """Hash of what an MLM-adapted backbone depends on: base backbone, MLM settings, newline token, essays."""
-    digest = hashlib.sha256(json.dumps({"base": base, "mlm": asdict(spec.mlm), "seed": seed,
+    digest = hashlib.sha256(json.dumps({"base": base, "mlm": asdict(spec.mlm), "seed": mlm_seed(spec, seed),
                                         "newline": spec.add_newline_tokens}, sort_keys=True).encode())
     add_texts(digest, texts)
     return digest.hexdigest()[:16]
@@ -597,8 +637,8 @@ def adapted_backbone(spec: ModelParams, base: str, texts: list[str], out: Path, 
     metrics = adapt_backbone(base, texts, folder, mlm_probability=m.probability, whole_word_masking=m.whole_word,
                              max_length=m.max_length, epochs=m.epochs, batch_size=m.batch_size, lr=m.lr,
                              held_out_share=m.held_out_share, add_newline_tokens=spec.add_newline_tokens,
-                             seed=seed, device=device, mixed_precision=spec.mixed_precision, checkpoint=checkpoint,
-                             fingerprint=fingerprint)
+                             seed=mlm_seed(spec, seed), device=device, mixed_precision=spec.mixed_precision,
+                             checkpoint=checkpoint, fingerprint=fingerprint)
     log.info("%s: held-out MLM loss %.4f -> %.4f", spec.name, metrics["held_out_loss_before"],
              metrics["held_out_loss_after"])
     return str(folder)
@@ -645,23 +685,28 @@ def train_in_workers(params: Params, name: str, folds: list[int], script: Path) 
     """Train `folds` of model `name` in parallel processes (`python <script> ...`, one fold each).
 
     Each worker is a plain single-fold, single-process run of the stage with the same params (written to
-    <out>/checkpoints/<name>/params.yaml), its own GPU on CUDA or a share of the CPU cores otherwise, and
-    its log in <out>/checkpoints/<name>/fold_<k>.log. Every PROGRESS_EVERY seconds the console gets one line
-    per running fold: its log's latest line (progress bar or message). A failed fold does not stop the others;
-    the stage then fails naming it, and a re-run trains only what is missing.
+    <out>/checkpoints/<name>/params.yaml), its own GPU on CUDA or, on CPU, the thread count a serial run has (so
+    both train to the same bits), and its log appended to <out>/checkpoints/<name>/fold_<k>.log. Every
+    PROGRESS_EVERY seconds the console gets one line per running fold: its log's latest line (progress bar or
+    message). Workers die with the stage (`start_worker`). A fold whose lock a live process holds is not started
+    (its log is that process's). A failed fold does not stop the others; the stage then fails naming it, and a
+    re-run trains only what is missing.
     """
+    import torch
     from tqdm.auto import tqdm
 
-    out = params.output_dir
+    out, spec = params.output_dir, params.train.all_models[name]
     slots = worker_devices(params.train.device, params.train.fold_workers)[: len(folds)]
     work = checkpoint_dir(out, name, 0).parent
     work.mkdir(parents=True, exist_ok=True)
     params_file = work / "params.yaml"
     params_file.write_text(yaml.safe_dump(plain(params), sort_keys=False), encoding="utf-8")
-    threads = params.train.num_threads or max(1, (os.cpu_count() or 1) // len(slots))
-    queue, running, failed = list(folds), {}, []
+    # A serial run's thread count: a CPU reduction split over other threads rounds otherwise (by ~1e-7).
+    threads = params.train.num_threads or torch.get_num_threads()
+    queue, running, failed, busy = list(folds), {}, [], []
     log.info("%s: training folds %s with %d workers (%s); their logs: %s", name, folds, len(slots),
-             ", ".join(f"GPU {s}" for s in slots) if slots[0] is not None else f"CPU, {threads} threads each",
+             ", ".join(f"GPU {s}" for s in slots) if slots[0] is not None
+             else f"CPU, {threads} threads each, as a serial run has",
              ", ".join(str(work / f"fold_{fold}.log") for fold in folds))
     shown = time.monotonic()
     def stop(signum, frame):  # a killed stage takes its workers with it (the finally below)
@@ -675,6 +720,12 @@ def train_in_workers(params: Params, name: str, folds: list[int], script: Path) 
                     if slot in running or not queue:
                         continue
                     fold = queue.pop(0)
+                    holders = [m for u in fold_units(spec, [fold], params.seed) if (m := busy_lock(
+                        checkpoint_dir(out, name, u.fold, u.seed), f"{name} {u.label}")) is not None]
+                    if holders:  # its log is that process's: not started, nothing truncated
+                        log.error("%s", "\n".join(holders))
+                        busy.append(fold)
+                        continue
                     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(script.resolve().parents[1]),
                                                                         os.environ.get("PYTHONPATH", "")])}
                     for variable in _LAUNCHER_VARIABLES:
@@ -686,9 +737,8 @@ def train_in_workers(params: Params, name: str, folds: list[int], script: Path) 
                     cmd = [sys.executable, str(script), "--params", str(params_file), f"train.model={name}",
                            f"train.folds=[{fold}]", "train.step=fit", "train.fold_workers=1",
                            f"train.num_threads={threads}"]
-                    handle = open(work / f"fold_{fold}.log", "w", encoding="utf-8")  # noqa: SIM115 (closed below)
-                    running[slot] = (fold, subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT),
-                                     handle)
+                    proc, handle = start_worker(cmd, env, work / f"fold_{fold}.log")
+                    running[slot] = (fold, proc, handle)
                     log.info("%s fold %d: started on %s, log %s", name, fold,
                              f"GPU {gpu}" if gpu is not None else "CPU", work / f"fold_{fold}.log")
                 for slot, (fold, proc, handle) in list(running.items()):
@@ -715,6 +765,41 @@ def train_in_workers(params: Params, name: str, folds: list[int], script: Path) 
                 proc.terminate()
                 proc.wait()
                 handle.close()
+    if busy:
+        raise TrainingError(f"{name}: fold(s) {sorted(busy)} are being trained by another process (above), so they were "
+                            "not started" + (f", and fold(s) {sorted(failed)} failed in their workers (logs in {work})"
+                                             if failed else "") + "; the others are kept. Wait for that process or "
+                            "stop it, then re-run: only the missing folds train again.")
     if failed:
         raise TrainingError(f"{name}: fold(s) {sorted(failed)} failed in their workers (logs in {work}); the others "
                             "are kept. Fix the cause and re-run: only the missing folds train again.")
+
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2): the signal the kernel sends a process when the thread that started it ends (Linux)."""
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child get SIGKILL when this process dies, however it dies (SIGKILL and the
+    out-of-memory killer included, where no handler or `finally` runs); None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the call took effect
+            os._exit(1)
+
+    return preexec
+
+
+def start_worker(cmd: list[str], env: dict[str, str] | None, log_file: Path) -> tuple[subprocess.Popen, IO[str]]:
+    """Start a fold worker, its output appended to `log_file` (never truncated: a process of an earlier run may
+    still write there), and bound to die with this process (`_die_with_parent`). The caller closes the handle."""
+    handle = open(log_file, "a", encoding="utf-8")  # noqa: SIM115 (the caller closes it)
+    handle.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: started by process {os.getpid()}\n")
+    handle.flush()
+    return subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with_parent()), handle

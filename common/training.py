@@ -41,6 +41,7 @@ from common.diagnostics import Profiler, TrainingWatch, activation_stats, grad_s
 from common.engine import (
     Engine,
     TrainingError,
+    derived_seed,
     epoch_batches,
     out_of_memory_as,
     read_checkpoint,
@@ -282,7 +283,8 @@ def train_fold(spec: ModelParams, backbone: str, tokenizer, data: TrainData, fol
         fold: the held-out fold (None: the full fit).
         out_dir: where the final model, tokenizer and config go (created).
         checkpoint_dir: where resumable checkpoints live while training (removed on success).
-        seed: base seed; the fold's seed is seed + fold (the full fit's: seed + the number of folds).
+        seed: base seed; the fold's seed is seed + fold (the full fit's: seed + the number of folds),
+            modulo 2**32 (`engine.derived_seed`).
         device: "auto", "cpu" or "cuda".
         stop_after_steps: raise `Interrupted` after this many optimizer steps (tests of resume).
         telemetry: where the step logs go beside the returned log (dvclive, trackers), layer statistics and
@@ -387,7 +389,7 @@ def _plan(spec: ModelParams, backbone: str, tokenizer, data: TrainData, fold: in
             f"{spec.name}: effective_batch_size={spec.effective_batch_size} is not a multiple of "
             f"batch_size x processes = {spec.batch_size} x {engine.world}; change one of them"
         )
-    run_seed = seed + (fold if fold is not None else len(np.unique(data.folds)))
+    run_seed = derived_seed(seed, fold if fold is not None else len(np.unique(data.folds)))
     seed_everything(run_seed)
     model = EssayScorer(scorer_config(spec, backbone, len(tokenizer)))
     ids, targets = data.input_ids, data.scores.astype(np.float32)
@@ -474,8 +476,8 @@ def _train_stage(run: _Run, index: int, stage: StageParams, resume: dict | None,
     st.progress = tqdm(total=st.stop_steps, initial=state.step, desc=f"{spec.name} {run.label} stage {index + 1}",
                        unit="step", disable=not run.engine.is_main, leave=False)
     while state.step < st.stop_steps:
-        batches = epoch_batches(run.lengths, st.rows, spec.batch_size, run.seed + 1000 * index, state.epoch,
-                                run.engine.rank, run.engine.world, spec.batch_tokens)
+        batches = epoch_batches(run.lengths, st.rows, spec.batch_size, derived_seed(run.seed, 1000 * index),
+                                state.epoch, run.engine.rank, run.engine.world, spec.batch_tokens)
         st.model.train()
         if spec.max_length_schedule:
             run.train_collator.max_tokens = spec.max_length_schedule[min(state.epoch, len(spec.max_length_schedule) - 1)]

@@ -120,6 +120,10 @@ def test_a_student_can_teach_the_next_round(tmp_path):
     ("train:\n  models: {a: {}}\n  students:\n    s: {teacher: s, stages: [{with_pseudo: true}]}\n",
      "go round in a circle"),
     ("train:\n  models:\n    a: {seeds: [1, 2, 1]}\n", "lists a seed twice"),
+    ("train:\n  models:\n    a: {seeds: [-1]}\n",
+     r"'train\.models\.a\.seeds' = \[-1\]: seed -1 is out of range: allowed \[0, 4294967295\]"),
+    ("train:\n  students:\n    s: {teacher: a, seeds: [3, 4294967296], stages: [{with_pseudo: true}]}\n  models: {a: {}}\n",
+     r"'train\.students\.s\.seeds' = \[3, 4294967296\]: seed 4294967296 is out of range"),
     ("train:\n  models: {a: {}}\n  students:\n    a: {teacher: a, stages: [{with_pseudo: true}]}\n", "both in"),
     ("train:\n  models:\n    a: {name: b}\n", "a model's name is its key"),
     ("train:\n  models:\n    a.b: {}\n", "letters, digits"),
@@ -342,3 +346,27 @@ def test_the_keys_a_written_file_always_keeps_cover_what_dvc_yaml_reads():
         used |= {p for p in (stage.get("do", stage).get("params") or []) if "$" not in p}
     used = {u for u in used if not u.startswith("item.")}
     assert used and all(u in DVC_KEYS or any(k.startswith(u + ".") for k in DVC_KEYS) for u in used), used
+
+
+def test_a_python_tag_in_params_yaml_is_refused_by_name(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ParamsError, match=rf"{path}: not plain YAML .*python/object/apply.*Fix:"):
+        load_params(path)
+    path.write_text("train:\n  models: {a: {stages: [\n")
+    with pytest.raises(ParamsError, match=rf"{path}: not valid YAML .*line \d+.*Fix:"):
+        load_params(path)
+
+
+def test_an_unclosed_override_is_refused_by_name():
+    override = "train.models.tiny-regression.stages=[{rows: all"
+    with pytest.raises(ParamsError, match=r"override 'train\.models\.tiny-regression\.stages=\[\{rows: all': its "
+                                          r"value is not valid YAML .*Fix:"):
+        load_params(REPO / "params.yaml", [override])
+    with pytest.raises(ParamsError, match=r"override 'seed=!!python/object/apply:os\.system \[x\]': its value is not "
+                                          "plain YAML"):
+        load_params(REPO / "params.yaml", ["seed=!!python/object/apply:os.system [x]"])
+    from tests.conftest import run_cli
+
+    result = run_cli("00_prepare", override)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and f"override '{override}'" in result.stderr

@@ -95,3 +95,80 @@ def test_a_missing_or_garbled_ensemble_json_fails_with_the_fix(tmp_path):
     (tmp_path / ENSEMBLE_DIR / "ensemble.json").write_text('{"models": ["a"]}')
     with pytest.raises(ArtifactError, match=r"(?s)lacks \['selected', 'thresholds'\].*re-run 04_ensemble"):
         EnsembleArtifact.read_spec(tmp_path)
+
+
+def _artifact_root(saved, tmp_path, spec: dict):
+    """A copy of the saved artifacts under tmp_path/root with `spec` as its ensemble.json."""
+    import shutil
+
+    _, _, _, root = saved
+    copy = tmp_path / "root"
+    shutil.copytree(root / ENSEMBLE_DIR, copy / ENSEMBLE_DIR)
+    (copy / ENSEMBLE_DIR / "ensemble.json").write_text(json.dumps(spec))
+    return copy
+
+
+def test_member_and_model_paths_must_stay_inside_their_folders(saved, tmp_path):
+    from common.inference import ArtifactSet
+
+    _, _, _, root = saved
+    spec = select(root, "mean")
+    elsewhere = tmp_path / "elsewhere" / "fold_0"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "scorer.json").write_text('{"cut')  # read, it would be reported as not valid JSON
+    model, other = spec["models"][:2]
+    spec["members"] = {model: ["../../../../elsewhere/fold_0", "fold_1"], other: [str(elsewhere)]}
+    copy = _artifact_root(saved, tmp_path, spec)
+    linked = copy / "train" / spec["models"][2] / "folds"
+    linked.mkdir(parents=True)
+    (linked / "fold_0").symlink_to(elsewhere, target_is_directory=True)
+    problems = Problems()
+    dirs = EnsembleArtifact.member_dirs(copy, spec, [0, 1], problems)
+    assert dirs[model] == [copy / "train" / model / "folds" / "fold_1"] and dirs[other] == []
+    assert dirs[spec["models"][2]] == [linked / "fold_1"]  # its fold_0 is a symlink out of the folder
+    text = "\n".join(problems.lines)
+    assert f"'members' entry of {model}: '../../../../elsewhere/fold_0' resolves to {elsewhere}" in text
+    assert f"'members' entry of {other}: '{elsewhere}' is an absolute path" in text
+    assert f"'members' entry of {spec['models'][2]}: 'fold_0' resolves to {elsewhere}" in text
+    with pytest.raises(ArtifactError) as info:
+        ArtifactSet.open(copy)
+    assert "refused (an artifact names only files inside its folder)" in str(info.value)
+    assert "elsewhere/fold_0/scorer.json" not in str(info.value)  # nothing outside was read
+
+    spec = {**select(root, "mean"), "models": ["../../outside", *spec["models"][1:]]}
+    problems = Problems()
+    assert "../../outside" not in EnsembleArtifact.member_dirs(_artifact_root(saved, tmp_path / "b", spec), spec,
+                                                               [0], problems)
+    assert any("'models' entry '../../outside' resolves to" in line for line in problems.lines), problems.lines
+
+
+def test_a_stacker_model_file_outside_its_folder_is_refused_before_it_is_read(saved, tmp_path, monkeypatch):
+    import common.ensemble
+
+    _, _, _, root = saved
+    copy = _artifact_root(saved, tmp_path, select(root, "stacker"))
+    meta_file = copy / ENSEMBLE_DIR / "stacker" / "stacker.json"
+    meta = json.loads(meta_file.read_text())
+    meta["model_files"]["0"], meta["model_files"]["1"] = "/etc/passwd", "../../../../x.txt"
+    meta_file.write_text(json.dumps(meta))
+    read = []
+    monkeypatch.setattr(common.ensemble, "lightgbm_model_problem", lambda path: read.append(path))
+    problems = Problems()
+    EnsembleArtifact.check(copy / ENSEMBLE_DIR, select(copy, "stacker"), problems)
+    assert f"{meta_file}: 'model_files' entry 0: '/etc/passwd' is an absolute path: refused" in "\n".join(
+        problems.lines)
+    assert any("'model_files' entry 1: '../../../../x.txt' resolves to" in line for line in problems.lines)
+    assert all(path.parent == meta_file.parent for path in read) and len(read) == len(meta["model_files"]) - 2
+
+
+def test_models_that_disagree_with_the_stackers_columns_are_found_by_the_check(saved, tmp_path):
+    _, _, _, root = saved
+    spec = select(root, "stacker")
+    spec["models"] = [*spec["models"][:-1], "renamed"]
+    problems = Problems()
+    EnsembleArtifact.check(root / ENSEMBLE_DIR, spec, problems)
+    assert any("disagree with the stacker's prediction columns" in line and "renamed" in line
+               for line in problems.lines), problems.lines
+    problems = Problems()
+    EnsembleArtifact.check(root / ENSEMBLE_DIR, select(root, "stacker"), problems)
+    assert not problems, problems.lines

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from common.clusters import PromptAssigner
 from common.config import load_params
@@ -403,6 +404,49 @@ def test_kaggle_bundle_runs_as_a_notebook_on_a_fake_kaggle_with_the_network_bloc
     pd.testing.assert_frame_equal(submission, pd.read_csv(tmp_path / "local" / "submission.csv"))
 
 
+@pytest.mark.slow
+def test_the_kaggle_bundle_ships_only_what_05_reads_and_nothing_of_this_machine(trained_output, demo_input, tmp_path,
+                                                                                monkeypatch):
+    import common.tools.kaggle as kaggle
+
+    folder, _ = demo_input
+    out = tmp_path / "out"
+    shutil.copytree(trained_output, out, symlinks=True)
+    fold = out / "train" / "tiny-regression" / "folds" / "fold_0"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the upload\n")
+    (fold / "notes.txt").symlink_to(secret)
+    (fold / "scratch.bin").write_bytes(b"stray")
+    (out / "ensemble" / "artifacts" / "draft.json").write_text("{}")
+    repo = tmp_path / "repo"  # the working tree as a user's may be: a stray .env beside the library
+    shutil.copytree(REPO / "common", repo / "common", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "05_infer", repo / "05_infer")
+    (repo / "common" / ".env").write_text("TOKEN=not-for-the-upload\n")
+    monkeypatch.setattr(kaggle, "REPO", repo)
+    params = load_params(REPO / "params.yaml", [f"paths.input={folder}", f"paths.output={out}",
+                                                "infer.kaggle_user=someone"])
+    dataset = kaggle.build_bundle(params, tmp_path / "bundle", wheels=False) / "dataset"
+    shipped = dataset / "train" / "tiny-regression" / "folds" / "fold_0"
+    assert sorted(p.name for p in shipped.iterdir()) == sorted(
+        ["backbone", "model.safetensors", "scorer.json", "train_config.json",
+         *(p.name for p in fold.iterdir() if p.name.startswith(("tokenizer", "special_tokens", "spm", "added")))])
+    assert sorted(p.name for p in (dataset / "ensemble" / "artifacts").iterdir()) == sorted(
+        p.name for p in (trained_output / "ensemble" / "artifacts").iterdir())  # no draft.json
+    assert not list(dataset.rglob(".env")) and not [p for p in dataset.rglob("*") if p.is_symlink()]
+    for path in (p for p in dataset.rglob("*") if p.suffix in (".json", ".yaml", ".py")):
+        text = path.read_text(encoding="utf-8")
+        assert str(tmp_path) not in text and str(trained_output) not in text, path  # no path of this machine
+    assert yaml.safe_load((dataset / "code" / "params.yaml").read_text())["paths"]["output"] == "output"
+
+    (fold / "notes.txt").unlink()
+    (fold / "tokenizer_config.json").unlink()
+    (fold / "tokenizer_config.json").symlink_to(trained_output / "train" / "tiny-regression" / "folds" / "fold_0"
+                                                / "tokenizer_config.json")
+    with pytest.raises(PipelineError, match=r"tokenizer_config.json leads to .*outside .*fold_0: make kaggle ships "
+                                            "nothing from elsewhere"):
+        kaggle.build_bundle(params, tmp_path / "bundle", wheels=False)
+
+
 def test_the_notebook_fails_clearly_when_a_library_is_too_old(tmp_path):
     from common.tools.kaggle import setup_cell
 
@@ -456,3 +500,33 @@ def test_a_lora_models_base_backbone_travels_with_the_bundle(tmp_path, monkeypat
     shutil.move(str(dataset), moved)  # Kaggle mounts the dataset wherever it likes
     got, _ = EssayScorer.load(moved / "train" / "m" / "folds" / "fold_0").predict(ids, mask)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def test_05s_outputs_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
+    """A full disk while writing test_predictions.parquet: no new submission beside the old predictions."""
+    import errno
+
+    from common.inference import write_outputs
+    from common.io import WriteFailed
+
+    infer = tmp_path / "infer"
+    infer.mkdir()
+    (tmp_path / "submission.csv").write_text("old submission\n")
+    (infer / "test_predictions.parquet").write_text("old predictions")
+    submission = pd.DataFrame({"essay_id": ["a"], "score": [3]})
+    predictions = pd.DataFrame({"essay_id": ["a"], "m": [3.1]})
+
+    def disk_full(self, path, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pd.DataFrame, "to_parquet", disk_full)
+        with pytest.raises(WriteFailed, match=r"test_predictions\.parquet: could not be written"):
+            write_outputs(tmp_path / "submission.csv", submission, infer, {"n": 1}, predictions)
+    assert (tmp_path / "submission.csv").read_text() == "old submission\n"
+    assert sorted(p.name for p in infer.iterdir()) == ["test_predictions.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["infer", "submission.csv"]  # no staging left behind
+    write_outputs(tmp_path / "submission.csv", submission, infer, {"n": 1}, predictions)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "submission.csv"), submission)
+    pd.testing.assert_frame_equal(pd.read_parquet(infer / "test_predictions.parquet"), predictions)
+    assert json.loads((infer / "metrics.json").read_text()) == {"n": 1}

@@ -139,3 +139,47 @@ def test_file_modes_follow_the_umask(tmp_path):
         os.umask(previous)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "stage").stat().st_mode & 0o777 == 0o750
+
+
+def test_a_write_the_disk_refuses_names_the_file_and_the_fix_and_keeps_the_old_one(tmp_path):
+    import errno
+
+    from lightgbm.basic import LightGBMError
+
+    from common.io import WriteFailed
+
+    target = tmp_path / "model.txt"
+    target.write_text("the previous file")
+    refusals = (OSError(errno.ENOSPC, "No space left on device"), RuntimeError("basic_ios::clear: iostream error"),
+                RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file"),
+                LightGBMError("Booster could not save"))
+    for refusal in refusals:
+        with pytest.raises(WriteFailed) as info, atomic_write(target) as tmp:
+            tmp.write_text("half")
+            raise refusal
+        message = str(info.value)
+        assert message.startswith(f"{target}: could not be written ({type(refusal).__name__}: ")
+        assert "MiB free there now" in message and "Fix: free space on that disk" in message
+        assert target.read_text() == "the previous file" and sorted(tmp_path.iterdir()) == [target]
+    with pytest.raises(TypeError), atomic_write(target):  # a bug stays a bug
+        raise TypeError("not JSON serialisable")
+
+
+def test_a_stage_on_a_full_disk_exits_2_naming_the_file(tmp_path, capsys):
+    import errno
+
+    from common.stage import run_stage
+
+    def full_disk(params):
+        raise OSError(errno.ENOSPC, "No space left on device", str(params.output_dir / "train" / "oof.parquet"))
+
+    def bug(params):
+        raise RuntimeError("an ordinary bug")
+
+    args = [f"paths.output={tmp_path}", f"paths.metrics={tmp_path / 'metrics'}"]
+    assert run_stage(full_disk, "", args) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'train' / 'oof.parquet'}: could not be written (OSError: [Errno 28] No space left on " \
+           "device" in err and "MiB free there now" in err and "set paths.output to a disk with room" in err
+    with pytest.raises(RuntimeError, match="an ordinary bug"):
+        run_stage(bug, "", args)

@@ -286,3 +286,29 @@ def test_labels_of_a_teacher_or_of_pseudo_labels_on_other_folds_are_refused(trai
     assert student.returncode == 2 and "Traceback" not in student.stderr
     assert "they were made on other folds" in student.stderr
     assert "python 01_pseudo_label/run.py train.model=tiny-student" in student.stderr
+
+
+@pytest.mark.slow
+def test_labels_whose_teacher_folds_changed_since_are_refused_by_hand(trained_output, demo_input, tmp_path):
+    """A teacher retrained by hand after its labels were made (a first-round student, for the second round): the
+    labels record the fingerprints of the teacher folds that made them, and the student refuses them."""
+    folder, _ = demo_input
+    out = tmp_path / "out"
+    shutil.copytree(trained_output, out)
+    common = [f"paths.input={folder}", f"paths.output={out}", *TINY_TRAIN, *STUDENT_FAST,
+              "train.students.tiny-student.mlm.epochs=0"]
+    labelled = run_cli("01_pseudo_label", *common)
+    assert labelled.returncode == 0, labelled.stderr[-3000:]
+    made = json.loads((out / "pseudo" / "tiny-student" / "metrics.json").read_text())
+    teacher_folds = out / "train" / "tiny-regression" / "folds"
+    assert made["teacher_fingerprints"] == {
+        unit.name: json.loads((unit / "train_config.json").read_text())["fingerprint"]
+        for unit in sorted(teacher_folds.iterdir()) if unit.name.startswith("fold_")}
+    config_file = teacher_folds / "fold_2_seed7" / "train_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "fingerprint": "retrained-with-other-settings"}))
+    student = run_cli("02_train", *common, "train.model=tiny-student", "train.folds=[0]")
+    assert student.returncode == 2 and "Traceback" not in student.stderr
+    assert "teacher 'tiny-regression' changed since they were made: fold_2_seed7 trained again" in student.stderr
+    assert "python 01_pseudo_label/run.py train.model=tiny-student" in student.stderr
+    assert not (out / "train" / "tiny-student").exists()

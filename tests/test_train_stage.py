@@ -396,3 +396,127 @@ def test_fold_workers_print_their_log_paths_and_progress(tmp_path, monkeypatch, 
         assert f"fold {k}: started on CPU, log {path}" in caplog.text
         assert f"fold {k}: worker finished (exit 0); its last line: t fold stage 1:  90%" in caplog.text
     assert train_stage.latest_progress(tmp_path / "absent.log") == ""
+
+
+def _tiny_spec(**changes):
+    from common.config import ModelParams, StageParams
+
+    return ModelParams(name="t", max_length=64, stages=[StageParams(epochs=1.0)], batch_size=8, effective_batch_size=16,
+                       lr=1e-3, head_lr=5e-3, warmup_ratio=0.0, **changes)
+
+
+def test_the_largest_seed_trains_and_the_oof_file_stays_until_a_fold_has_trained_again(tmp_path, monkeypatch):
+    """seed + fold must not overflow numpy's 32-bit seeds, and the model's oof.parquet is removed only once a fold
+    that makes it stale has trained (a failed fold leaves it as it was)."""
+    import common.train_stage
+    from common.train_stage import train_model
+    from common.training import TrainingError
+    from tests.conftest import BACKBONE, fold_table
+
+    _, table, texts = fold_table(seed=5, n_train=48, n_corpus_only=10, n_folds=2)
+    spec = _tiny_spec()
+    oof = tmp_path / "train" / "t" / "oof.parquet"
+    oof.parent.mkdir(parents=True)
+    oof.write_bytes(b"the previous OOF file")
+
+    def fails(*args, **kwargs):
+        raise TrainingError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(common.train_stage, "train_fold", fails)
+        with pytest.raises(TrainingError, match="disk full"):
+            train_model(spec, BACKBONE, table, texts, tmp_path, 4294967295, [1], "cpu")
+    assert oof.read_bytes() == b"the previous OOF file"
+    train_model(spec, BACKBONE, table, texts, tmp_path, 4294967295, [1], "cpu")  # fold 1: seed 2**32 folded to 0
+    assert json.loads((tmp_path / "train" / "t" / "folds" / "fold_1" / "train_config.json").read_text())["seed"] == (
+        4294967295)
+    assert not oof.exists()  # fold 1 trained again: the old OOF file no longer describes the model
+
+
+def test_the_run_seed_neither_renames_nor_retrains_a_model_with_its_own_seeds():
+    from common.layout import inference_units
+
+    spec = _tiny_spec(seeds=[42, 7], full_fit="beside")
+    names = ["fold_0", "fold_0_seed7", "fold_1", "fold_1_seed7", "full", "full_seed7"]
+    for run_seed in (42, 7, 1):
+        units = inference_units(spec, [0, 1], run_seed)
+        assert [u.name for u in units] == names
+        assert [u.run_seed(run_seed) for u in units] == [42, 7, 42, 7, 42, 7]  # what each fingerprint holds
+    assert [u.run_seed(1) for u in inference_units(_tiny_spec(), [0], 1)] == [1]  # no seeds: the run's
+
+
+DIE_WITH_PARENT = """
+import sys
+from pathlib import Path
+from common.train_stage import start_worker
+proc, _ = start_worker([sys.executable, "-c", "import time; time.sleep(600)"], None, Path(sys.argv[1]))
+print(proc.pid, flush=True)
+sys.stdin.read()
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting for its reaper counts as gone)."""
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="parent-death signal: Linux")
+def test_a_fold_worker_dies_with_its_parent_and_appends_to_its_log(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    log = tmp_path / "fold_0.log"
+    log.write_text("what an earlier worker wrote\n")
+    parent = subprocess.Popen([sys.executable, "-c", DIE_WITH_PARENT, str(log)], cwd=REPO, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    worker = int(parent.stdout.readline())
+    assert _alive(worker)
+    os.kill(parent.pid, signal.SIGKILL)  # no handler, no finally: only the kernel can take the worker along
+    parent.wait()
+    for _ in range(300):  # the kernel signals at once; this only bounds the wait for the reaper
+        if not _alive(worker):
+            break
+        time.sleep(0.1)
+    assert not _alive(worker)
+    assert log.read_text().startswith("what an earlier worker wrote\n")
+
+
+def test_a_fold_a_live_process_trains_is_not_started_and_its_log_kept(model_args, tmp_path):
+    import os
+    import socket
+
+    work = tmp_path / "checkpoints" / "tiny-regression"
+    for k in (0, 1):
+        (work / f"fold_{k}").mkdir(parents=True)
+        (work / f"fold_{k}" / "lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                                             "since": "earlier"}))
+        (work / f"fold_{k}.log").write_text("an orphan's progress bars\n")
+    result = run_cli("02_train", *model_args, "train.folds=[0, 1]", "train.fold_workers=2")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"is being trained by process {os.getpid()}" in result.stderr and "started on CPU" not in result.stderr
+    for k in (0, 1):
+        assert (work / f"fold_{k}.log").read_text() == "an orphan's progress bars\n"
+
+
+def test_fold_workers_train_what_a_serial_run_trains_to_the_last_bit(model_args, tmp_path):
+    """Workers use the serial run's thread count: a CPU reduction split over other threads would round otherwise."""
+    serial = tmp_path / "serial"
+    shutil.copytree(tmp_path / "prepare", serial / "prepare")
+    args = [a for a in model_args if not a.startswith("paths.output=")]
+    workers = run_cli("02_train", *model_args, "train.folds=[0, 1]", "train.fold_workers=2")
+    assert workers.returncode == 0, workers.stderr[-3000:]
+    alone = run_cli("02_train", *args, f"paths.output={serial}", "train.folds=[0]")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    fold = ("train", "tiny-regression", "folds", "fold_0", "oof.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path.joinpath(*fold)), pd.read_parquet(serial.joinpath(*fold)),
+                                  check_exact=True)

@@ -34,10 +34,15 @@ import nbformat
 import yaml
 
 from common import layout
-from common.config import Params, to_dict
+from common.artifact_checks import ENSEMBLE_FILE, escapes
+from common.clusters import PromptAssigner
+from common.config import Params, PathsParams, to_dict
+from common.ensemble import LGBMStacker
+from common.ensemble_artifact import VOCABULARY_FILE
 from common.inference import ENSEMBLE_DIR, ArtifactSet
 from common.io import staged_dir, write_json
 from common.offline import OFFLINE_VARIABLES
+from common.stage import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +58,57 @@ REQUIREMENTS = {
 # images lack in the versions above. torch is never shipped (the image's CUDA build must stay).
 SHIPPED_WHEELS = ("transformers", "tokenizers", "huggingface_hub", "safetensors", "peft")
 TORCH_DEPENDENT = {"peft"}
-# Files a fold model needs at inference; the OOF file, logs and checkpoints stay home.
-FOLD_FILES_SKIPPED = {"oof.parquet", "log.csv", "metrics.json"}
+# What 05_infer reads of a fold folder (EssayScorer.load, TokenCache, ArtifactSet.check): these files, the
+# tokenizer's (by prefix) and the two sub-folders; the OOF file, logs and anything else stay home.
+FOLD_FILES = {"scorer.json", "train_config.json", "model.safetensors", "head.safetensors",
+              "text_model.json", "text_model.npz", "lightgbm.txt"}  # the last three: a text model's (kind: tfidf)
+TOKENIZER_PREFIXES = ("tokenizer", "special_tokens", "spm", "vocab", "added_tokens", "merges", "sentencepiece")
+FOLD_SUBFOLDERS = {"backbone": ("config.json",), "adapter": ("adapter_config.json", "adapter_model.safetensors",
+                                                             "adapter_model.bin")}
 
 
-def _copy_fold(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, ignore=lambda folder, names: [n for n in names if Path(folder) == src
-                                                            and n in FOLD_FILES_SKIPPED])
+def fold_files(src: Path) -> list[Path]:
+    """The files of fold folder `src` that 05_infer reads (paths relative to `src`): nothing else is shipped."""
+    wanted = []
+    for path in sorted(src.iterdir()):
+        if path.name in FOLD_SUBFOLDERS and path.is_dir():
+            wanted.extend(Path(path.name) / name for name in FOLD_SUBFOLDERS[path.name]
+                          if (path / name).is_file() or (path / name).is_symlink())
+        elif path.name in FOLD_FILES or path.name.startswith(TOKENIZER_PREFIXES):
+            wanted.append(Path(path.name))
+    return wanted
+
+
+def ensemble_files(src: Path) -> list[Path]:
+    """The files of the ensemble's artifacts folder `src` that 05_infer may read (relative to `src`): ensemble.json,
+    the text vocabulary, the prompt assigner, and stacker.json with the boosters it names inside stacker/."""
+    wanted = [Path(name) for name in (ENSEMBLE_FILE, VOCABULARY_FILE, PromptAssigner.FILE) if (src / name).exists()]
+    meta_file = src / LGBMStacker.DIR / LGBMStacker.META_FILE
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        files = meta.get("model_files") if isinstance(meta, dict) else None
+        wanted.append(meta_file.relative_to(src))
+        for file in (files or {}).values() if isinstance(files, dict) else []:
+            if escapes(meta_file.parent, file) is not None:
+                raise PipelineError(f"{meta_file}: 'model_files' entry {escapes(meta_file.parent, file)}: refused "
+                                    "(an artifact names only files inside its folder). Fix: re-run python "
+                                    "04_ensemble/run.py")
+            wanted.append(Path(LGBMStacker.DIR) / file)
+    return wanted
+
+
+def copy_inside(src: Path, dst: Path, files: list[Path]) -> None:
+    """Copy `files` (relative to `src`) to `dst`. A symlink is copied as its target's contents only when the target
+    lies inside `src`; one that leads out is an error, so nothing from elsewhere on this machine is shipped."""
+    base = src.resolve()
+    for rel in files:
+        target = (src / rel).resolve()
+        if base not in target.parents:
+            raise PipelineError(f"{src / rel} leads to {target}, outside {src}: make kaggle ships nothing from "
+                                "elsewhere on this machine. Fix: replace the link by a copy of the file (under DVC: "
+                                "dvc config cache.type copy, then dvc checkout)")
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(target, dst / rel)
 
 
 def _local_folder(name_or_path: str) -> Path:
@@ -97,11 +146,17 @@ def _ship_lora_base(fold_src: Path, fold_dst: Path, dataset: Path, shipped: dict
 
 
 def _copy_code(dst: Path, params: Params) -> None:
-    # The library without common/tools/ (demo and backbone generators, report, this packager): inference needs none.
-    shutil.copytree(REPO / "common", dst / "common", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "tools"))
+    # The library's Python files without common/tools/ (demo and backbone generators, report, this packager):
+    # inference needs none of it, nor any other file that lies in the working tree (.env, notes, caches).
+    for source in sorted((REPO / "common").rglob("*.py")):
+        rel = source.relative_to(REPO)
+        if rel.parts[1] != "tools" and not source.is_symlink():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, dst / rel)
     (dst / "05_infer").mkdir(parents=True)
-    shutil.copy2(REPO / "05_infer" / "run.py", dst / "05_infer" / "run.py")
+    shutil.copyfile(REPO / "05_infer" / "run.py", dst / "05_infer" / "run.py")
     shipped = to_dict(params)
+    shipped["paths"] = to_dict(PathsParams())  # this machine's folders: on Kaggle 05 reads /kaggle/, writes working/
     shipped["infer"]["artifacts"] = ""  # on Kaggle the artifacts are this dataset, wherever it was built
     (dst / "params.yaml").write_text(yaml.safe_dump(shipped, sort_keys=False), encoding="utf-8")
 
@@ -239,9 +294,10 @@ def build_bundle(params: Params, out: Path, wheels: bool = True, python_version:
         for name, dirs in artifacts.fold_dirs.items():
             for fold_dir in dirs:  # the members 05_infer averages: fold models per seed, full fits
                 target = layout.model_dir(dataset, name) / "folds" / fold_dir.name
-                _copy_fold(fold_dir, target)
+                copy_inside(fold_dir, target, fold_files(fold_dir))
                 _ship_lora_base(fold_dir, target, dataset, bases)
-        shutil.copytree(artifacts.root / ENSEMBLE_DIR, dataset / ENSEMBLE_DIR)
+        ensemble = artifacts.root / ENSEMBLE_DIR
+        copy_inside(ensemble, dataset / ENSEMBLE_DIR, ensemble_files(ensemble))
         _copy_code(dataset / "code", params)
         requirements = dict(REQUIREMENTS)
         if needs_peft:
