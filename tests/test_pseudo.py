@@ -266,9 +266,8 @@ def test_a_student_without_pseudo_labels_is_told_to_make_them(prepared_output, d
     assert "python 01_pseudo_label/run.py train.model=tiny-student" in result.stderr
 
 
-@pytest.mark.slow
-def test_labels_of_a_teacher_or_of_pseudo_labels_on_other_folds_are_refused(trained_output, demo_input, tmp_path):
-    """Fold k's labels are leak-free only if the teacher's fold k held out today's fold k."""
+def labelled_copy(trained_output, demo_input, tmp_path):
+    """A copy of `trained_output` whose student's pseudo-labels 01_pseudo_label has made: (its folder, the overrides)."""
     folder, _ = demo_input
     out = tmp_path / "out"
     shutil.copytree(trained_output, out)
@@ -276,6 +275,13 @@ def test_labels_of_a_teacher_or_of_pseudo_labels_on_other_folds_are_refused(trai
               "train.students.tiny-student.mlm.epochs=0"]
     labelled = run_cli("01_pseudo_label", *common)
     assert labelled.returncode == 0, labelled.stderr[-3000:]
+    return out, common
+
+
+@pytest.mark.slow
+def test_labels_of_a_teacher_or_of_pseudo_labels_on_other_folds_are_refused(trained_output, demo_input, tmp_path):
+    """Fold k's labels are leak-free only if the teacher's fold k held out today's fold k."""
+    out, common = labelled_copy(trained_output, demo_input, tmp_path)
     folds_path = out / "prepare" / "folds.parquet"
     folds = pd.read_parquet(folds_path)
     folds.assign(fold=(folds["fold"] + 1) % 4).to_parquet(folds_path, index=False)  # 00_prepare "ran again"
@@ -292,13 +298,7 @@ def test_labels_of_a_teacher_or_of_pseudo_labels_on_other_folds_are_refused(trai
 def test_labels_whose_teacher_folds_changed_since_are_refused_by_hand(trained_output, demo_input, tmp_path):
     """A teacher retrained by hand after its labels were made (a first-round student, for the second round): the
     labels record the fingerprints of the teacher folds that made them, and the student refuses them."""
-    folder, _ = demo_input
-    out = tmp_path / "out"
-    shutil.copytree(trained_output, out)
-    common = [f"paths.input={folder}", f"paths.output={out}", *TINY_TRAIN, *STUDENT_FAST,
-              "train.students.tiny-student.mlm.epochs=0"]
-    labelled = run_cli("01_pseudo_label", *common)
-    assert labelled.returncode == 0, labelled.stderr[-3000:]
+    out, common = labelled_copy(trained_output, demo_input, tmp_path)
     made = json.loads((out / "pseudo" / "tiny-student" / "metrics.json").read_text())
     teacher_folds = out / "train" / "tiny-regression" / "folds"
     assert made["teacher_fingerprints"] == {

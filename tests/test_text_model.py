@@ -178,6 +178,9 @@ TFIDF = ["train.models={words: {kind: tfidf, tfidf: {max_features: 2000, char_ng
 def test_a_tfidf_member_trains_in_02_and_05_predicts_what_02_predicted(prepared_output, demo_input, tmp_path):
     import shutil
 
+    import torch
+
+    from common.artifact_checks import Problems
     from common.inference import ArtifactSet, predict_models
 
     folder, _ = demo_input
@@ -198,13 +201,9 @@ def test_a_tfidf_member_trains_in_02_and_05_predicts_what_02_predicted(prepared_
     held = oof[oof["fold"] == 0]
     fold_dir = model_dir / "folds" / "fold_0"
     artifacts = ArtifactSet(root=out, spec={"models": ["words"]}, folds=[0], fold_dirs={"words": [fold_dir]})
-    problems_before = ArtifactSet._check_fold  # the artifact check accepts the saved fold
-    from common.artifact_checks import Problems
-
     problems = Problems()
-    problems_before(fold_dir, problems, "fix")
+    ArtifactSet._check_fold(fold_dir, problems, "fix")  # the artifact check accepts the saved fold
     assert not problems
-    import torch
 
     predicted = predict_models(artifacts, train.loc[held["essay_id"], "full_text"].tolist(), [torch.device("cpu")],
                                "fp32", 4096)
