@@ -47,8 +47,9 @@ OUT ?=
 report: install
 	$(BIN)/python -m common.tools.run_report $(if $(OUT),--output $(OUT))
 
+# One pytest-xdist worker per core (-n auto), tests handed out as workers free up; the 20 slowest are listed.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist worksteal --durations=20
 
 lint: install
 	$(BIN)/ruff check .

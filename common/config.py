@@ -456,7 +456,7 @@ class EnsembleParams:
     selection: Literal["noise_aware", "best", "simplest"] = _help(
         "Which method 04 keeps (and how target=auto picks its weight). noise_aware: the best on the target's rows, "
         "unless others within its paired interval there do better on all rows; best: the best on the target's rows; "
-        "simplest: the simplest the best does not beat beyond their paired interval (README, Ensembling).", "noise_aware")
+        "simplest: the simplest the best does not beat beyond their paired interval (docs/ensembling.md).", "noise_aware")
     text_features: bool = _help("Give the LightGBM stacker text features beside model predictions.", True)
     prompt_features: bool = _help(
         "Give the LightGBM stacker the essay's recovered prompt cluster (one 0/1 column per cluster; test essays "

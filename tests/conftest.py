@@ -1,11 +1,26 @@
-"""Shared fixtures: a generated demo input folder and its 00_prepare output, built once per session."""
+"""Shared fixtures: a generated demo input folder, its 00_prepare output and briefly trained models, built once
+per test run (under pytest-xdist, once for all workers)."""
 
 import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker: `make test` runs a worker per core
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
+import contextlib
+import functools
+import importlib.util
+import io
+import logging
+import shutil
 import subprocess
 import sys
+import traceback
+import types
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from common.tools.demo import DEMO_FILES, make_demo_frames
 
@@ -24,14 +39,51 @@ def with_metrics_dir(overrides: tuple[str, ...] | list[str]) -> list[str]:
     return overrides
 
 
-def run_cli(stage: str, *overrides: str) -> subprocess.CompletedProcess:
-    """Run a stage's run.py from the repository root, as a user would (headline metrics kept in the run's
-    output folder: `with_metrics_dir`)."""
+def run_cli_process(stage: str, *overrides: str) -> subprocess.CompletedProcess:
+    """Run a stage's run.py in a new python from the repository root, exactly as a user would (headline metrics
+    kept in the run's output folder: `with_metrics_dir`). Each stage's command line is tested this way once;
+    the other stage runs go through `run_cli`, which skips the seconds of imports a new process costs."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, f"{stage}/run.py", *with_metrics_dir(overrides)], cwd=REPO, env=env, capture_output=True,
         text=True
     )
+
+
+@functools.cache
+def _stage_module(stage: str) -> types.ModuleType:
+    """`stage`/run.py (or `01_pseudo_label/mlm` -> its mlm.py) loaded once, under a name of its own."""
+    script = REPO / (stage if stage.endswith(".py") else f"{stage}/run.py")
+    spec = importlib.util.spec_from_file_location(f"stage_{script.parent.name}_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_cli(stage: str, *overrides: str) -> subprocess.CompletedProcess:
+    """What `run_cli_process` returns, from the same stage entry point (`common.stage.run_stage`, as
+    `exit_with` calls it) run in this process: return code, stdout and stderr (the stage's log) captured. An
+    exception the stage lets out becomes its traceback on stderr and return code 1, as in a process."""
+    from common.stage import run_stage
+
+    module = _stage_module(stage)
+    argv = with_metrics_dir(overrides)
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = run_stage(module.main, module.__doc__, argv)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return subprocess.CompletedProcess([stage, *argv], code, out.getvalue(), err.getvalue())
 
 
 def _metrics_state() -> dict[str, int]:
@@ -64,24 +116,48 @@ def fold_table(seed: int, n_train: int, n_corpus_only: int, n_folds: int = 3):
     return frames, table, train["full_text"].tolist()
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder `name`, filled by `build(folder)` once per test run: the first pytest-xdist worker to ask builds
+    it (the others wait on a lock), so every worker's tests read the same files. A build that fails leaves no
+    folder marked built, and the next worker to ask builds it again (and fails the same way)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this run
+    folder, built = root / f"shared-{name}", root / f"shared-{name}.built"
+    with FileLock(root / f"shared-{name}.lock"):
+        if not built.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            build(folder)
+            built.touch()
+    return folder
+
+
+DEMO_SEED = dict(seed=11, n_train=200, n_test=30, n_corpus_only=160)
+
+
 @pytest.fixture(scope="session")
 def demo_input(tmp_path_factory):
     """A freshly generated demo (another seed than the bundled one) and the truth behind it."""
-    folder = tmp_path_factory.mktemp("input")
-    frames = make_demo_frames(seed=11, n_train=200, n_test=30, n_corpus_only=160)
-    for key, name in DEMO_FILES.items():
-        frames[key].to_csv(folder / name, index=False)
-    return folder, frames["truth"]
+    frames = make_demo_frames(**DEMO_SEED)
+
+    def build(folder: Path) -> None:
+        for key, name in DEMO_FILES.items():
+            frames[key].to_csv(folder / name, index=False)
+
+    return built_once(tmp_path_factory, "input", build), frames["truth"]
 
 
 @pytest.fixture(scope="session")
 def prepared_output(demo_input, tmp_path_factory):
     """An output folder holding 00_prepare's results on `demo_input`."""
     folder, _ = demo_input
-    out = tmp_path_factory.mktemp("output")
-    result = run_cli("00_prepare", f"paths.input={folder}", f"paths.output={out}")
-    assert result.returncode == 0, result.stderr
-    return out
+
+    def build(out: Path) -> None:
+        result = run_cli_process("00_prepare", f"paths.input={folder}", f"paths.output={out}")
+        assert result.returncode == 0, result.stderr
+
+    return built_once(tmp_path_factory, "output", build)
 
 
 ONE_EPOCH = "stages=[{rows: all, epochs: 1.0}]"
@@ -99,16 +175,16 @@ DEMO_MEMBERS = "ensemble.models=[tiny-regression,tiny-ordinal]"
 @pytest.fixture(scope="session")
 def trained_output(demo_input, prepared_output, tmp_path_factory):
     """`prepared_output` plus both demo models trained briefly on every fold and the ensemble on them."""
-    import shutil
-
     folder, _ = demo_input
-    out = tmp_path_factory.mktemp("trained")
-    shutil.copytree(prepared_output / "prepare", out / "prepare")
-    common = [f"paths.input={folder}", f"paths.output={out}"]
-    for model in ("tiny-regression", "tiny-ordinal"):
-        trained = run_cli("02_train", *common, *TINY_TRAIN, f"train.model={model}")
-        assert trained.returncode == 0, trained.stderr[-3000:]
-    ensembled = run_cli("04_ensemble", *common, "ensemble.n_trials=2", NO_STUDENTS, DEMO_MEMBERS)
-    assert ensembled.returncode == 0, ensembled.stderr[-3000:]
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    return out
+
+    def build(out: Path) -> None:
+        shutil.copytree(prepared_output / "prepare", out / "prepare")
+        common = [f"paths.input={folder}", f"paths.output={out}"]
+        for model in ("tiny-regression", "tiny-ordinal"):
+            trained = run_cli("02_train", *common, *TINY_TRAIN, f"train.model={model}")
+            assert trained.returncode == 0, trained.stderr[-3000:]
+        ensembled = run_cli("04_ensemble", *common, "ensemble.n_trials=2", NO_STUDENTS, DEMO_MEMBERS)
+        assert ensembled.returncode == 0, ensembled.stderr[-3000:]
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+
+    return built_once(tmp_path_factory, "trained", build)

@@ -11,7 +11,7 @@ import pytest
 
 from common.ensemble import LGBMStacker
 from common.text_features import TextFeaturizer
-from tests.conftest import run_cli
+from tests.conftest import built_once, run_cli
 
 pytestmark = pytest.mark.slow
 FAST = "ensemble.n_trials=2"
@@ -35,16 +35,18 @@ def write_oof(out: Path, name: str, noise: float, seed: int, probs: bool = False
 
 @pytest.fixture(scope="module")
 def run_dir(prepared_output, demo_input, tmp_path_factory):
-    out = tmp_path_factory.mktemp("post")
-    shutil.copytree(prepared_output / "prepare", out / "prepare")
-    write_oof(out, "model_a", 0.6, 1)
-    write_oof(out, "model_b", 0.8, 2, probs=True)
-    write_oof(out, "noise", 3.0, 3)
     folder, _ = demo_input
-    for stage in ("03_oof_thresholds", "04_ensemble"):
-        result = run_cli(stage, f"paths.input={folder}", f"paths.output={out}", FAST, MODELS)
-        assert result.returncode == 0, result.stderr
-    return out
+
+    def build(out: Path) -> None:
+        shutil.copytree(prepared_output / "prepare", out / "prepare")
+        write_oof(out, "model_a", 0.6, 1)
+        write_oof(out, "model_b", 0.8, 2, probs=True)
+        write_oof(out, "noise", 3.0, 3)
+        for stage in ("03_oof_thresholds", "04_ensemble"):
+            result = run_cli(stage, f"paths.input={folder}", f"paths.output={out}", FAST, MODELS)
+            assert result.returncode == 0, result.stderr
+
+    return built_once(tmp_path_factory, "post", build)
 
 
 def test_thresholds_report_every_model(run_dir):

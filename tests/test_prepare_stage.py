@@ -12,7 +12,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from common.stage import run_stage
 from common.tools.demo import DEMO_FILES
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_process
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -147,7 +147,7 @@ def test_an_unwritable_output_folder_fails_at_start(demo, tmp_path, stage):
     folder, _ = demo
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    result = run_cli(stage, f"paths.input={folder}", f"paths.output={blocker / 'out'}")
+    result = run_cli_process(stage, f"paths.input={folder}", f"paths.output={blocker / 'out'}")  # each stage's CLI
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"paths.output={blocker / 'out'} is not writable" in result.stderr and "Fix:" in result.stderr
     assert "INFO" not in result.stderr  # nothing ran before the check

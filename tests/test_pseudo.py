@@ -2,10 +2,7 @@
 and stages mlm / pseudo_label / students end to end on the demo."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -29,7 +26,7 @@ from common.pseudo import (
 )
 from common.stage import PipelineError
 from common.training import Interrupted, _batch_loss, tokenize_train, train_fold
-from tests.conftest import BACKBONE, REPO, TINY_TRAIN, fold_table, run_cli
+from tests.conftest import BACKBONE, TINY_TRAIN, fold_table, run_cli
 
 # ------------------------------------------------------------------------------------------------
 # Soft labels
@@ -252,8 +249,7 @@ def test_mlm_pseudo_label_and_student_stages(trained_output, demo_input, tmp_pat
 
 
 def run_mlm(common):
-    return subprocess.run([sys.executable, "01_pseudo_label/mlm.py", *common, "train.model=tiny-student"],
-                          cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return run_cli("01_pseudo_label/mlm.py", *common, "train.model=tiny-student")
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -23,7 +24,7 @@ from common.tools.run_report import (
     section_runtime,
     training_curves,
 )
-from tests.conftest import DEMO_MEMBERS, NO_STUDENTS, REPO, run_cli
+from tests.conftest import DEMO_MEMBERS, NO_STUDENTS, REPO, built_once, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -47,13 +48,16 @@ def row(html: str, first_cell: str) -> str:
 def reported_output(trained_output, demo_input, tmp_path_factory):
     """`trained_output` plus 03_oof_thresholds and 05_infer: every stage the report reads but 01_pseudo_label."""
     folder, _ = demo_input
-    out = tmp_path_factory.mktemp("reported") / "out"
-    shutil.copytree(trained_output, out)
-    common = [f"paths.input={folder}", f"paths.output={out}", NO_STUDENTS, DEMO_MEMBERS]
-    for stage in ("03_oof_thresholds", "05_infer"):
-        result = run_cli(stage, *common)
-        assert result.returncode == 0, result.stderr[-2000:]
-    return out
+
+    def build(root: Path) -> None:
+        out = root / "out"
+        shutil.copytree(trained_output, out)
+        common = [f"paths.input={folder}", f"paths.output={out}", NO_STUDENTS, DEMO_MEMBERS]
+        for stage in ("03_oof_thresholds", "05_infer"):
+            result = run_cli(stage, *common)
+            assert result.returncode == 0, result.stderr[-2000:]
+
+    return built_once(tmp_path_factory, "reported", build) / "out"
 
 
 @pytest.fixture(scope="module")

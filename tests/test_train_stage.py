@@ -1,8 +1,10 @@
 """Stage 02_train end to end through its command line on generated demo data."""
 
+import contextlib
 import json
 import math
 import shutil
+import subprocess
 from dataclasses import replace
 
 import numpy as np
@@ -289,18 +291,29 @@ def test_a_hub_cached_backbone_trains_with_the_network_blocked(model_args, tmp_p
     assert config["backbone"] == "aes-test/tiny-deberta"
 
 
+@contextlib.contextmanager
+def live_process():
+    """The pid of another process that runs while the block runs (a lock holder other than this test's process,
+    which runs the stage in-process)."""
+    holder = subprocess.Popen(["sleep", "300"])
+    try:
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_fold_another_process_trains_is_refused_and_a_dead_holders_lock_taken_over(model_args, tmp_path):
-    import os
     import socket
-    import subprocess
     import sys
 
     lock = tmp_path / "checkpoints" / "tiny-regression" / "fold_0" / "lock"
     lock.parent.mkdir(parents=True)
-    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": "earlier"}))
-    busy = run_cli("02_train", *model_args, "train.folds=[0]")
+    with live_process() as holder:
+        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": holder, "since": "earlier"}))
+        busy = run_cli("02_train", *model_args, "train.folds=[0]")
     assert busy.returncode == 2 and "Traceback" not in busy.stderr
-    assert f"tiny-regression fold 0 is being trained by process {os.getpid()}" in busy.stderr
+    assert f"tiny-regression fold 0 is being trained by process {holder}" in busy.stderr
     assert f"delete {lock}" in busy.stderr and lock.exists()
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": int(gone.stdout), "since": "earlier"}))
@@ -492,18 +505,18 @@ def test_a_fold_worker_dies_with_its_parent_and_appends_to_its_log(tmp_path):
 
 
 def test_a_fold_a_live_process_trains_is_not_started_and_its_log_kept(model_args, tmp_path):
-    import os
     import socket
 
     work = tmp_path / "checkpoints" / "tiny-regression"
-    for k in (0, 1):
-        (work / f"fold_{k}").mkdir(parents=True)
-        (work / f"fold_{k}" / "lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                                             "since": "earlier"}))
-        (work / f"fold_{k}.log").write_text("an orphan's progress bars\n")
-    result = run_cli("02_train", *model_args, "train.folds=[0, 1]", "train.fold_workers=2")
+    with live_process() as holder:
+        for k in (0, 1):
+            (work / f"fold_{k}").mkdir(parents=True)
+            (work / f"fold_{k}" / "lock").write_text(json.dumps({"host": socket.gethostname(), "pid": holder,
+                                                                 "since": "earlier"}))
+            (work / f"fold_{k}.log").write_text("an orphan's progress bars\n")
+        result = run_cli("02_train", *model_args, "train.folds=[0, 1]", "train.fold_workers=2")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"is being trained by process {os.getpid()}" in result.stderr and "started on CPU" not in result.stderr
+    assert f"is being trained by process {holder}" in result.stderr and "started on CPU" not in result.stderr
     for k in (0, 1):
         assert (work / f"fold_{k}.log").read_text() == "an orphan's progress bars\n"
 
