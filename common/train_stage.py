@@ -694,6 +694,7 @@ def train_in_workers(params: Params, name: str, folds: list[int], script: Path) 
     """
     import torch
     from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     out, spec = params.output_dir, params.train.all_models[name]
     slots = worker_devices(params.train.device, params.train.fold_workers)[: len(folds)]
@@ -713,7 +714,8 @@ def train_in_workers(params: Params, name: str, folds: list[int], script: Path) 
         raise TrainingError(f"{name}: stopped by signal {signum}; the running folds were stopped too")
 
     previous = signal.signal(signal.SIGTERM, stop)
-    with tqdm(total=len(folds), desc=f"{name} folds", unit="fold") as progress:
+    # Log lines go through tqdm while the folds bar shows: each on a line of its own, the bar drawn again below it.
+    with logging_redirect_tqdm(), tqdm(total=len(folds), desc=f"{name} folds", unit="fold") as progress:
         try:
             while queue or running:
                 for slot, gpu in enumerate(slots):

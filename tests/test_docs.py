@@ -109,3 +109,19 @@ def test_slug_matches_github():
     assert slug("Under `paths.output`") == "under-pathsoutput"
     assert slug("Experiments, plots and diagnostics") == "experiments-plots-and-diagnostics"
     assert slug("Which method is kept: the noise-aware rule") == "which-method-is-kept-the-noise-aware-rule"
+
+
+def test_readme_says_how_to_bring_back_every_tracked_file_a_run_rewrites():
+    """A real run (make competition, dvc repro) rewrites the tracked params.yaml, dvc.lock and the headline
+    figures under paths.metrics, and adds one per new model: the README's way back to the demo names them all."""
+    import yaml
+
+    metrics = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["paths"]["metrics"]
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    spans = [s.strip("`") for s in re.findall(r"`[^`]*git checkout[^`]*`", text)]
+    assert spans, "README.md: no `git checkout ...` bringing the demo's files back after a real run"
+    words = {w for s in spans for w in re.split(r"[\s;&|]+", s)}
+    missing = [f for f in ("params.yaml", "dvc.lock", metrics) if f not in words]
+    assert not missing, f"README.md's {spans} leaves {missing} holding the real run's files"
+    assert any("git clean" in s and metrics in s.split("git clean", 1)[1] for s in spans), (
+        f"README.md's {spans}: a new model's {metrics}/train/<model>.json is untracked; git clean it too")

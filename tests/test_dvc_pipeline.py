@@ -184,6 +184,16 @@ def test_every_metrics_file_is_git_tracked_so_experiments_hold_it():
     assert sorted(tracked.split()) == sorted(set(resolved))  # the demo's figures are committed with it
 
 
+def test_a_symlinked_venv_is_ignored(tmp_path):
+    """.venv may be a link to a shared environment (ln -s ~/venvs/aes .venv): git must ignore it as it does the
+    folder `make` creates (a `.venv/` pattern matches folders only)."""
+    shutil.copy(REPO / ".gitignore", tmp_path / ".gitignore")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / ".venv").symlink_to(tmp_path / "elsewhere")
+    ignored = subprocess.run(["git", "check-ignore", ".venv"], cwd=tmp_path, capture_output=True, text=True)
+    assert ignored.returncode == 0, "a .venv symlink is not ignored: .gitignore needs `.venv`, not `.venv/`"
+
 def plots_copy(folder: Path) -> Path:
     """What `dvc plots show` reads (dvc.yaml, params.yaml, the dvc config and templates) in a fresh git repository."""
     from common.tools.offline_plots import write_offline_page

@@ -411,6 +411,36 @@ def test_fold_workers_print_their_log_paths_and_progress(tmp_path, monkeypatch, 
     assert train_stage.latest_progress(tmp_path / "absent.log") == ""
 
 
+def test_fold_worker_lines_start_a_console_line_of_their_own(tmp_path, monkeypatch, capsys):
+    """The folds bar does not glue itself to the log lines: each one starts on a line of its own (the bar is cleared
+    before it and drawn again after), as a terminal shows them."""
+    import logging
+    import re
+
+    from common import train_stage
+    from common.config import load_params
+    from common.logs import setup_logging
+    from tests.conftest import REPO
+
+    script = tmp_path / "worker.py"
+    script.write_text(FAKE_WORKER)
+    params = load_params(REPO / "params.yaml", [f"paths.output={tmp_path}", "train.device=cpu",
+                                                 "train.fold_workers=1"])
+    monkeypatch.setattr(train_stage, "PROGRESS_EVERY", 0.0)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    setup_logging()  # the stages' console handler, on this test's captured stderr
+    try:
+        train_stage.train_in_workers(params, "tiny-regression", [0, 1], script)
+    finally:
+        root.handlers[:], root.level = handlers, level
+    err = capsys.readouterr().err
+    shown = [line.split("\r")[-1] for line in err.split("\n") if "common.train_stage" in line]
+    assert len(shown) >= 5, err
+    glued = [line for line in shown if not re.match(r"\d\d:\d\d:\d\d INFO", line)]
+    assert not glued, f"log lines glued to the folds bar: {glued}"
+
+
 def _tiny_spec(**changes):
     from common.config import ModelParams, StageParams
 
