@@ -198,7 +198,7 @@ def test_bad_pseudo_files_are_refused(world, tmp_path):
 
 
 STUDENT_FAST = ["train.students.tiny-student.max_length=64", "train.students.tiny-student.stages=[{rows: pseudo, epochs: 1.0}, {rows: all, epochs: 1.0}]",
-                "train.students.tiny-student.mlm.max_length=64"]
+                "train.students.tiny-student.mlm.max_length=64", "train.students.tiny-student.mlm.epochs=0.5"]
 
 
 @pytest.mark.slow
@@ -244,7 +244,7 @@ def test_mlm_pseudo_label_and_student_stages(trained_output, demo_input, tmp_pat
     assert run_mlm(common).returncode == 0
     assert run_mlm([*common, "pseudo.regression_sigma=0.9"]).returncode == 0
     assert len(list((out / "mlm").glob("*/backbone"))) == 1
-    assert run_mlm([*common, "train.students.tiny-student.mlm.epochs=1.0"]).returncode == 0
+    assert run_mlm([*common, "train.students.tiny-student.mlm.epochs=0.25"]).returncode == 0
     assert len(list((out / "mlm").glob("*/backbone"))) == 2
 
 
