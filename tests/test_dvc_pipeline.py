@@ -264,8 +264,10 @@ def test_dvc_plots_show_renders_offline_with_one_line_per_fold(tmp_path):
 
 
 def make(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    """make in `folder` with this checkout's installed environment (no install in the copy)."""
-    return subprocess.run(["make", "-s", *args, f"VENV={Path(sys.executable).parents[1]}"], cwd=folder,
+    """make in `folder` with this checkout's installed environment, never installing it again (`-o` its stamp):
+    an install from the copy would point the environment's editable `common` at the copy."""
+    venv = Path(sys.executable).parents[1]
+    return subprocess.run(["make", "-s", "-o", f"{venv}/.installed", *args, f"VENV={venv}"], cwd=folder,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -276,6 +278,9 @@ def test_make_competition_takes_a_preset_and_overrides_and_make_report_follows_p
     for name in ("train.csv", "test.csv", "sample_submission.csv"):
         shutil.copy(REPO / "input" / name, data / name)
     args = [f"DATA={data}", "PRESET=first-try", "OUT=runs/try", "STAGES=prepare"]
+    stamp = Path(sys.executable).parents[1] / ".installed"
+    installed = stamp.stat().st_mtime_ns if stamp.exists() else None
+    os.utime(repo_copy / "pyproject.toml")  # edited after the install: make's rule would install from the copy
     refused = make(repo_copy, "competition", *args)
     assert refused.returncode != 0 and "ARGS=prepare.external_file=" in refused.stderr
     tiny = REPO / "input" / "tiny-deberta-v2"
@@ -298,3 +303,5 @@ def test_make_competition_takes_a_preset_and_overrides_and_make_report_follows_p
     assert (repo_copy / "runs" / "try" / "report" / "index.html").is_file()
     other = make(repo_copy, "report", f"OUT={tmp_path / 'nothing'}")
     assert other.returncode != 0 and "nothing holds no run" in other.stderr
+    assert (stamp.stat().st_mtime_ns if stamp.exists() else None) == installed  # the environment untouched
+    assert not (repo_copy / ".venv").exists()
