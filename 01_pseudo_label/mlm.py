@@ -12,7 +12,8 @@ import sys
 
 try:
     from common.config import Params
-    from common.stage import PipelineError, exit_with
+    from common.errors import PipelineError
+    from common.stage import exit_with
 except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv
     print(f"error: {sys.executable} has no module {missing.name!r}; the project is installed in .venv. Fix: "
           "source .venv/bin/activate (make install creates it), then run the command again", file=sys.stderr)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common.stage import PipelineError
+from safetensors import SafetensorError, safe_open
+
+from common.errors import PipelineError
 
 ENSEMBLE_FILE = "ensemble.json"
 """04_ensemble's description of the ensemble, in its artifacts folder."""
@@ -81,3 +83,15 @@ def read_json(path: Path, problems: Problems, fix: str, kind: type = dict) -> ob
         problems.bad(path, problem, fix)
         return None
     return value
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why the safetensors file at `path` cannot be opened, or None. Reads the header only (no weights)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            n_tensors = len(list(handle.keys()))  # the header is checked against the file's size on open
+    except SafetensorError as exc:
+        return f"not a readable safetensors file ({exc}): {TRUNCATED}"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    return None if n_tensors else f"holds no tensors: {TRUNCATED}"

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.errors import InputError
+
 SCORES = (1, 2, 3, 4, 5, 6)
 TRAIN_COLUMNS = ("essay_id", "full_text", "score")
 TEST_COLUMNS = ("essay_id", "full_text")
@@ -25,19 +27,6 @@ _INTEGER = re.compile(r"^\s*[+-]?\d+(\.0*)?\s*$")
 _LETTER = re.compile(r"[^\W\d_]")
 _PLACEHOLDERS = frozenset({"nan", "-nan", "none", "null", "na", "n/a", "#n/a", "#na", "<na>"})
 """Whole-essay texts (stripped, lower-cased) that a spreadsheet or export writes for a missing value."""
-
-
-class InputError(ValueError):
-    """One or more input files are unusable; the message lists every problem with its fix.
-
-    `what` names the files in the header line ("N problem(s) in <what>:"), e.g. "the OOF predictions".
-    """
-
-    def __init__(self, problems: list[str], what: str = "the input files"):
-        self.problems = problems
-        self.what = what
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{len(problems)} problem(s) in {what}:\n{lines}")
 
 
 @dataclass

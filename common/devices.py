@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from common.stage import PipelineError
+from common.errors import PipelineError
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from accelerate.state import AcceleratorState
 from torch import nn
 
 from common.devices import resolve_device, resolve_mixed_precision
+from common.errors import PipelineError
 from common.io import atomic_write, write_json
-from common.stage import PipelineError
 from common.tokenization import LengthGroupedSampler, batches_by_token_budget
 
 log = logging.getLogger(__name__)

@@ -1,19 +1,20 @@
-"""Combining several models' OOF predictions: one `Combiner` interface, the blends and the LightGBM stacker.
+"""Combining several models' OOF predictions: the blends and the LightGBM stacker behind one `Combiner` interface.
 
 Inputs everywhere: `P`, shape (n_rows, n_models), continuous OOF predictions on the score scale;
 `y`, shape (n_rows,), true scores 1..6; `folds`, shape (n_rows,), the fold each row was held out in.
 
-- `Combiner` is what every method implements: `fit(X, y, sample_weight, folds)` (returns self, sets `fit_pred_`,
-  the predictions of the training rows that thresholds are fitted on), `predict(X)`, `tune` (parameters chosen on
-  training rows, the stacker's optuna search), `save(directory)` / `load(directory, entry)` and `check` (what
-  05_infer verifies before any model runs). `COMBINERS`, at the end of the module, names every method, simplest
+- `Combiner` (common.combiner, below common.nested, which fits any of them) is what every method implements:
+  `fit(X, y, sample_weight, folds)` (returns self, sets `fit_pred_`, the predictions of the training rows that
+  thresholds are fitted on), `predict(X)`, `tune` (parameters chosen on training rows, the stacker's optuna
+  search), `save(directory)` / `load(directory, entry)` and `check` (what 05_infer verifies before any model runs). `COMBINERS`, at the end of the module, names every method, simplest
   first; adding a method is one class here and one line there.
 - `MeanBlender`, `GreedyBlender` (forward selection with replacement on thresholded QWK) and
   `ScipyBlender` (SLSQP on the simplex) learn non-negative weights summing to one.
 - `LGBMStacker` trains one booster per fold on exactly the given folds (early stopping on another
   training fold, never the held-out one), keeps their OOF predictions, and saves / loads as plain LightGBM
   text models plus a JSON file.
-- `tune_stacker` searches LightGBM parameters with optuna on training rows only.
+- `tune_stacker` searches LightGBM parameters with optuna on training rows only (optuna is imported there, so
+  05_infer, which loads this module to predict, never loads it).
 - `prompt_mix_weights` reweights rows so prompt clusters match a target mix when scoring.
 
 Honest scores of a combiner (weights and thresholds fitted on the other folds only) come from
@@ -42,28 +43,28 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightgbm as lgb
 import numpy as np
-import optuna
 import pandas as pd
 from lightgbm.basic import LightGBMError
 from numpy.typing import ArrayLike
 from scipy.optimize import minimize
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from common.artifact_checks import ENSEMBLE_FILE, TRUNCATED, Problems, escapes, read_json
+from common.combiner import Combiner, Objective
 from common.io import atomic_write
 from common.metrics import check_labels, check_same_length, check_sample_weight, qwk
 from common.nested import check_folds
 from common.thresholds import ThresholdSearcher, round_scores
 
+if TYPE_CHECKING:
+    import optuna
+
 logger = logging.getLogger(__name__)
-
-Objective = Literal["regression", "qwk"]
-
 
 def check_prediction_matrix(P: ArrayLike, name: str = "P") -> np.ndarray:
     """Return OOF predictions as a finite, C-ordered float64 array of shape (n_rows, n_models).
@@ -112,66 +113,6 @@ def _check_blend_inputs(
     labels = check_labels(y, "y")
     check_same_length(P=matrix, y=labels)
     return matrix, labels, check_sample_weight(sample_weight, len(labels))
-
-
-class Combiner(BaseEstimator):
-    """What every way of combining the models implements (scikit-learn style: `__init__` only stores settings).
-
-    `uses_features`: False -- X is the models' predictions, shape (n_rows, n_models), a DataFrame with one column
-    per model in 04 and 05; True -- X is the stacker features of `common.selection.stacker_features`.
-    `out_of_fold`: `fit_pred_` are out-of-fold predictions of the training rows (the stacker's inner CV), so a
-    nested weight search inside the training rows refits only the thresholds on them. `min_folds`: the fewest folds
-    a nested evaluation of the method needs.
-    """
-
-    uses_features: ClassVar[bool] = False
-    out_of_fold: ClassVar[bool] = False
-    min_folds: ClassVar[int] = 2
-
-    @classmethod
-    def configured(cls, objective: Objective = "regression", n_trials: int = 0, seed: int = 0) -> Combiner:
-        """The unfitted combiner 04_ensemble evaluates, from the `ensemble` settings it uses."""
-        return cls()
-
-    def fit(self, X: Any, y: ArrayLike, sample_weight: ArrayLike | None = None,
-            folds: ArrayLike | None = None) -> Combiner:
-        """Fit on X against scores y, shape (n_rows,); set `fit_pred_`, shape (n_rows,); return self."""
-        raise NotImplementedError
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Continuous predictions, shape (n_rows,), on the score scale."""
-        raise NotImplementedError
-
-    def tune(self, X: Any, y: ArrayLike, folds: ArrayLike, sample_weight: ArrayLike | None = None) -> Combiner:
-        """An unfitted copy with parameters chosen on these (training) rows alone; the default chooses none."""
-        return clone(self)
-
-    @property
-    def tuned_params(self) -> dict[str, Any] | None:
-        """What `tune` chose, for the report (None: the method has nothing to tune)."""
-        return None
-
-    def save(self, directory: Path) -> dict[str, Any]:
-        """Write the fitted combiner's files (if any) under `directory`, the ensemble's artifacts folder, and return
-        its JSON entry: with those files, all `load` needs."""
-        raise NotImplementedError
-
-    @classmethod
-    def load(cls, directory: Path, entry: Mapping[str, Any]) -> Combiner:
-        """The fitted combiner `save` wrote, ready to `predict`."""
-        raise NotImplementedError
-
-    @classmethod
-    def check(cls, directory: Path, entry: Mapping[str, Any], models: Sequence[str], problems: Problems,
-              fix: str) -> None:
-        """Record in `problems` every file or entry field `load` needs that is missing or unreadable."""
-        raise NotImplementedError
-
-    @classmethod
-    def input_columns(cls, directory: Path, entry: Mapping[str, Any]) -> list[str] | None:
-        """The columns of X the saved combiner was fitted on, for a method on stacker features (None: not recorded,
-        or unreadable, which `check` reports)."""
-        return None
 
 
 class _WeightedBlend(Combiner):
@@ -786,6 +727,8 @@ def tune_stacker(
     Returns:
         The best parameters, a plain dict to pass as `LGBMStacker(params=...)`.
     """
+    import optuna  # here, not at the top: 05_infer and the Kaggle bundle load this module and never tune
+
     if score not in ("rounded", "thresholded"):
         raise ValueError(f"score must be 'rounded' or 'thresholded', got {score!r}")
     labels = check_labels(y, "y")

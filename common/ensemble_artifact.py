@@ -21,7 +21,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -38,11 +38,15 @@ from common.artifact_checks import (
     read_json,
 )
 from common.clusters import PromptAssigner
-from common.ensemble import COMBINERS, Combiner
+from common.combiner import Combiner
+from common.ensemble import COMBINERS
+from common.features import TEST_ORIGIN, stacker_features
 from common.io import write_json
-from common.selection import TEST_ORIGIN, EnsembleResult, stacker_features
 from common.text_features import TextFeaturizer
 from common.thresholds import apply_thresholds
+
+if TYPE_CHECKING:
+    from common.selection import EnsembleResult
 
 log = logging.getLogger(__name__)
 

@@ -32,14 +32,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from common.artifact_checks import COPY_HINT, TRUNCATED, ArtifactError, Problems, read_json
+from common.artifact_checks import (
+    COPY_HINT,
+    TRUNCATED,
+    ArtifactError,
+    Problems,
+    read_json,
+    safetensors_problem,
+)
 from common.config import Params
-from common.data import InputError, read_csv_checked
+from common.data import read_csv_checked
 from common.devices import autocast_dtype
 from common.ensemble_artifact import ENSEMBLE_DIR, EnsembleArtifact
+from common.errors import InputError, PipelineError
 from common.io import atomic_write, staged_dir, write_csv, write_json, write_parquet
 from common.models import EssayScorer
 from common.models.scorer import (
@@ -50,7 +58,6 @@ from common.models.scorer import (
     WEIGHTS_FILE,
     read_config,
 )
-from common.stage import PipelineError
 from common.text_model import TextModel, is_text_model
 from common.tokenization import (
     EssayCollator,
@@ -178,18 +185,6 @@ def validate_submission(submission: pd.DataFrame, sample: pd.DataFrame) -> None:
 TOKENIZER_JSON = ("tokenizer.json", "special_tokens_map.json", "added_tokens.json", "vocab.json")
 # What TokenCache needs in a fold's train_config.json["model"] (the later TOKEN_SETTINGS have defaults).
 TOKENIZE_SETTINGS = ("max_length", "add_newline_tokens", "padding_side", "truncation_side", "add_special_tokens")
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """Why the safetensors file at `path` cannot be opened, or None. Reads the header only (no weights)."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            n_tensors = len(list(handle.keys()))  # the header is checked against the file's size on open
-    except SafetensorError as exc:
-        return f"not a readable safetensors file ({exc}): {TRUNCATED}"
-    except OSError as exc:
-        return f"unreadable ({exc.strerror or exc})"
-    return None if n_tensors else f"holds no tensors: {TRUNCATED}"
 
 
 @dataclass

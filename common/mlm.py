@@ -59,13 +59,7 @@ from common.engine import (
 )
 from common.io import staged_dir, write_json
 from common.optim import build_scheduler
-from common.tokenization import (
-    TOKENIZE_CHUNK,
-    batch_width,
-    load_tokenizer,
-    newline_safe,
-    pad_multiple,
-)
+from common.tokenization import TOKENIZE_CHUNK, batch_width, load_tokenizer, newline_safe, pad_multiple
 
 log = logging.getLogger(__name__)
 

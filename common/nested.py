@@ -1,7 +1,7 @@
 """Nested (held-out) evaluation: a chain fitted on the other folds predicts each fold, never seeing its labels.
 
 A chain is an optional combiner (a blend of the models' predictions or the LightGBM stacker, see
-`common.ensemble.Combiner`) followed by thresholds. Without a combiner, X is one model's continuous predictions
+`common.combiner.Combiner`) followed by thresholds. Without a combiner, X is one model's continuous predictions
 and the chain is thresholds alone. `Chain.fit(train)` fits it on the rows of a boolean mask -- the combiner
 first, then the thresholds on the combiner's predictions of those rows (in-sample for a blend, out-of-fold
 for the stacker) -- and `Chain.nested()` does that for every fold with the others, pooling the held-out
@@ -24,7 +24,7 @@ from numpy.typing import ArrayLike
 from common.metrics import check_labels, check_predictions, check_sample_weight, qwk
 
 if TYPE_CHECKING:
-    from common.ensemble import Combiner
+    from common.combiner import Combiner
 
 Weights = np.ndarray | None
 RowWeights = Weights | Callable[[np.ndarray], Weights]

@@ -3,28 +3,84 @@
 A model's OOF file (`output/train/<model>/oof.parquet`) holds `essay_id, fold, pred` and, for heads
 with class probabilities, `prob_1 .. prob_6`. `load_oof_predictions` checks each file against
 `folds.parquet` (same essays, same folds, every fold present, no NaN) and returns them in the order
-of the folds table, so rows of every model and of the labels line up.
+of the folds table, so rows of every model and of the labels line up. `threshold_report` is what 03_oof_thresholds
+reports per model: thresholds fitted on all rows, and the nested figures of `common.nested.Chain`.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
-from common.data import InputError
-from common.metrics import qwk
-from common.nested import Chain
-from common.thresholds import ThresholdSearcher, round_scores, threshold_report
+from common.errors import InputError
+from common.metrics import check_sample_weight, qwk, qwk_by_group
+from common.nested import Chain, nested_qwk
+from common.thresholds import SearcherFactory, ThresholdSearcher, round_scores
 from common.uncertainty import bootstrap_qwk
+
+logger = logging.getLogger(__name__)
 
 OOF_FILE = "oof.parquet"
 OOF_COLUMNS = ("essay_id", "fold", "pred")
 FOLDS_COLUMNS = ("essay_id", "score", "fold", "prompt_cluster", "prompt_name", "origin")
 _OOF = "the OOF predictions"
 """What `InputError`'s header ("N problem(s) in ...:") names for problems with the models' OOF files."""
+
+
+def threshold_report(
+    preds: ArrayLike,
+    y: ArrayLike,
+    folds: ArrayLike,
+    groups: Mapping[str, ArrayLike] | None = None,
+    sample_weight: ArrayLike | None = None,
+    searcher_factory: SearcherFactory = ThresholdSearcher,
+) -> dict[str, Any]:
+    """Everything a stage reports about thresholding one model's OOF predictions, JSON-serialisable.
+
+    Args:
+        preds: continuous OOF predictions, shape (n,).
+        y: true scores 1..6, shape (n,).
+        folds: fold id per row, shape (n,).
+        groups: named groupings, each shape (n,), e.g. `{"prompt_cluster": ..., "origin": ...}`.
+        sample_weight: optional row weights, shape (n,).
+
+    Returns:
+        `thresholds` (fitted on all rows), `qwk_rounded` (clip(rint)), `qwk_insample` (thresholds fitted
+        and scored on all rows, optimistic), `qwk_nested` (thresholds from the other folds),
+        `per_fold` (nested QWK per fold), `thresholds_per_fold`, and `per_group`: for each named grouping
+        the nested-thresholded QWK per group (None where a group has fewer than two true scores).
+    """
+    chain = Chain(preds, y, folds, searcher_factory)
+    p, labels = chain.X, chain.y
+    w = check_sample_weight(sample_weight, len(p))
+    nested = chain.nested(w)
+    searcher = searcher_factory().fit(p, labels, sample_weight=w)
+    per_group: dict[str, dict[str, float | None]] = {}
+    for name, values in (groups or {}).items():
+        g = np.asarray(values)
+        if g.shape != (len(p),):
+            raise ValueError(f"grouping {name!r} must have shape ({len(p)},), got {g.shape}")
+        per_group[name] = qwk_by_group(labels, nested.scores, g, sample_weight=w)
+    figures = nested_qwk(labels, chain.folds, nested, w)
+    report = {
+        "thresholds": [float(t) for t in searcher.thresholds_],
+        "qwk_rounded": qwk(labels, round_scores(p), sample_weight=w),
+        "qwk_insample": qwk(labels, searcher.predict(p), sample_weight=w),
+        "qwk_nested": figures["qwk_nested"],
+        "per_fold": figures["per_fold"],
+        "thresholds_per_fold": figures["thresholds_per_fold"],
+        "per_group": per_group,
+    }
+    logger.info("QWK rounded %.4f, thresholded in-sample %.4f, nested %.4f",
+                report["qwk_rounded"], report["qwk_insample"], report["qwk_nested"])
+    return report
 
 
 @dataclass

@@ -18,8 +18,8 @@ from common.clusters import name_clusters, recover_prompts
 from common.config import PrepareParams
 from common.data import CompetitionData
 from common.duplicates import connected_groups, duplicate_pairs, match_origin
+from common.errors import PipelineError
 from common.folds import fold_summary, make_folds
-from common.stage import PipelineError
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from common.duplicates import normalize_text
-from common.stage import PipelineError
+from common.errors import PipelineError
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 from common.config import ModelParams, Params
 from common.data import load_competition_data
+from common.errors import PipelineError
 from common.folds import folds_fingerprint
 from common.io import staged_dir, write_csv, write_json, write_parquet
 from common.layout import fold_dir, fold_units, pseudo_dir, pseudo_plots_dir
@@ -30,7 +31,6 @@ from common.pseudo import (
     soft_labels,
 )
 from common.reports import plot_bars
-from common.stage import PipelineError
 from common.train_stage import trained_config, unit_fingerprints
 
 log = logging.getLogger(__name__)

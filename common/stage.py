@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from common.config import Params, ParamsError, parse_cli
-from common.data import InputError
+from common.errors import InputError, PipelineError
 from common.io import WriteFailed, write_failed, write_failure
 from common.logs import setup_logging
 from common.offline import force_offline
@@ -28,10 +28,6 @@ INSIDE_STAGE = "AES_INSIDE_STAGE"
 """Environment variable a stage sets, to its own name, for the processes it starts that run a stage script too
 (02_train's fold workers): their runtime records carry it as `inside`, and the run report leaves them out of its
 sums, since the stage's own record already holds the time it waited for them."""
-
-
-class PipelineError(RuntimeError):
-    """An expected failure a stage reports as one message (no traceback): the message says the fix."""
 
 
 def _stage_name(main: Callable) -> str:

@@ -15,14 +15,14 @@ totals and W_ij = (i - j)^2. One pass over the five thresholds costs O(n_distinc
 until none improves. A Nelder-Mead polish from the coordinate optimum then looks for joint moves (kept
 only if it improves and the thresholds stay strictly increasing), followed by another coordinate pass.
 
-`threshold_report`'s nested figures are the honest estimate: thresholds for fold f are fitted on the other folds
-only (`common.nested.Chain` without a combiner).
+Honest figures come from nested thresholds, fitted for fold f on the other folds only: `common.oof.threshold_report`
+(`common.nested.Chain` without a combiner).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -39,10 +39,7 @@ from common.metrics import (
     check_same_length,
     check_sample_weight,
     quadratic_weights,
-    qwk,
-    qwk_by_group,
 )
-from common.nested import Chain, nested_qwk
 
 logger = logging.getLogger(__name__)
 
@@ -253,55 +250,6 @@ class ThresholdSearcher(BaseEstimator):
 
 
 SearcherFactory = Callable[[], Any]
-
-
-def threshold_report(
-    preds: ArrayLike,
-    y: ArrayLike,
-    folds: ArrayLike,
-    groups: Mapping[str, ArrayLike] | None = None,
-    sample_weight: ArrayLike | None = None,
-    searcher_factory: SearcherFactory = ThresholdSearcher,
-) -> dict[str, Any]:
-    """Everything a stage reports about thresholding one model's OOF predictions, JSON-serialisable.
-
-    Args:
-        preds: continuous OOF predictions, shape (n,).
-        y: true scores 1..6, shape (n,).
-        folds: fold id per row, shape (n,).
-        groups: named groupings, each shape (n,), e.g. `{"prompt_cluster": ..., "origin": ...}`.
-        sample_weight: optional row weights, shape (n,).
-
-    Returns:
-        `thresholds` (fitted on all rows), `qwk_rounded` (clip(rint)), `qwk_insample` (thresholds fitted
-        and scored on all rows, optimistic), `qwk_nested` (thresholds from the other folds),
-        `per_fold` (nested QWK per fold), `thresholds_per_fold`, and `per_group`: for each named grouping
-        the nested-thresholded QWK per group (None where a group has fewer than two true scores).
-    """
-    chain = Chain(preds, y, folds, searcher_factory)
-    p, labels = chain.X, chain.y
-    w = check_sample_weight(sample_weight, len(p))
-    nested = chain.nested(w)
-    searcher = searcher_factory().fit(p, labels, sample_weight=w)
-    per_group: dict[str, dict[str, float | None]] = {}
-    for name, values in (groups or {}).items():
-        g = np.asarray(values)
-        if g.shape != (len(p),):
-            raise ValueError(f"grouping {name!r} must have shape ({len(p)},), got {g.shape}")
-        per_group[name] = qwk_by_group(labels, nested.scores, g, sample_weight=w)
-    figures = nested_qwk(labels, chain.folds, nested, w)
-    report = {
-        "thresholds": [float(t) for t in searcher.thresholds_],
-        "qwk_rounded": qwk(labels, round_scores(p), sample_weight=w),
-        "qwk_insample": qwk(labels, searcher.predict(p), sample_weight=w),
-        "qwk_nested": figures["qwk_nested"],
-        "per_fold": figures["per_fold"],
-        "thresholds_per_fold": figures["thresholds_per_fold"],
-        "per_group": per_group,
-    }
-    logger.info("QWK rounded %.4f, thresholded in-sample %.4f, nested %.4f",
-                report["qwk_rounded"], report["qwk_insample"], report["qwk_nested"])
-    return report
 
 
 class GroupThresholds(BaseEstimator):

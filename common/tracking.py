@@ -21,8 +21,8 @@ from typing import Any
 
 import pandas as pd
 
+from common.errors import PipelineError
 from common.io import atomic_write, write_json
-from common.stage import PipelineError
 
 log = logging.getLogger(__name__)
 

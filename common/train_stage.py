@@ -34,6 +34,7 @@ import pandas as pd
 import yaml
 
 from common.config import ModelParams, Params, plain
+from common.errors import PipelineError
 from common.folds import folds_fingerprint
 from common.io import staged_dir, write_csv, write_json, write_parquet
 from common.layout import (
@@ -54,7 +55,7 @@ from common.layout import (
 )
 from common.metrics import qwk
 from common.pseudo import StudentPseudo
-from common.stage import INSIDE_STAGE, PipelineError
+from common.stage import INSIDE_STAGE
 from common.thresholds import round_scores
 from common.tracking import check_trackers, training_curves, write_headline
 from common.training import (
@@ -128,7 +129,7 @@ def trained_config(folder: Path) -> dict | None:
 
 def _weights_readable(folder: Path) -> bool:
     """The fold's weights header opens (a copy cut short does not): model.safetensors, or a LoRA adapter."""
-    from common.inference import safetensors_problem
+    from common.artifact_checks import safetensors_problem
 
     return (folder / "adapter").is_dir() or safetensors_problem(folder / "model.safetensors") is None
 

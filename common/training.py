@@ -56,7 +56,13 @@ from common.models import EssayScorer, ScorerConfig
 from common.optim import AWP, EMA, build_scheduler, named_rate_group, param_groups
 from common.pseudo import StudentPseudo
 from common.thresholds import round_scores
-from common.tokenization import EssayCollator, load_tokenizer, model_collator, model_token_ids, token_settings
+from common.tokenization import (
+    EssayCollator,
+    load_tokenizer,
+    model_collator,
+    model_token_ids,
+    token_settings,
+)
 from common.tracking import StepLogger
 
 log = logging.getLogger(__name__)

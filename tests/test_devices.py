@@ -10,7 +10,7 @@ from common.devices import (
     resolve_device,
     resolve_mixed_precision,
 )
-from common.stage import PipelineError
+from common.errors import PipelineError
 
 
 def test_devices_on_this_machine():

@@ -10,7 +10,8 @@ import pytest
 
 from common.artifact_checks import ArtifactError, Problems
 from common.ensemble_artifact import ENSEMBLE_DIR, EnsembleArtifact
-from common.selection import Target, build_ensemble, stacker_features
+from common.features import stacker_features
+from common.selection import Target, build_ensemble
 from tests.test_selection import synthetic_oofs, texts_for
 
 

@@ -15,8 +15,9 @@ import yaml
 
 from common.clusters import PromptAssigner
 from common.config import load_params
-from common.data import InputError
 from common.ensemble import LGBMStacker
+from common.errors import InputError, PipelineError
+from common.features import fit_prompt_stats, stacker_features
 from common.inference import (
     ArtifactError,
     ArtifactSet,
@@ -29,12 +30,8 @@ from common.inference import (
     resolve_paths,
     validate_submission,
 )
-from common.inference import (
-    TestPredictions as ModelPredictions,
-)
+from common.inference import TestPredictions as ModelPredictions
 from common.oof import load_oof_predictions
-from common.selection import fit_prompt_stats, stacker_features
-from common.stage import PipelineError
 from common.text_features import TextFeaturizer
 from tests.conftest import REPO, run_cli, with_metrics_dir
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.data import InputError
+from common.errors import InputError
 from common.oof import load_oof_predictions, read_folds
 
 N = 12

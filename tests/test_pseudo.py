@@ -14,6 +14,7 @@ import torch
 
 from common import tokenization
 from common.config import ModelParams, StageParams
+from common.errors import PipelineError
 from common.models import HEADS, LOSSES
 from common.pseudo import (
     PROB_COLUMNS,
@@ -24,7 +25,6 @@ from common.pseudo import (
     soft_labels,
     spread_regression,
 )
-from common.stage import PipelineError
 from common.training import Interrupted, _batch_loss, tokenize_train, train_fold
 from tests.conftest import BACKBONE, TINY_TRAIN, fold_table, run_cli
 

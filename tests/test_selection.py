@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from common.ensemble import ScipyBlender
+from common.features import fit_prompt_stats, stacker_features
 from common.oof import OOFSet
 from common.selection import (
     COMPLEXITY,
@@ -12,10 +13,8 @@ from common.selection import (
     Target,
     build_ensemble,
     evaluate_method,
-    fit_prompt_stats,
     frontier_table,
     select_method,
-    stacker_features,
 )
 from common.tools.synthetic import origin_shift_oofs
 from common.uncertainty import bootstrap_qwk

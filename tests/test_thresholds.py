@@ -11,12 +11,8 @@ import pytest
 from scipy.optimize import minimize
 
 from common.metrics import qwk
-from common.thresholds import (
-    ThresholdSearcher,
-    apply_thresholds,
-    round_scores,
-    threshold_report,
-)
+from common.oof import threshold_report
+from common.thresholds import ThresholdSearcher, apply_thresholds, round_scores
 
 SCORE_MIX = [0.07, 0.27, 0.36, 0.23, 0.06, 0.01]
 

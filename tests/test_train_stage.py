@@ -105,7 +105,7 @@ def test_backbones_resolve_from_a_folder_or_the_hub_cache(tmp_path, monkeypatch)
     from huggingface_hub import constants
 
     from common.config import load_params
-    from common.stage import PipelineError
+    from common.errors import PipelineError
     from common.train_stage import check_backbones
     from tests.conftest import BACKBONE, REPO
 

@@ -39,10 +39,10 @@ from common.clusters import PromptAssigner
 from common.config import Params, PathsParams, to_dict
 from common.ensemble import LGBMStacker
 from common.ensemble_artifact import VOCABULARY_FILE
+from common.errors import PipelineError
 from common.inference import ENSEMBLE_DIR, ArtifactSet
 from common.io import staged_dir, write_json
 from common.offline import OFFLINE_VARIABLES
-from common.stage import PipelineError
 
 log = logging.getLogger(__name__)
 
