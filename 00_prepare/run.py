@@ -8,14 +8,14 @@ import logging
 import sys
 
 try:
-    from common.config import Params
-    from common.data import load_competition_data
-    from common.io import staged_dir, write_json, write_parquet
-    from common.layout import stage_timings
-    from common.prepare import prepare
-    from common.reports import plot_score_distribution
-    from common.stage import exit_with
-    from common.tracking import write_headline
+    from common.config.config import Params
+    from common.config.layout import stage_timings
+    from common.config.stage import exit_with
+    from common.core.io import staged_dir, write_json, write_parquet
+    from common.core.tracking import write_headline
+    from common.prepare.data import load_competition_data
+    from common.prepare.prepare import prepare
+    from common.scoring.reports import plot_score_distribution
 except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv
     print(f"error: {sys.executable} has no module {missing.name!r}; the project is installed in .venv. Fix: "
           "source .venv/bin/activate (make install creates it), then run the command again", file=sys.stderr)

@@ -11,8 +11,9 @@ import logging
 import sys
 
 try:
-    from common.config import Params
-    from common.stage import PipelineError, exit_with
+    from common.config.config import Params
+    from common.config.stage import exit_with
+    from common.core.errors import PipelineError
 except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv
     print(f"error: {sys.executable} has no module {missing.name!r}; the project is installed in .venv. Fix: "
           "source .venv/bin/activate (make install creates it), then run the command again", file=sys.stderr)
@@ -24,9 +25,9 @@ log = logging.getLogger("aes.mlm")
 def main(params: Params) -> None:
     import torch
 
-    from common.data import load_competition_data
-    from common.pseudo import read_external
-    from common.train_stage import adapted_backbone, check_backbones
+    from common.prepare.data import load_competition_data
+    from common.train.pseudo import read_external
+    from common.train.train_stage import adapted_backbone, check_backbones
 
     out, prep, t = params.output_dir, params.prepare, params.train
     if t.num_threads:

@@ -13,8 +13,8 @@ backbone in 02_train (python 01_pseudo_label/mlm.py does it ahead of time).
 import sys
 
 try:
-    from common.config import Params
-    from common.stage import exit_with
+    from common.config.config import Params
+    from common.config.stage import exit_with
 except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv
     print(f"error: {sys.executable} has no module {missing.name!r}; the project is installed in .venv. Fix: "
           "source .venv/bin/activate (make install creates it), then run the command again", file=sys.stderr)
@@ -22,7 +22,7 @@ except ModuleNotFoundError as missing:  # a python without the project's librari
 
 
 def main(params: Params) -> None:
-    from common.pseudo_stage import label_students
+    from common.pseudo.pseudo_stage import label_students
 
     label_students(params)
 

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 try:
-    from common.config import Params
-    from common.stage import exit_with
+    from common.config.config import Params
+    from common.config.stage import exit_with
 except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv
     print(f"error: {sys.executable} has no module {missing.name!r}; the project is installed in .venv. Fix: "
           "source .venv/bin/activate (make install creates it), then run the command again", file=sys.stderr)
@@ -25,7 +25,7 @@ except ModuleNotFoundError as missing:  # a python without the project's librari
 
 
 def main(params: Params) -> None:
-    from common.train_stage import train_models
+    from common.train.train_stage import train_models
 
     train_models(params, Path(__file__))
 

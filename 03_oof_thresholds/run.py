@@ -9,13 +9,13 @@ import logging
 import sys
 
 try:
-    from common.config import Params
-    from common.io import staged_dir, write_json
-    from common.oof import load_oof_predictions, model_report
-    from common.reports import plot_confusion, plot_pred_vs_true
-    from common.stage import exit_with
-    from common.thresholds import apply_thresholds
-    from common.tracking import write_headline
+    from common.config.config import Params
+    from common.config.stage import exit_with
+    from common.core.io import staged_dir, write_json
+    from common.core.tracking import write_headline
+    from common.scoring.oof import load_oof_predictions, model_report
+    from common.scoring.reports import plot_confusion, plot_pred_vs_true
+    from common.scoring.thresholds import apply_thresholds
 except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv
     print(f"error: {sys.executable} has no module {missing.name!r}; the project is installed in .venv. Fix: "
           "source .venv/bin/activate (make install creates it), then run the command again", file=sys.stderr)

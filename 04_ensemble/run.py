@@ -15,17 +15,18 @@ import sys
 try:
     import pandas as pd
 
-    from common.config import Params
-    from common.data import load_competition_data
-    from common.ensemble_artifact import EnsembleArtifact
-    from common.io import staged_dir, write_csv, write_json, write_parquet
-    from common.layout import inference_units
-    from common.metrics import qwk_by_group
-    from common.oof import load_oof_predictions
-    from common.reports import plot_bars, plot_confusion, plot_frontier, plot_intervals
-    from common.selection import Target, build_ensemble
-    from common.stage import PipelineError, exit_with
-    from common.tracking import write_headline
+    from common.config.config import Params
+    from common.config.layout import inference_units
+    from common.config.stage import exit_with
+    from common.core.errors import PipelineError
+    from common.core.io import staged_dir, write_csv, write_json, write_parquet
+    from common.core.tracking import write_headline
+    from common.ensemble.ensemble_artifact import EnsembleArtifact
+    from common.ensemble.selection import Target, build_ensemble
+    from common.prepare.data import load_competition_data
+    from common.scoring.metrics import qwk_by_group
+    from common.scoring.oof import load_oof_predictions
+    from common.scoring.reports import plot_bars, plot_confusion, plot_frontier, plot_intervals
 except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv
     print(f"error: {sys.executable} has no module {missing.name!r}; the project is installed in .venv. Fix: "
           "source .venv/bin/activate (make install creates it), then run the command again", file=sys.stderr)

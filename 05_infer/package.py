@@ -9,8 +9,8 @@ library wheels (then the Kaggle image must already meet dataset/requirements.jso
 import sys
 
 try:
-    from common.config import Params
-    from common.stage import run_stage
+    from common.config.config import Params
+    from common.config.stage import run_stage
     from common.tools.kaggle import build_bundle
 except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv
     print(f"error: {sys.executable} has no module {missing.name!r}; the project is installed in .venv. Fix: "

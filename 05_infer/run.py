@@ -12,15 +12,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `common` beside this folder (a Kaggle copy)
 
-from common.offline import force_offline
+from common.core.offline import force_offline
 
 force_offline()
 
 import logging  # noqa: E402
 
 try:
-    from common.config import Params
-    from common.stage import exit_with
+    from common.config.config import Params
+    from common.config.stage import exit_with
 except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv
     print(f"error: {sys.executable} has no module {missing.name!r}; the project is installed in .venv. Fix: "
           "source .venv/bin/activate (make install creates it), then run the command again", file=sys.stderr)
@@ -34,8 +34,11 @@ def main(params: Params) -> None:
 
     import numpy as np
 
-    from common.devices import inference_devices
-    from common.inference import (
+    from common.config.layout import stage_timings
+    from common.core.devices import inference_devices
+    from common.core.io import write_json
+    from common.core.logs import format_hours
+    from common.infer.inference import (
         ArtifactSet,
         correct_spread,
         ensemble_scores,
@@ -48,9 +51,6 @@ def main(params: Params) -> None:
         spread,
         write_outputs,
     )
-    from common.io import write_json
-    from common.layout import stage_timings
-    from common.logs import format_hours
 
     p = params.infer
     paths = resolve_paths(params)

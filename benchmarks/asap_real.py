@@ -42,14 +42,14 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from common.config import load_params  # noqa: E402
-from common.ensemble import LGBMStacker  # noqa: E402
-from common.metrics import qwk  # noqa: E402
-from common.nested import Chain  # noqa: E402
-from common.oof import OOFSet, load_oof_predictions  # noqa: E402
-from common.selection import Rows, Target, build_ensemble, evaluate_method  # noqa: E402
-from common.text_features import TextFeaturizer  # noqa: E402
-from common.thresholds import ThresholdSearcher, round_scores  # noqa: E402
+from common.config.config import load_params  # noqa: E402
+from common.ensemble.ensemble import LGBMStacker  # noqa: E402
+from common.ensemble.selection import Rows, Target, build_ensemble, evaluate_method  # noqa: E402
+from common.prepare.text_features import TextFeaturizer  # noqa: E402
+from common.scoring.metrics import qwk  # noqa: E402
+from common.scoring.nested import Chain  # noqa: E402
+from common.scoring.oof import OOFSet, load_oof_predictions  # noqa: E402
+from common.scoring.thresholds import ThresholdSearcher, round_scores  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "asap_sets_1-6.csv.gz"
 PARAMS_FILE = REPO_ROOT / "benchmarks" / "asap_params.yaml"
@@ -176,7 +176,7 @@ def text_lgbm_scores(texts: list[str], oofs, n_trials: int, seed: int) -> np.nda
 def spread_check(run_dir: Path, test: pd.DataFrame) -> None:
     """Held-out QWK of the ensemble on the fold-mean test predictions as they are and with the spread correction
     (`infer.spread_correction`), from 05_infer's saved per-fold test predictions and the ensemble artifacts."""
-    from common.inference import ArtifactSet, TestPredictions, correct_spread, ensemble_scores, spread
+    from common.infer.inference import ArtifactSet, TestPredictions, correct_spread, ensemble_scores, spread
 
     frame = pd.read_parquet(run_dir / "infer" / "test_predictions.parquet").merge(
         test[["essay_id", "full_text", "score", "prompt_id"]], on="essay_id")

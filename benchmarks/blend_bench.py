@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.ensemble import GreedyBlender, MeanBlender, ScipyBlender
-from common.metrics import qwk
-from common.nested import Chain, nested_qwk
-from common.thresholds import ThresholdSearcher
+from common.ensemble.ensemble import GreedyBlender, MeanBlender, ScipyBlender
+from common.scoring.metrics import qwk
+from common.scoring.nested import Chain, nested_qwk
+from common.scoring.thresholds import ThresholdSearcher
 
 SCORE_MIX = [0.07, 0.27, 0.36, 0.23, 0.06, 0.01]
 MODELS = ["large_s0", "large_s1", "large_s2", "base_s0", "base_s1", "lgbm_feats", "diverged", "collapsed"]

@@ -16,7 +16,7 @@ import torch
 from transformers import DebertaV2Config, DebertaV2Model
 
 from common.models import EssayScorer, ScorerConfig
-from common.optim import param_groups
+from common.train.optim import param_groups
 
 BASE = dict(vocab_size=128100, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
             intermediate_size=3072, max_position_embeddings=512, relative_attention=True,

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.devices import inference_devices
-from common.inference import predict_fold_model
+from common.core.devices import inference_devices
+from common.infer.inference import predict_fold_model
 from common.models import EssayScorer
-from common.tokenization import EssayCollator, load_tokenizer, tokenize_essays
+from common.models.tokenization import EssayCollator, load_tokenizer, tokenize_essays
 
 REPO = Path(__file__).resolve().parents[1]
 

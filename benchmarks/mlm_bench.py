@@ -23,9 +23,9 @@ import pandas as pd
 import torch
 from transformers.utils import logging as transformers_logging
 
-from common.logs import setup_logging
-from common.mlm import adapt_backbone, essay_chunks
-from common.tokenization import load_tokenizer
+from common.core.logs import setup_logging
+from common.models.tokenization import load_tokenizer
+from common.train.mlm import adapt_backbone, essay_chunks
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE = REPO / "input" / "tiny-deberta-v2"

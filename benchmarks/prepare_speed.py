@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from common.duplicates import duplicate_pairs, normalize_text
+from common.prepare.duplicates import duplicate_pairs, normalize_text
 from common.tools.demo import DEMO_FILES, make_demo_frames
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Benchmark of prompt recovery (`common.clusters.recover_prompts`) on the ASAP essays, sets 1-6.
+"""Benchmark of prompt recovery (`common.prepare.clusters.recover_prompts`) on the ASAP essays, sets 1-6.
 
 Runs (a) the baseline, plain TF-IDF + KMeans told the true number of prompts; (b) `recover_prompts`
 choosing the number itself; (c) the same with one prompt downsampled to a third, once per prompt;
@@ -24,7 +24,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import threadpool_limits
 
-from common.clusters import recover_prompts
+from common.prepare.clusters import recover_prompts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "asap_sets_1-6.csv.gz"

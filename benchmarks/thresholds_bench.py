@@ -29,8 +29,8 @@ import pandas as pd
 from scipy.optimize import minimize
 from sklearn.metrics import cohen_kappa_score
 
-from common.metrics import qwk
-from common.thresholds import ThresholdSearcher, apply_thresholds
+from common.scoring.metrics import qwk
+from common.scoring.thresholds import ThresholdSearcher, apply_thresholds
 
 SCORE_MIX = [0.07, 0.27, 0.36, 0.23, 0.06, 0.01]
 START = [1.5, 2.5, 3.5, 4.5, 5.5]

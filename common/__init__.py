@@ -1,15 +1,20 @@
 """aes-pipeline's library: every stage script imports its logic from here (and never the reverse).
 
-Where each stage's logic lives (its run.py parses params, calls it, writes outputs):
-    00_prepare        common.prepare        origins, duplicate groups, prompt clusters, folds
-    01_pseudo_label   common.pseudo_stage   each student's soft labels of the external essays (common.pseudo)
-                      common.mlm            MLM domain adaptation of a backbone (01_pseudo_label/mlm.py)
-    02_train          common.train_stage    every fold of one model (common.training on common.engine)
-    03_oof_thresholds common.oof            per-model nested threshold report (common.thresholds, common.nested)
-    04_ensemble       common.selection      blends and stacker scored nested (common.ensemble, common.nested),
-                                            saved as one artifact (common.ensemble_artifact)
-    05_infer          common.inference      fold models on the test essays, then the ensemble artifact
-common.tools holds what surrounds the stages (demo data, tiny backbone, run report, Kaggle packager).
+Packages by concern, lowest layer first; a module imports its own package and lower ones only, and no circle
+(tests/test_layout.py checks both):
+    core          errors, io, logs, offline, devices, tracking, artifact_checks: what every layer uses
+    models.parts  the registries of poolings, heads and losses (config checks names against them)
+    config        config (the typed params), layout (paths under paths.output), stage (run_stage, exit_with)
+    prepare       00_prepare: data, duplicates, clusters, folds, text_features, prepare (the stage's logic)
+    scoring       metrics, thresholds, nested (+ combiner, the interface it fits), uncertainty, oof, reports
+    models        the EssayScorer, tokenization, text_model (the TF-IDF student)
+    train         02_train: engine, optim, training, diagnostics, lr_find, mlm, pseudo (what a student reads),
+                  train_stage (the stage's logic)
+    ensemble      04_ensemble: ensemble (blends, stacker), features (stacker inputs), selection (the stage's
+                  nested search), ensemble_artifact (what 05 loads)
+    infer         05_infer: inference (fold models and the artifact on the test essays; no training code, no optuna)
+    pseudo        01_pseudo_label: pseudo_stage (teachers' soft labels; it predicts with infer, so it sits above)
+    tools         what surrounds the stages (demo data, tiny backbone, run report, Kaggle packager)
 """
 
 __version__ = "0.1.0"

@@ -61,10 +61,10 @@ def _stage_module(stage: str) -> types.ModuleType:
 
 
 def run_cli(stage: str, *overrides: str) -> subprocess.CompletedProcess:
-    """What `run_cli_process` returns, from the same stage entry point (`common.stage.run_stage`, as
+    """What `run_cli_process` returns, from the same stage entry point (`common.config.stage.run_stage`, as
     `exit_with` calls it) run in this process: return code, stdout and stderr (the stage's log) captured. An
     exception the stage lets out becomes its traceback on stderr and return code 1, as in a process."""
-    from common.stage import run_stage
+    from common.config.stage import run_stage
 
     module = _stage_module(stage)
     argv = with_metrics_dir(overrides)
@@ -104,7 +104,7 @@ def fold_table(seed: int, n_train: int, n_corpus_only: int, n_folds: int = 3):
     import numpy as np
     import pandas as pd
 
-    from common.folds import make_folds
+    from common.prepare.folds import make_folds
 
     frames = make_demo_frames(seed=seed, n_train=n_train, n_test=4, n_corpus_only=n_corpus_only)
     truth = frames["truth"].set_index("essay_id")

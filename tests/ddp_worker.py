@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.config import ModelParams, ScorerParams, StageParams
+from common.config.config import ModelParams, ScorerParams, StageParams
 from common.tools.demo import make_demo_frames
-from common.training import tokenize_train, train_fold
+from common.train.training import tokenize_train, train_fold
 
 REPO = Path(__file__).resolve().parents[1]
 

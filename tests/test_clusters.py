@@ -1,4 +1,4 @@
-"""Tests of common/clusters.py: prompt recovery on essays generated from distinct topic vocabularies."""
+"""Tests of common/prepare/clusters.py: prompt recovery on essays generated from distinct topic vocabularies."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from common.clusters import ClusterResult, PromptAssigner, name_clusters, recover_prompts
+from common.prepare.clusters import ClusterResult, PromptAssigner, name_clusters, recover_prompts
 
 ASAP_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "asap_sets_1-6.csv.gz"
 TOPIC_SIZES = (150, 100, 70, 40)

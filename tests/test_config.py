@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import ParamsError, load_params, parse_cli
+from common.config.config import ParamsError, load_params, parse_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -165,7 +165,7 @@ def test_a_scorer_name_error_exits_2_with_the_message():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "common.config", "--from", "params.yaml", "--to", "/dev/null",
+    result = subprocess.run([sys.executable, "-m", "common.config.config", "--from", "params.yaml", "--to", "/dev/null",
                              "train.models.tiny-regression.scorer.pooling=median"], cwd=REPO, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 2
@@ -180,7 +180,7 @@ def test_old_model_keys_are_named_as_unknown():
 def test_plain_params_load_back_equal(tmp_path):
     import yaml
 
-    from common.config import plain
+    from common.config.config import plain
 
     params = load_params(REPO / "params.yaml")
     path = tmp_path / "copy.yaml"
@@ -264,7 +264,7 @@ def test_a_python_without_the_projects_libraries_says_the_fix(stage, with_common
 
 
 def test_a_library_imported_late_and_missing_says_the_fix(tmp_path, capfd):
-    from common.stage import run_stage
+    from common.config.stage import run_stage
 
     def main(params):
         import not_an_installed_library  # noqa: F401
@@ -299,7 +299,7 @@ def _without(data: dict, path: str) -> dict:
 def test_the_written_params_file_is_minimal_commented_and_loads_back_the_same(source, tmp_path):
     import yaml
 
-    from common.config import DVC_KEYS, write_params_file
+    from common.config.config import DVC_KEYS, write_params_file
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()
@@ -338,7 +338,7 @@ def test_the_keys_a_written_file_always_keeps_cover_what_dvc_yaml_reads():
 
     import yaml
 
-    from common.config import DVC_KEYS
+    from common.config.config import DVC_KEYS
 
     text = (REPO / "dvc.yaml").read_text()
     used = set(re.findall(r"\$\{([a-z_.]+)\}", text)) - {"key"}

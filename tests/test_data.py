@@ -5,7 +5,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from common.data import InputError, load_competition_data
+from common.core.errors import InputError
+from common.prepare.data import load_competition_data
 
 CORPUS = "corpus.csv"
 

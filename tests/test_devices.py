@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from common.devices import (
+from common.core.devices import (
     DeviceError,
     autocast_dtype,
     inference_devices,
     resolve_device,
     resolve_mixed_precision,
 )
-from common.stage import PipelineError
+from common.core.errors import PipelineError
 
 
 def test_devices_on_this_machine():

@@ -1,4 +1,4 @@
-"""Tests of common/diagnostics.py: the LR range test on analytic curves and a quadratic bowl, the profiler's files,
+"""Tests of common/train/diagnostics.py: the LR range test on analytic curves and a quadratic bowl, the profiler's files,
 layer-group gradient norms and activation statistics on a small stand-in scorer, and the training watch."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from common.diagnostics import (
+from common.train.diagnostics import (
     LRRangeResult,
     Profiler,
     TrainingWatch,
@@ -328,7 +328,7 @@ def run_watch(watch: TrainingWatch, losses, norms=None) -> list[str]:
 
 
 def test_flat_loss_warns_once(caplog):
-    with caplog.at_level(logging.WARNING, logger="common.diagnostics"):
+    with caplog.at_level(logging.WARNING, logger="common.train.diagnostics"):
         messages = run_watch(TrainingWatch(flat_steps=50), [0.6931] * 150)
     assert len(messages) == 1 and messages[0].startswith("step 49:")
     assert "flat at 0.6931" in messages[0] and "learning rate" in messages[0] and "frozen" in messages[0]

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from common.duplicates import connected_groups, duplicate_pairs, match_origin, normalize_text
+from common.prepare.duplicates import connected_groups, duplicate_pairs, match_origin, normalize_text
 
 TOPIC = ["venus", "planet", "surface", "atmosphere", "spacecraft", "temperature", "pressure", "nasa", "danger", "explore"]
 

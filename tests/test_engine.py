@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from common.engine import (
+from common.train.engine import (
     Engine,
     TrainingError,
     epoch_batches,

@@ -1,4 +1,4 @@
-"""Tests for common/ensemble.py: the combiner interface and registry, blenders, the LightGBM stacker and its
+"""Tests for common/ensemble/ensemble.py: the combiner interface and registry, blenders, the LightGBM stacker and its
 objective."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from common.artifact_checks import ENSEMBLE_FILE, Problems
-from common.ensemble import (
+from common.core.artifact_checks import ENSEMBLE_FILE, Problems
+from common.ensemble.ensemble import (
     COMBINERS,
     GreedyBlender,
     LGBMStacker,
@@ -25,8 +25,8 @@ from common.ensemble import (
     qwk_surrogate,
     tune_stacker,
 )
-from common.metrics import qwk
-from common.thresholds import round_scores
+from common.scoring.metrics import qwk
+from common.scoring.thresholds import round_scores
 
 SCORE_MIX = [0.07, 0.27, 0.36, 0.23, 0.06, 0.01]
 

@@ -1,4 +1,4 @@
-"""Tests for common/ensemble_artifact.py: what 04 saves, 05 reads back, checks and applies exactly."""
+"""Tests for common/ensemble/ensemble_artifact.py: what 04 saves, 05 reads back, checks and applies exactly."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.artifact_checks import ArtifactError, Problems
-from common.ensemble_artifact import ENSEMBLE_DIR, EnsembleArtifact
-from common.selection import Target, build_ensemble, stacker_features
+from common.core.artifact_checks import ArtifactError, Problems
+from common.ensemble.ensemble_artifact import ENSEMBLE_DIR, EnsembleArtifact
+from common.ensemble.features import stacker_features
+from common.ensemble.selection import Target, build_ensemble
 from tests.test_selection import synthetic_oofs, texts_for
 
 
@@ -109,7 +110,7 @@ def _artifact_root(saved, tmp_path, spec: dict):
 
 
 def test_member_and_model_paths_must_stay_inside_their_folders(saved, tmp_path):
-    from common.inference import ArtifactSet
+    from common.infer.inference import ArtifactSet
 
     _, _, _, root = saved
     spec = select(root, "mean")
@@ -143,7 +144,7 @@ def test_member_and_model_paths_must_stay_inside_their_folders(saved, tmp_path):
 
 
 def test_a_stacker_model_file_outside_its_folder_is_refused_before_it_is_read(saved, tmp_path, monkeypatch):
-    import common.ensemble
+    import common.ensemble.ensemble
 
     _, _, _, root = saved
     copy = _artifact_root(saved, tmp_path, select(root, "stacker"))
@@ -152,7 +153,7 @@ def test_a_stacker_model_file_outside_its_folder_is_refused_before_it_is_read(sa
     meta["model_files"]["0"], meta["model_files"]["1"] = "/etc/passwd", "../../../../x.txt"
     meta_file.write_text(json.dumps(meta))
     read = []
-    monkeypatch.setattr(common.ensemble, "lightgbm_model_problem", lambda path: read.append(path))
+    monkeypatch.setattr(common.ensemble.ensemble, "lightgbm_model_problem", lambda path: read.append(path))
     problems = Problems()
     EnsembleArtifact.check(copy / ENSEMBLE_DIR, select(copy, "stacker"), problems)
     assert f"{meta_file}: 'model_files' entry 0: '/etc/passwd' is an absolute path: refused" in "\n".join(

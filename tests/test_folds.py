@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.folds import fold_summary, make_folds
+from common.prepare.folds import fold_summary, make_folds
 
 
 @pytest.fixture

@@ -1,12 +1,12 @@
-"""Tests of common/models/heads.py: shapes, predictions, probabilities, what training makes of each head, dropout."""
+"""Tests of common/models/parts/heads.py: shapes, predictions, probabilities, what training makes of each head, dropout."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from common.models.heads import HEADS
-from common.models.losses import loss_for
+from common.models.parts.heads import HEADS
+from common.models.parts.losses import loss_for
 
 IN_DIM = 8
 N_LOGITS = {"regression": 1, "classification": 6, "ordinal": 5}

@@ -13,11 +13,11 @@ import pytest
 import torch
 import yaml
 
-from common.clusters import PromptAssigner
-from common.config import load_params
-from common.data import InputError
-from common.ensemble import LGBMStacker
-from common.inference import (
+from common.config.config import load_params
+from common.core.errors import InputError, PipelineError
+from common.ensemble.ensemble import LGBMStacker
+from common.ensemble.features import fit_prompt_stats, stacker_features
+from common.infer.inference import (
     ArtifactError,
     ArtifactSet,
     TokenCache,
@@ -29,13 +29,10 @@ from common.inference import (
     resolve_paths,
     validate_submission,
 )
-from common.inference import (
-    TestPredictions as ModelPredictions,
-)
-from common.oof import load_oof_predictions
-from common.selection import fit_prompt_stats, stacker_features
-from common.stage import PipelineError
-from common.text_features import TextFeaturizer
+from common.infer.inference import TestPredictions as ModelPredictions
+from common.prepare.clusters import PromptAssigner
+from common.prepare.text_features import TextFeaturizer
+from common.scoring.oof import load_oof_predictions
 from tests.conftest import REPO, run_cli, with_metrics_dir
 
 # Refuses every connection attempt before the stage runs: the stage must not need the network.
@@ -262,7 +259,7 @@ def test_every_unreadable_file_is_named_in_one_message(artifacts_copy, demo_inpu
 def test_a_lightgbm_model_cut_anywhere_is_refused_before_lightgbm_reads_it(tmp_path):
     import lightgbm as lgb
 
-    from common.ensemble import lightgbm_model_problem
+    from common.ensemble.ensemble import lightgbm_model_problem
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 4))
@@ -369,8 +366,9 @@ def test_kaggle_bundle_runs_as_a_notebook_on_a_fake_kaggle_with_the_network_bloc
     assert kernel["competition_sources"] == ["learning-agency-lab-automated-essay-scoring-2"]
     dataset = bundle / "dataset"
     assert json.loads((dataset / "dataset-metadata.json").read_text())["id"] == "someone/aes-pipeline-artifacts"
-    assert (dataset / "code" / "common" / "inference.py").is_file()
-    assert not (dataset / "code" / "common" / "tools").exists()  # inference runs without the tooling
+    assert (dataset / "code" / "common" / "infer" / "inference.py").is_file()
+    for left_out in ("tools", "train", "pseudo", "ensemble/selection.py"):  # inference runs without them
+        assert not (dataset / "code" / "common" / left_out).exists(), left_out
     assert not list(dataset.rglob("oof.parquet")) and not list(dataset.rglob("__pycache__"))
     shipped = {name: sorted(p.name for p in (dataset / "train" / name / "folds").iterdir())
                for name in ("tiny-regression", "tiny-ordinal")}
@@ -506,8 +504,8 @@ def test_05s_outputs_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
     """A full disk while writing test_predictions.parquet: no new submission beside the old predictions."""
     import errno
 
-    from common.inference import write_outputs
-    from common.io import WriteFailed
+    from common.core.io import WriteFailed
+    from common.infer.inference import write_outputs
 
     infer = tmp_path / "infer"
     infer.mkdir()

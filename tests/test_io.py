@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from common import io
-from common.io import atomic_write, remove_stale_staging, staged_dir, write_json, write_parquet
+from common.core import io
+from common.core.io import atomic_write, remove_stale_staging, staged_dir, write_json, write_parquet
 
 
 def test_atomic_write_leaves_nothing_on_error(tmp_path):
@@ -53,7 +53,7 @@ def test_staged_dir_replaces_the_folder_whole(tmp_path):
 
 def test_staged_dir_clears_what_a_killed_process_left(tmp_path):
     final = tmp_path / "fold_0"
-    script = ("import os, signal, sys\nfrom common.io import staged_dir\n"
+    script = ("import os, signal, sys\nfrom common.core.io import staged_dir\n"
               f"with staged_dir({str(final)!r}) as tmp:\n"
               "    (tmp / 'half.bin').write_bytes(b'x')\n"
               "    os.kill(os.getpid(), signal.SIGKILL)\n")
@@ -146,7 +146,7 @@ def test_a_write_the_disk_refuses_names_the_file_and_the_fix_and_keeps_the_old_o
 
     from lightgbm.basic import LightGBMError
 
-    from common.io import WriteFailed
+    from common.core.io import WriteFailed
 
     target = tmp_path / "model.txt"
     target.write_text("the previous file")
@@ -168,7 +168,7 @@ def test_a_write_the_disk_refuses_names_the_file_and_the_fix_and_keeps_the_old_o
 def test_a_stage_on_a_full_disk_exits_2_naming_the_file(tmp_path, capsys):
     import errno
 
-    from common.stage import run_stage
+    from common.config.stage import run_stage
 
     def full_disk(params):
         raise OSError(errno.ENOSPC, "No space left on device", str(params.output_dir / "train" / "oof.parquet"))

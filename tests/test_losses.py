@@ -1,4 +1,4 @@
-"""Tests of common/models/losses.py: each head's default loss against the formula it has always had, soft
+"""Tests of common/models/parts/losses.py: each head's default loss against the formula it has always had, soft
 labels, KL divergence, the ordinal events, training under SGD, and which loss goes with which head."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.models import losses as losses_module
-from common.models.heads import HEADS
-from common.models.losses import LOSSES, cumulative_targets, expected_score, kl_divergence, loss_for
+from common.models.parts import losses as losses_module
+from common.models.parts.heads import HEADS
+from common.models.parts.losses import LOSSES, cumulative_targets, expected_score, kl_divergence, loss_for
 
 IN_DIM = 8
 SCORES = torch.arange(1.0, 7.0)

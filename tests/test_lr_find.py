@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from common.config import ModelParams, ScorerParams, StageParams
-from common.lr_find import find_lr, lr_find_dir
+from common.config.config import ModelParams, ScorerParams, StageParams
+from common.train.lr_find import find_lr, lr_find_dir
 from tests.conftest import BACKBONE, fold_table
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Tests for common/metrics.py: QWK against scikit-learn, confusion matrices, per-group QWK, bad inputs."""
+"""Tests for common/scoring/metrics.py: QWK against scikit-learn, confusion matrices, per-group QWK, bad inputs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score, confusion_matrix
 
-from common.metrics import confusion, qwk, qwk_by_group, qwk_from_confusion
+from common.scoring.metrics import confusion, qwk, qwk_by_group, qwk_from_confusion
 
 LABELS = np.arange(1, 7)
 

@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from common import mlm
-from common.mlm import (
+from common.models.tokenization import NEWLINE_TOKEN, load_tokenizer, newline_safe, tokenize_essays
+from common.train import mlm
+from common.train.mlm import (
     IGNORE_INDEX,
     METRICS_FILE,
     MaskingCollator,
@@ -23,7 +24,6 @@ from common.mlm import (
     load_masked_lm,
     masked_lm_loss,
 )
-from common.tokenization import NEWLINE_TOKEN, load_tokenizer, newline_safe, tokenize_essays
 from tests.conftest import BACKBONE, REPO
 
 FAST = {"max_length": 64, "batch_size": 16, "device": "cpu"}
@@ -247,7 +247,7 @@ def test_a_crash_leaves_no_folder_and_an_old_one_untouched(where, essays, tmp_pa
     if where == "training":
         monkeypatch.setattr(torch.optim.AdamW, "step", crash)
     else:  # the metrics are the last file written into the staged folder
-        monkeypatch.setattr("common.mlm.write_json", crash)
+        monkeypatch.setattr("common.train.mlm.write_json", crash)
     with pytest.raises(RuntimeError, match=f"killed while {where}"):
         adapt_backbone(BACKBONE, essays[:20], tmp_path / "fresh", epochs=1, **FAST)
     assert list(tmp_path.iterdir()) == []

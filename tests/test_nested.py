@@ -1,4 +1,4 @@
-"""Tests for common/nested.py: every chain (thresholds alone, blend -> thresholds, stacker -> thresholds) is fitted
+"""Tests for common/scoring/nested.py: every chain (thresholds alone, blend -> thresholds, stacker -> thresholds) is fitted
 on the other folds only and never sees the held-out labels."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.ensemble import GreedyBlender, LGBMStacker, MeanBlender
-from common.nested import Chain, nested_qwk, thresholds_per_fold
-from common.thresholds import GroupThresholds, ThresholdSearcher
+from common.ensemble.ensemble import GreedyBlender, LGBMStacker, MeanBlender
+from common.scoring.nested import Chain, nested_qwk, thresholds_per_fold
+from common.scoring.thresholds import GroupThresholds, ThresholdSearcher
 from tests.test_ensemble import make_models, stacker_data
 from tests.test_thresholds import SCORE_MIX, make_oof
 

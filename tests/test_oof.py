@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.data import InputError
-from common.oof import load_oof_predictions, read_folds
+from common.core.errors import InputError
+from common.scoring.oof import load_oof_predictions, read_folds
 
 N = 12
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers import DebertaV2Config, DebertaV2Model
 
-from common.optim import AWP, EMA, build_scheduler, param_groups
+from common.train.optim import AWP, EMA, build_scheduler, param_groups
 
 LR, HEAD_LR, WD, DECAY = 1e-4, 1e-3, 0.01, 0.5
 

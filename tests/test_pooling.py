@@ -1,11 +1,11 @@
-"""Tests of common/models/pooling.py: shapes, padding blindness on both sides, and what each pooling computes."""
+"""Tests of common/models/parts/pooling.py: shapes, padding blindness on both sides, and what each pooling computes."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from common.models.pooling import POOLINGS, build_pooling
+from common.models.parts.pooling import POOLINGS, build_pooling
 
 HIDDEN = 16
 N_LAYERS = 3  # hidden_states holds the embedding output plus N_LAYERS layers

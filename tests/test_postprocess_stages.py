@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.ensemble import LGBMStacker
-from common.text_features import TextFeaturizer
+from common.ensemble.ensemble import LGBMStacker
+from common.prepare.text_features import TextFeaturizer
 from tests.conftest import built_once, run_cli
 
 pytestmark = pytest.mark.slow

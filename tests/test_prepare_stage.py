@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from common.stage import run_stage
+from common.config.stage import run_stage
 from common.tools.demo import DEMO_FILES
 from tests.conftest import run_cli, run_cli_process
 

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from common import tokenization
-from common.config import ModelParams, StageParams
-from common.models import HEADS, LOSSES
-from common.pseudo import (
+from common.config.config import ModelParams, StageParams
+from common.core.errors import PipelineError
+from common.models import HEADS, LOSSES, tokenization
+from common.train.pseudo import (
     PROB_COLUMNS,
     StudentPseudo,
     drop_train_copies,
@@ -24,8 +24,7 @@ from common.pseudo import (
     soft_labels,
     spread_regression,
 )
-from common.stage import PipelineError
-from common.training import Interrupted, _batch_loss, tokenize_train, train_fold
+from common.train.training import Interrupted, _batch_loss, tokenize_train, train_fold
 from tests.conftest import BACKBONE, TINY_TRAIN, fold_table, run_cli
 
 # ------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests of common/models/registry.py: the mapping and its errors, and that a pooling, a head and a loss
+"""Tests of common/models/parts/registry.py: the mapping and its errors, and that a pooling, a head and a loss
 added in a test (one class and its decorator each) are built by EssayScorer, accepted by the params loader
 and trained with."""
 
@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig
 
-from common.config import load_params
+from common.config.config import load_params
 from common.models import HEADS, LOSSES, POOLINGS, EssayScorer, Head, Loss, Pooling
-from common.models.losses import expected_score
-from common.models.registry import Registry
-from common.training import scorer_config
+from common.models.parts.losses import expected_score
+from common.models.parts.registry import Registry
+from common.train.training import scorer_config
 from tests.conftest import BACKBONE, REPO
 
 

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from common.metrics import qwk
+from common.scoring.metrics import qwk
 from common.tools.run_report import (
     SECTIONS,
     build_report,
@@ -129,7 +129,7 @@ def test_a_student_without_pseudo_labels_is_said_in_red(reported_output, tmp_pat
 def test_the_prompt_table_counts_each_prompt_as_the_score_share_legend_does(tmp_path, monkeypatch):
     """An essay found in the corpus takes the corpus's prompt whatever its cluster: a prompt's essays and the
     cluster named after it differ. The table counts by prompt_name, as the legend, with the cluster's size beside."""
-    from common import reports
+    from common.scoring import reports
 
     names = ["Prompt 6"] * 5 + ["Car-free cities"] + ["Prompt 6"] * 3 + ["Prompt 6#2"] + ["Prompt 6"] * 2
     folds = pd.DataFrame({"essay_id": [f"e{i}" for i in range(12)], "score": [1, 2, 3, 4, 5, 6] * 2, "fold": [0, 1] * 6,
@@ -208,7 +208,7 @@ def test_runtime_sets_each_stage_and_the_inference_against_kaggles_limit(page):
 
 
 FOLD_WORKER = """
-from common.stage import exit_with
+from common.config.stage import exit_with
 
 exit_with(lambda params: None, "a fold worker of 02_train that trains nothing")
 """
@@ -216,9 +216,9 @@ exit_with(lambda params: None, "a fold worker of 02_train that trains nothing")
 
 def test_runtime_counts_the_fold_workers_inside_their_stage_not_again(tmp_path):
     """02_train's own record already holds the time of the fold workers it waited for: theirs are not added."""
-    from common.config import load_params
-    from common.stage import record_runtime
-    from common.train_stage import train_in_workers
+    from common.config.config import load_params
+    from common.config.stage import record_runtime
+    from common.train.train_stage import train_in_workers
 
     script = tmp_path / "02_train" / "run.py"
     script.parent.mkdir()

@@ -346,8 +346,8 @@ def test_load_rejects_missing_or_unexpected_weights(backbone_dir: Path, tmp_path
 def test_half_precision_inference_agrees_with_fp32(backbone_dir: Path, tmp_path: Path) -> None:
     """The path inference takes on Kaggle's T4/P100: fp32 weights under fp16 autocast (predict_fold_model with
     precision fp16); CPU autocast runs the same kernels' fp16 variants here."""
-    from common.inference import predict_fold_model
-    from common.tokenization import EssayCollator, load_tokenizer
+    from common.infer.inference import predict_fold_model
+    from common.models.tokenization import EssayCollator, load_tokenizer
 
     torch.manual_seed(0)
     model = EssayScorer(ScorerConfig(backbone=str(backbone_dir), head="ordinal", pooling="mean_max"))

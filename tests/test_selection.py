@@ -4,21 +4,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.ensemble import ScipyBlender
-from common.oof import OOFSet
-from common.selection import (
+from common.ensemble.ensemble import ScipyBlender
+from common.ensemble.features import fit_prompt_stats, stacker_features
+from common.ensemble.selection import (
     COMPLEXITY,
     Rows,
     Target,
     build_ensemble,
     evaluate_method,
-    fit_prompt_stats,
     frontier_table,
     select_method,
-    stacker_features,
 )
+from common.scoring.oof import OOFSet
+from common.scoring.uncertainty import bootstrap_qwk
 from common.tools.synthetic import origin_shift_oofs
-from common.uncertainty import bootstrap_qwk
 
 
 def synthetic_oofs(seed: int = 0, n: int = 400) -> OOFSet:
@@ -272,8 +271,8 @@ def test_prompt_features_let_the_stacker_score_each_prompt_on_its_own_scale():
 
 
 def test_per_prompt_thresholds_put_each_prompt_on_its_scale_nested_and_at_inference(tmp_path):
-    from common.ensemble_artifact import ENSEMBLE_DIR, EnsembleArtifact
-    from common.thresholds import apply_thresholds
+    from common.ensemble.ensemble_artifact import ENSEMBLE_DIR, EnsembleArtifact
+    from common.scoring.thresholds import apply_thresholds
 
     oofs, texts = prompt_scale_case(1200)  # 300 essays a prompt in each training split: over 200, its own cut points
     per_prompt = Target("all", (1.0,), False, by_prompt=True)
@@ -379,7 +378,7 @@ def test_noise_aware_selection_keeps_a_clear_lead_on_the_target_rows():
 
 
 def test_the_target_weight_is_chosen_by_the_same_rule():
-    from common.selection import pick_weight
+    from common.ensemble.selection import pick_weight
 
     y, folds, other, scores, _, _ = _case_of_the_issue()
     rows = Rows(y=y, folds=folds, other=other, base=np.ones(y.size))

@@ -1,4 +1,4 @@
-"""Tests for common/text_features.py: exact counts on a hand-made essay, vocabulary fitting, edge cases."""
+"""Tests for common/prepare/text_features.py: exact counts on a hand-made essay, vocabulary fitting, edge cases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.exceptions import NotFittedError
 
-from common.text_features import FEATURE_COLUMNS, TextFeaturizer, count_syllables, text_features
+from common.prepare.text_features import FEATURE_COLUMNS, TextFeaturizer, count_syllables, text_features
 
 ESSAY = "The cat sat on the mat. it was happy!\n\nWhy did i go? Because, honestly; I wanted 2 cats."
 

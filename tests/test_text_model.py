@@ -1,4 +1,4 @@
-"""Tests for common/text_model.py: features fitted on the training rows alone, saved without pickle, identical
+"""Tests for common/models/text_model.py: features fitted on the training rows alone, saved without pickle, identical
 predictions after loading, both learners, and a tfidf member through 02_train and 05's prediction code."""
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 
-from common.config import ModelParams, TextModelParams, load_params
-from common.metrics import qwk
-from common.text_model import (
+from common.config.config import ModelParams, TextModelParams, load_params
+from common.models.text_model import (
     ARRAYS_FILE,
     BOOSTER_FILE,
     MODEL_FILE,
@@ -24,7 +23,8 @@ from common.text_model import (
     train_text_fold,
     vectorizer_settings,
 )
-from common.thresholds import round_scores
+from common.scoring.metrics import qwk
+from common.scoring.thresholds import round_scores
 from tests.conftest import run_cli
 
 FILLER = ("the essay says that people should think about the idea because it matters to students and schools "  # noqa: SIM905
@@ -163,14 +163,14 @@ def test_full_fit_trains_on_every_row(tmp_path) -> None:
     ("train.models.t.mlm.epochs=1", "mlm.epochs"),
 ])
 def test_bad_text_model_settings_are_named(override: str, key: str) -> None:
-    from common.config import ParamsError
+    from common.config.config import ParamsError
 
     with pytest.raises(ParamsError, match=key.split(".")[0]):
         load_params(None, ["train.models.t.kind=tfidf", override])
 
 
 def test_a_text_model_cannot_teach() -> None:
-    from common.config import ParamsError
+    from common.config.config import ParamsError
 
     with pytest.raises(ParamsError, match="teacher"):
         load_params(None, ["train.models.t.kind=tfidf", "train.students.s.teacher=t",
@@ -186,8 +186,8 @@ def test_a_tfidf_member_trains_in_02_and_05_predicts_what_02_predicted(prepared_
 
     import torch
 
-    from common.artifact_checks import Problems
-    from common.inference import ArtifactSet, predict_models
+    from common.core.artifact_checks import Problems
+    from common.infer.inference import ArtifactSet, predict_models
 
     folder, _ = demo_input
     out = tmp_path / "out"
@@ -243,7 +243,7 @@ def test_03_04_05_run_on_two_and_three_folds(n_folds: int, demo_input, tmp_path)
 def test_lightgbm_sees_the_columns_most_correlated_with_the_training_scores() -> None:
     import scipy.sparse as sp
 
-    from common.text_model import most_correlated
+    from common.models.text_model import most_correlated
 
     rng = np.random.default_rng(0)
     dense = rng.random((200, 30)) * (rng.random((200, 30)) < 0.3)

@@ -1,4 +1,4 @@
-"""Tests for common/thresholds.py: applying cut points, the exact search, and leak-free nested estimates."""
+"""Tests for common/scoring/thresholds.py: applying cut points, the exact search, and leak-free nested estimates."""
 
 from __future__ import annotations
 
@@ -10,13 +10,9 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from common.metrics import qwk
-from common.thresholds import (
-    ThresholdSearcher,
-    apply_thresholds,
-    round_scores,
-    threshold_report,
-)
+from common.scoring.metrics import qwk
+from common.scoring.oof import threshold_report
+from common.scoring.thresholds import ThresholdSearcher, apply_thresholds, round_scores
 
 SCORE_MIX = [0.07, 0.27, 0.36, 0.23, 0.06, 0.01]
 

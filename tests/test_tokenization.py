@@ -8,7 +8,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from common.tokenization import (
+from common.models.tokenization import (
     NEWLINE_TOKEN,
     EssayCollator,
     LengthGroupedSampler,

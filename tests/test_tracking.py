@@ -7,7 +7,7 @@ import types
 import pandas as pd
 import pytest
 
-from common.tracking import StepLogger, TrackingError, rounded, training_curves, write_headline
+from common.core.tracking import StepLogger, TrackingError, rounded, training_curves, write_headline
 
 ROWS = [{"step": 1, "train_loss": 1.25, "lr": 1e-5, "grad_norm": 3.0, "eval_qwk": None},
         {"step": 2, "train_loss": 1.0, "lr": 2e-5, "grad_norm": 2.5, "eval_qwk": 0.61234567, "stage": 1},
@@ -98,8 +98,8 @@ def test_outside_a_dvc_repository_no_dvclive_and_no_dvc_init(tmp_path, monkeypat
 
 
 def test_a_hand_run_elsewhere_keeps_its_headlines_beside_its_outputs():
-    from common.config import Params
-    from common.stage import keep_headlines_with_the_run
+    from common.config.config import Params
+    from common.config.stage import keep_headlines_with_the_run
 
     moved = Params()
     moved.paths.output = "/scratch/run"  # as parse_cli leaves it

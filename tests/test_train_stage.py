@@ -104,9 +104,9 @@ def test_mlm_checks_the_backbone_before_reading_the_essays(tmp_path):
 def test_backbones_resolve_from_a_folder_or_the_hub_cache(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from common.config import load_params
-    from common.stage import PipelineError
-    from common.train_stage import check_backbones
+    from common.config.config import load_params
+    from common.core.errors import PipelineError
+    from common.train.train_stage import check_backbones
     from tests.conftest import BACKBONE, REPO
 
     params = load_params(REPO / "params.yaml")
@@ -337,9 +337,9 @@ def test_a_fold_with_unreadable_weights_trains_again(model_args, tmp_path):
 def test_seeds_are_averaged_and_the_full_fit_trains_on_every_row(tmp_path):
     """Two seeds per fold and a full fit: the OOF file is the seeds' mean; dropping the second seed and the full
     fit keeps the first seed's folds (nothing retrains) and removes the rest."""
-    from common.config import ModelParams, StageParams
-    from common.layout import inference_units
-    from common.train_stage import train_model
+    from common.config.config import ModelParams, StageParams
+    from common.config.layout import inference_units
+    from common.train.train_stage import train_model
     from tests.conftest import BACKBONE, fold_table
 
     _, table, texts = fold_table(seed=5, n_train=64, n_corpus_only=10, n_folds=2)
@@ -392,8 +392,8 @@ def test_fold_workers_print_their_log_paths_and_progress(tmp_path, monkeypatch, 
     """The console shows where each worker logs, and each worker's latest progress line (here at its end)."""
     import logging
 
-    from common import train_stage
-    from common.config import load_params
+    from common.config.config import load_params
+    from common.train import train_stage
     from tests.conftest import REPO
 
     script = tmp_path / "worker.py"
@@ -401,7 +401,7 @@ def test_fold_workers_print_their_log_paths_and_progress(tmp_path, monkeypatch, 
     params = load_params(REPO / "params.yaml", [f"paths.output={tmp_path}", "train.device=cpu",
                                                  "train.fold_workers=2"])
     monkeypatch.setattr(train_stage, "PROGRESS_EVERY", 0.0)
-    with caplog.at_level(logging.INFO, logger="common.train_stage"):
+    with caplog.at_level(logging.INFO, logger="common.train.train_stage"):
         train_stage.train_in_workers(params, "tiny-regression", [0, 1], script)
     logs = {k: tmp_path / "checkpoints" / "tiny-regression" / f"fold_{k}.log" for k in (0, 1)}
     assert f"their logs: {logs[0]}, {logs[1]}" in caplog.text
@@ -417,9 +417,9 @@ def test_fold_worker_lines_start_a_console_line_of_their_own(tmp_path, monkeypat
     import logging
     import re
 
-    from common import train_stage
-    from common.config import load_params
-    from common.logs import setup_logging
+    from common.config.config import load_params
+    from common.core.logs import setup_logging
+    from common.train import train_stage
     from tests.conftest import REPO
 
     script = tmp_path / "worker.py"
@@ -435,14 +435,14 @@ def test_fold_worker_lines_start_a_console_line_of_their_own(tmp_path, monkeypat
     finally:
         root.handlers[:], root.level = handlers, level
     err = capsys.readouterr().err
-    shown = [line.split("\r")[-1] for line in err.split("\n") if "common.train_stage" in line]
+    shown = [line.split("\r")[-1] for line in err.split("\n") if "common.train.train_stage" in line]
     assert len(shown) >= 5, err
     glued = [line for line in shown if not re.match(r"\d\d:\d\d:\d\d INFO", line)]
     assert not glued, f"log lines glued to the folds bar: {glued}"
 
 
 def _tiny_spec(**changes):
-    from common.config import ModelParams, StageParams
+    from common.config.config import ModelParams, StageParams
 
     return ModelParams(name="t", max_length=64, stages=[StageParams(epochs=1.0)], batch_size=8, effective_batch_size=16,
                        lr=1e-3, head_lr=5e-3, warmup_ratio=0.0, **changes)
@@ -451,9 +451,9 @@ def _tiny_spec(**changes):
 def test_the_largest_seed_trains_and_the_oof_file_stays_until_a_fold_has_trained_again(tmp_path, monkeypatch):
     """seed + fold must not overflow numpy's 32-bit seeds, and the model's oof.parquet is removed only once a fold
     that makes it stale has trained (a failed fold leaves it as it was)."""
-    import common.train_stage
-    from common.train_stage import train_model
-    from common.training import TrainingError
+    import common.train.train_stage
+    from common.train.train_stage import train_model
+    from common.train.training import TrainingError
     from tests.conftest import BACKBONE, fold_table
 
     _, table, texts = fold_table(seed=5, n_train=48, n_corpus_only=10, n_folds=2)
@@ -466,7 +466,7 @@ def test_the_largest_seed_trains_and_the_oof_file_stays_until_a_fold_has_trained
         raise TrainingError("disk full")
 
     with monkeypatch.context() as patch:
-        patch.setattr(common.train_stage, "train_fold", fails)
+        patch.setattr(common.train.train_stage, "train_fold", fails)
         with pytest.raises(TrainingError, match="disk full"):
             train_model(spec, BACKBONE, table, texts, tmp_path, 4294967295, [1], "cpu")
     assert oof.read_bytes() == b"the previous OOF file"
@@ -477,7 +477,7 @@ def test_the_largest_seed_trains_and_the_oof_file_stays_until_a_fold_has_trained
 
 
 def test_the_run_seed_neither_renames_nor_retrains_a_model_with_its_own_seeds():
-    from common.layout import inference_units
+    from common.config.layout import inference_units
 
     spec = _tiny_spec(seeds=[42, 7], full_fit="beside")
     names = ["fold_0", "fold_0_seed7", "fold_1", "fold_1_seed7", "full", "full_seed7"]
@@ -491,7 +491,7 @@ def test_the_run_seed_neither_renames_nor_retrains_a_model_with_its_own_seeds():
 DIE_WITH_PARENT = """
 import sys
 from pathlib import Path
-from common.train_stage import start_worker
+from common.train.train_stage import start_worker
 proc, _ = start_worker([sys.executable, "-c", "import time; time.sleep(600)"], None, Path(sys.argv[1]))
 print(proc.pid, flush=True)
 sys.stdin.read()

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common import training
-from common.config import ModelParams, ScorerParams, StageParams
-from common.training import Interrupted, TrainingError, tokenize_train, train_fold
+from common.config.config import ModelParams, ScorerParams, StageParams
+from common.train import training
+from common.train.training import Interrupted, TrainingError, tokenize_train, train_fold
 from tests.conftest import BACKBONE, REPO, fold_table
 
 pytestmark = pytest.mark.slow
@@ -162,7 +162,7 @@ def test_a_checkpoint_is_loaded_as_tensors_only(frame, tmp_path):
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(frame, tmp_path, monkeypatch):
-    from common.models import losses
+    from common.models.parts import losses
 
     calls = {"n": 0}
     original = losses.MeanSquaredError.compute
@@ -241,7 +241,7 @@ def test_two_processes_match_one_process(tmp_path):
 
 
 def test_head_tail_tokens_are_the_same_in_training_and_inference(frame, tmp_path):
-    from common.inference import TokenCache
+    from common.infer.inference import TokenCache
 
     table, texts = frame
     texts = [f"{text} {'and in the end ' * 40}the last words." for text in texts]
@@ -259,7 +259,7 @@ def test_head_tail_tokens_are_the_same_in_training_and_inference(frame, tmp_path
 def test_sliding_windows_score_whole_essays_alike_in_training_and_inference(frame, tmp_path):
     import torch
 
-    from common.inference import TokenCache, predict_fold_model
+    from common.infer.inference import TokenCache, predict_fold_model
     from common.models import EssayScorer
 
     table, texts = frame
@@ -283,7 +283,7 @@ def test_sliding_windows_score_whole_essays_alike_in_training_and_inference(fram
 def test_settings_added_since_keep_the_folds_trained_before_them():
     """A fold records (and fingerprints) no setting that is still at a default that trains as before it existed, so
     upgrading the pipeline does not retrain it; the same setting away from its default does count."""
-    from common.tokenization import token_settings
+    from common.models.tokenization import token_settings
 
     assert not set(training.NEUTRAL_AT_DEFAULT) & set(training.unit_settings(BASE))
     assert "seeds" not in training.unit_settings(replace(BASE, seeds=[1, 2]))

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from common.inference import TestPredictions, correct_spread, spread
-from common.metrics import qwk
-from common.thresholds import GroupThresholds, ThresholdSearcher
-from common.uncertainty import _qwk_per_draw, bootstrap_qwk, draw_counts
+from common.infer.inference import TestPredictions, correct_spread, spread
+from common.scoring.metrics import qwk
+from common.scoring.thresholds import GroupThresholds, ThresholdSearcher
+from common.scoring.uncertainty import _qwk_per_draw, bootstrap_qwk, draw_counts
 
 
 def test_draws_keep_every_fold_at_its_size():

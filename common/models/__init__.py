@@ -1,4 +1,5 @@
-"""Model parts: poolings, heads, losses (one registry each), and the EssayScorer that joins them to a backbone.
+"""Models, above scoring: the EssayScorer (a backbone, a pooling, a head), tokenization, the TF-IDF text model; the
+parts (poolings, heads, losses, one registry each) are models.parts, below config, which checks names against them.
 
 The names below load on first use (PEP 562): checking a params file's pooling, head and loss names needs the
 registries (torch) but not the scorer, whose transformers import would add seconds to every stage's start.
@@ -7,14 +8,14 @@ registries (torch) but not the scorer, whose transformers import would add secon
 from importlib import import_module
 
 _WHERE = {
-    "HEADS": "heads",
-    "Head": "heads",
-    "LOSSES": "losses",
-    "Loss": "losses",
-    "kl_divergence": "losses",
-    "POOLINGS": "pooling",
-    "Pooling": "pooling",
-    "build_pooling": "pooling",
+    "HEADS": "parts.heads",
+    "Head": "parts.heads",
+    "LOSSES": "parts.losses",
+    "Loss": "parts.losses",
+    "kl_divergence": "parts.losses",
+    "POOLINGS": "parts.pooling",
+    "Pooling": "parts.pooling",
+    "build_pooling": "parts.pooling",
     "EssayScorer": "scorer",
     "ScorerConfig": "scorer",
 }

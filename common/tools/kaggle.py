@@ -33,16 +33,16 @@ from pathlib import Path
 import nbformat
 import yaml
 
-from common import layout
-from common.artifact_checks import ENSEMBLE_FILE, escapes
-from common.clusters import PromptAssigner
-from common.config import Params, PathsParams, to_dict
-from common.ensemble import LGBMStacker
-from common.ensemble_artifact import VOCABULARY_FILE
-from common.inference import ENSEMBLE_DIR, ArtifactSet
-from common.io import staged_dir, write_json
-from common.offline import OFFLINE_VARIABLES
-from common.stage import PipelineError
+from common.config import layout
+from common.config.config import Params, PathsParams, to_dict
+from common.core.artifact_checks import ENSEMBLE_FILE, escapes
+from common.core.errors import PipelineError
+from common.core.io import staged_dir, write_json
+from common.core.offline import OFFLINE_VARIABLES
+from common.ensemble.ensemble import LGBMStacker
+from common.ensemble.ensemble_artifact import VOCABULARY_FILE
+from common.infer.inference import ENSEMBLE_DIR, ArtifactSet
+from common.prepare.clusters import PromptAssigner
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,11 @@ NOTEBOOK = "aes-pipeline-infer.ipynb"
 REQUIREMENTS = {
     "torch": "2.3", "transformers": "5.0", "tokenizers": "0.22", "huggingface_hub": "1.0",
     "safetensors": "0.4.3", "lightgbm": "4.3", "scikit-learn": "1.4", "pandas": "2.1", "numpy": "1.26",
-    "scipy": "1.11", "optuna": "3.6", "pyyaml": "6.0", "tqdm": "4.66",
+    "scipy": "1.11", "pyyaml": "6.0", "tqdm": "4.66",
 }
+# What the bundle leaves out of common/ (paths under it): the tools (demo and backbone generators, report, this
+# packager), training, the 01 stage and 04's search; inference imports none of them, nor optuna.
+LEFT_OUT = ("tools/", "train/", "pseudo/", "ensemble/selection.py")
 # Wheels shipped by default: pure-Python or manylinux libraries that move fast and that old Kaggle
 # images lack in the versions above. torch is never shipped (the image's CUDA build must stay).
 SHIPPED_WHEELS = ("transformers", "tokenizers", "huggingface_hub", "safetensors", "peft")
@@ -146,11 +149,12 @@ def _ship_lora_base(fold_src: Path, fold_dst: Path, dataset: Path, shipped: dict
 
 
 def _copy_code(dst: Path, params: Params) -> None:
-    # The library's Python files without common/tools/ (demo and backbone generators, report, this packager):
-    # inference needs none of it, nor any other file that lies in the working tree (.env, notes, caches).
+    # The library's Python files without what 05_infer never imports (tests/test_layout.py checks it does not),
+    # nor any other file that lies in the working tree (.env, notes, caches).
     for source in sorted((REPO / "common").rglob("*.py")):
-        rel = source.relative_to(REPO)
-        if rel.parts[1] != "tools" and not source.is_symlink():
+        inside = source.relative_to(REPO / "common").as_posix()
+        if not inside.startswith(LEFT_OUT) and not source.is_symlink():
+            rel = source.relative_to(REPO)
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, dst / rel)
     (dst / "05_infer").mkdir(parents=True)

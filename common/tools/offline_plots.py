@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.io import atomic_write
+from common.core.io import atomic_write
 
 DEFAULT = Path(".dvc") / "plots" / "offline.html"
 PAGE = """<!DOCTYPE html>

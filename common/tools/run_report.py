@@ -33,15 +33,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from common.config import ParamsError, load_params
-from common.folds import folds_fingerprint
-from common.io import atomic_write
-from common.layout import pseudo_dir, pseudo_plots_dir, stage_timings
-from common.logs import duration as _duration
-from common.logs import format_hours
-from common.metrics import MIN_LABEL, N_CLASSES
-from common.stage import RUNTIME_LOG
-from common.thresholds import apply_thresholds
+from common.config.config import ParamsError, load_params
+from common.config.layout import pseudo_dir, pseudo_plots_dir, stage_timings
+from common.config.stage import RUNTIME_LOG
+from common.core.io import atomic_write
+from common.core.logs import duration as _duration
+from common.core.logs import format_hours
+from common.prepare.folds import folds_fingerprint
+from common.scoring.metrics import MIN_LABEL, N_CLASSES
+from common.scoring.thresholds import apply_thresholds
 
 SECTIONS = ("data", "folds", "models", "ensemble", "confusion", "groups", "thresholds", "weights", "curves",
             "pseudo", "inference", "distribution", "runtime")

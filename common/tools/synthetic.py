@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from common.oof import OOFSet
+from common.scoring.oof import OOFSet
 
 PROMPTS = ("Car-free cities", "Does the electoral college work?", "Exploring Venus", "The Face on Mars",
            "Facial action coding system", "A Cowboy Who Rode the Waves", "Driverless cars")

@@ -26,7 +26,7 @@ import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import DebertaV2Config, DebertaV2Model, PreTrainedTokenizerFast
 
-from common.io import staged_dir
+from common.core.io import staged_dir
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Config, above core: the typed params, the output paths they resolve to (layout), the stage entry (stage)."""

@@ -1,0 +1,1 @@
+"""Core, the lowest layer: files, logging, offline mode, devices, tracking, artifact checks, the stage errors."""
