@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# About 5 minutes on 2 CPU cores from a fresh clone (the install first takes a few more); it prints the time.
+# About 10 minutes on 2 CPU cores from a fresh clone (the install first takes about 4 more); it prints the time.
 demo: install
 	@start=$$(date +%s); \
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro $(DEMO_STAGES) && \
