@@ -7,7 +7,7 @@ Packages by concern, lowest layer first; a module imports its own package and lo
     config        config (the typed params), layout (paths under paths.output), stage (run_stage, exit_with)
     prepare       00_prepare: data, duplicates, clusters, folds, text_features, prepare (the stage's logic)
     scoring       metrics, thresholds, nested (+ combiner, the interface it fits), uncertainty, oof, reports
-    models        the EssayScorer, tokenization, text_model (the TF-IDF student)
+    models        the EssayScorer, tokenization, text_model (the TF-IDF members, no backbone)
     train         02_train: engine, optim, training, diagnostics, lr_find, mlm, pseudo (what a student reads),
                   train_stage (the stage's logic)
     ensemble      04_ensemble: ensemble (blends, stacker), features (stacker inputs), selection (the stage's

@@ -1,6 +1,6 @@
 """The two failures a stage reports as one message, with no traceback: a bad input file, a bad state of the run.
 
-`run_stage` (common.config.config.stage) turns both into a one-paragraph error and exit status 2. They sit at the bottom
+`run_stage` (common.config.stage) turns both into a one-paragraph error and exit status 2. They sit at the bottom
 of the layout: the engine, devices and tracking raise them as well as the stages.
 """
 
