@@ -14,7 +14,9 @@ Packages by concern, lowest layer first; a module imports its own package and lo
                   nested search), ensemble_artifact (what 05 loads)
     infer         05_infer: inference (fold models and the artifact on the test essays; no training code, no optuna)
     pseudo        01_pseudo_label: pseudo_stage (teachers' soft labels; it predicts with infer, so it sits above)
-    tools         what surrounds the stages (demo data, tiny backbone, run report, Kaggle packager)
+    tools         what surrounds the stages: demo data (demo, demo_prompts, demo_essays), tiny backbone, run
+                  report (run_report, its sections in report_results, report_training, report_submission,
+                  report_runtime, built with report_html and report_runs), Kaggle packager
 """
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Tests of common/tools/demo.py: schemas, realism (origins, prompts, duplicates, score signal) and determinism."""
+"""Tests of common/tools/demo.py (with demo_prompts.py and demo_essays.py): schemas, realism (origins, prompts, duplicates, score signal) and determinism."""
 
 from __future__ import annotations
 
@@ -15,15 +15,13 @@ from sklearn.metrics import adjusted_rand_score
 
 from common.tools.demo import (
     DEMO_FILES,
-    OTHER_PROMPTS,
     PERSUADE_COLUMNS,
-    PROMPTS,
-    TRAIN_PROMPTS,
     TRAIN_SCORE_SHARES,
     main,
     make_demo_frames,
     write_demo_data,
 )
+from common.tools.demo_prompts import OTHER_PROMPTS, PROMPTS, TRAIN_PROMPTS
 
 REAL_PROMPT_NAMES = [
     "Car-free cities",

@@ -10,20 +10,13 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
+from common.core.logs import format_hours
 from common.scoring.metrics import qwk
-from common.tools.run_report import (
-    SECTIONS,
-    build_report,
-    format_hours,
-    main,
-    nested_oof_scores,
-    section_data,
-    section_groups,
-    section_inference,
-    section_pseudo,
-    section_runtime,
-    training_curves,
-)
+from common.tools.report_results import section_data, section_groups
+from common.tools.report_runtime import section_runtime
+from common.tools.report_submission import nested_oof_scores, section_inference
+from common.tools.report_training import section_pseudo, training_curves
+from common.tools.run_report import SECTIONS, build_report, main
 from tests.conftest import DEMO_MEMBERS, NO_STUDENTS, REPO, built_once, run_cli
 
 pytestmark = pytest.mark.slow
