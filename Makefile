@@ -76,7 +76,7 @@ ARGS ?=
 STAGES ?=
 competition: install
 	@test -n "$(DATA)" || { echo "usage: make competition DATA=/path/to/aes2-files [PRESET=first-try] [OUT=runs/first] [ARGS='key=value ...'] [STAGES=...]"; exit 2; }
-	$(BIN)/python -m common.config.config --from params/$(PRESET).yaml --to params.yaml paths.input=$(DATA) paths.output=$(or $(OUT),runs/$(PRESET)) $(ARGS)
+	$(BIN)/python -m common.config.params_file --from params/$(PRESET).yaml --to params.yaml paths.input=$(DATA) paths.output=$(or $(OUT),runs/$(PRESET)) $(ARGS)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro $(STAGES)
 	$(BIN)/python -m common.tools.run_report
 

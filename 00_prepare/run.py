@@ -8,8 +8,8 @@ import logging
 import sys
 
 try:
-    from common.config.config import Params
     from common.config.layout import stage_timings
+    from common.config.params import Params
     from common.config.stage import exit_with
     from common.core.io import staged_dir, write_json, write_parquet
     from common.core.tracking import write_headline

@@ -11,7 +11,7 @@ import logging
 import sys
 
 try:
-    from common.config.config import Params
+    from common.config.params import Params
     from common.config.stage import exit_with
     from common.core.errors import PipelineError
 except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv

@@ -13,7 +13,7 @@ backbone in 02_train (python 01_pseudo_label/mlm.py does it ahead of time).
 import sys
 
 try:
-    from common.config.config import Params
+    from common.config.params import Params
     from common.config.stage import exit_with
 except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv
     print(f"error: {sys.executable} has no module {missing.name!r}; the project is installed in .venv. Fix: "

@@ -15,8 +15,8 @@ import sys
 try:
     import pandas as pd
 
-    from common.config.config import Params
     from common.config.layout import inference_units
+    from common.config.params import Params
     from common.config.stage import exit_with
     from common.core.errors import PipelineError
     from common.core.io import staged_dir, write_csv, write_json, write_parquet

@@ -9,7 +9,7 @@ library wheels (then the Kaggle image must already meet dataset/requirements.jso
 import sys
 
 try:
-    from common.config.config import Params
+    from common.config.params import Params
     from common.config.stage import run_stage
     from common.tools.kaggle import build_bundle
 except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv

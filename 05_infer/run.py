@@ -19,7 +19,7 @@ force_offline()
 import logging  # noqa: E402
 
 try:
-    from common.config.config import Params
+    from common.config.params import Params
     from common.config.stage import exit_with
 except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv
     print(f"error: {sys.executable} has no module {missing.name!r}; the project is installed in .venv. Fix: "

@@ -42,7 +42,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from common.config.config import load_params  # noqa: E402
+from common.config.loader import load_params  # noqa: E402
 from common.ensemble.ensemble import LGBMStacker  # noqa: E402
 from common.ensemble.selection import Rows, Target, build_ensemble, evaluate_method  # noqa: E402
 from common.prepare.text_features import TextFeaturizer  # noqa: E402

@@ -4,7 +4,8 @@ Packages by concern, lowest layer first; a module imports its own package and lo
 (tests/test_layout.py checks both):
     core          errors, io, logs, offline, devices, tracking, artifact_checks: what every layer uses
     models.parts  the registries of poolings, heads and losses (config checks names against them)
-    config        config (the typed params), layout (paths under paths.output), stage (run_stage, exit_with)
+    config        the typed params (fields, params, model_params), loader (load_params, --help), params_file
+                  (writes a run's params.yaml), layout (paths under paths.output), stage (run_stage, exit_with)
     prepare       00_prepare: data, duplicates, clusters, folds, text_features, prepare (the stage's logic)
     scoring       metrics, thresholds, nested (+ combiner, the interface it fits), uncertainty, oof, reports
     models        the EssayScorer, tokenization, text_model (the TF-IDF members, no backbone)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.config.config import ModelParams, ScorerParams, StageParams
+from common.config.model_params import ModelParams, ScorerParams, StageParams
 from common.tools.demo import make_demo_frames
 from common.train.training import tokenize_train, train_fold
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from common.config.config import ParamsError, load_params, parse_cli
+from common.config.fields import ParamsError
+from common.config.loader import load_params, parse_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,9 +111,9 @@ def test_a_student_can_teach_the_next_round(tmp_path):
 @pytest.mark.parametrize(("text", "message"), [
     ("train:\n  models:\n    a: {stages: [{rows: pseudo}, {rows: all}], teacher: b}\n", r"goes under train\.students"),
     ("train:\n  models: {a: {}}\n  students:\n    s: {teacher: nobody, stages: [{rows: pseudo}, {rows: all}]}\n",
-     r"teacher='nobody' is not in train\.models"),
+     r"'train\.students\.s\.teacher': 'nobody' is not in train\.models"),
     ("train:\n  models: {a: {}}\n  students:\n    s: {teacher: a}\n", "no stage trains on the pseudo-labels"),
-    ("train:\n  models:\n    a: {stages: []}\n", "stages is empty"),
+    ("train:\n  models:\n    a: {stages: []}\n", r"'train\.models\.a\.stages': empty: list at least one stage"),
     ("train:\n  models: {a: {}}\n  students:\n    s: {teacher: a, stages: [{rows: all}, {rows: pseudo}]}\n",
      "the last stage .* trains on pseudo-labels alone"),
     ("train:\n  models: {a: {}}\n  students:\n    s: {teacher: t, stages: [{with_pseudo: true}]}\n"
@@ -121,9 +122,9 @@ def test_a_student_can_teach_the_next_round(tmp_path):
      "go round in a circle"),
     ("train:\n  models:\n    a: {seeds: [1, 2, 1]}\n", "lists a seed twice"),
     ("train:\n  models:\n    a: {seeds: [-1]}\n",
-     r"'train\.models\.a\.seeds' = \[-1\]: seed -1 is out of range: allowed \[0, 4294967295\]"),
+     r"'train\.models\.a\.seeds': \[-1\]: seed -1 is out of range: allowed \[0, 4294967295\]"),
     ("train:\n  students:\n    s: {teacher: a, seeds: [3, 4294967296], stages: [{with_pseudo: true}]}\n  models: {a: {}}\n",
-     r"'train\.students\.s\.seeds' = \[3, 4294967296\]: seed 4294967296 is out of range"),
+     r"'train\.students\.s\.seeds': \[3, 4294967296\]: seed 4294967296 is out of range"),
     ("train:\n  models: {a: {}}\n  students:\n    a: {teacher: a, stages: [{with_pseudo: true}]}\n", "both in"),
     ("train:\n  models:\n    a: {name: b}\n", "a model's name is its key"),
     ("train:\n  models:\n    a.b: {}\n", "letters, digits"),
@@ -137,6 +138,22 @@ def test_model_mistakes_are_named(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ParamsError, match=message):
         load_params(path)
+
+
+def test_every_model_mistake_is_reported_at_once_with_its_key_path(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  models:\n    a: {windows: 2, max_length: 512, window_overlap: 300, seeds: [1, 1]}\n"
+                    "    c: {batch_size: 8, effective_batch_size: 12}\n"
+                    "  students:\n    b: {teacher: a, stages: [{rows: all}]}\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    message = str(err.value)
+    for problem in ("'train.models.a.window_overlap': 300 must be below half of max_length=512",
+                    "'train.models.a.seeds': [1, 1] lists a seed twice; list each once",
+                    "'train.models.c.effective_batch_size': 12 is not a multiple of batch_size=8",
+                    "'train.students.b.stages': no stage trains on the pseudo-labels; add one"):
+        assert problem in message, message
+    assert message.endswith(f"(in {path} or the command-line overrides)")
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -165,9 +182,9 @@ def test_a_scorer_name_error_exits_2_with_the_message():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "common.config.config", "--from", "params.yaml", "--to", "/dev/null",
-                             "train.models.tiny-regression.scorer.pooling=median"], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "common.config.params_file", "--from", "params.yaml", "--to",
+                             "/dev/null", "train.models.tiny-regression.scorer.pooling=median"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "'train.models.tiny-regression.scorer.pooling': unknown pooling 'median'; choose one of" in result.stderr
 
@@ -180,7 +197,7 @@ def test_old_model_keys_are_named_as_unknown():
 def test_plain_params_load_back_equal(tmp_path):
     import yaml
 
-    from common.config.config import plain
+    from common.config.loader import plain
 
     params = load_params(REPO / "params.yaml")
     path = tmp_path / "copy.yaml"
@@ -299,7 +316,7 @@ def _without(data: dict, path: str) -> dict:
 def test_the_written_params_file_is_minimal_commented_and_loads_back_the_same(source, tmp_path):
     import yaml
 
-    from common.config.config import DVC_KEYS, write_params_file
+    from common.config.params_file import DVC_KEYS, write_params_file
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()
@@ -338,7 +355,7 @@ def test_the_keys_a_written_file_always_keeps_cover_what_dvc_yaml_reads():
 
     import yaml
 
-    from common.config.config import DVC_KEYS
+    from common.config.params_file import DVC_KEYS
 
     text = (REPO / "dvc.yaml").read_text()
     used = set(re.findall(r"\$\{([a-z_.]+)\}", text)) - {"key"}

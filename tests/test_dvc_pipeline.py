@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.config.config import load_params
+from common.config.loader import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 

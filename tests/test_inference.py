@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from common.config.config import load_params
+from common.config.loader import load_params
 from common.core.errors import InputError, PipelineError
 from common.ensemble.ensemble import LGBMStacker
 from common.ensemble.features import fit_prompt_stats, stacker_features

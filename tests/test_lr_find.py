@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from common.config.config import ModelParams, ScorerParams, StageParams
+from common.config.model_params import ModelParams, ScorerParams, StageParams
 from common.train.lr_find import find_lr, lr_find_dir
 from tests.conftest import BACKBONE, fold_table
 

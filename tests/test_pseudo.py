@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from common.config.config import ModelParams, StageParams
+from common.config.model_params import ModelParams, StageParams
 from common.core.errors import PipelineError
 from common.models import HEADS, LOSSES, tokenization
 from common.train.pseudo import (

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig
 
-from common.config.config import load_params
+from common.config.loader import load_params
 from common.models import HEADS, LOSSES, POOLINGS, EssayScorer, Head, Loss, Pooling
 from common.models.parts.losses import expected_score
 from common.models.parts.registry import Registry

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 
-from common.config.config import ModelParams, TextModelParams, load_params
+from common.config.loader import load_params
+from common.config.model_params import ModelParams, TextModelParams
 from common.models.text_model import (
     ARRAYS_FILE,
     BOOSTER_FILE,
@@ -163,14 +164,14 @@ def test_full_fit_trains_on_every_row(tmp_path) -> None:
     ("train.models.t.mlm.epochs=1", "mlm.epochs"),
 ])
 def test_bad_text_model_settings_are_named(override: str, key: str) -> None:
-    from common.config.config import ParamsError
+    from common.config.fields import ParamsError
 
     with pytest.raises(ParamsError, match=key.split(".")[0]):
         load_params(None, ["train.models.t.kind=tfidf", override])
 
 
 def test_a_text_model_cannot_teach() -> None:
-    from common.config.config import ParamsError
+    from common.config.fields import ParamsError
 
     with pytest.raises(ParamsError, match="teacher"):
         load_params(None, ["train.models.t.kind=tfidf", "train.students.s.teacher=t",

@@ -98,7 +98,7 @@ def test_outside_a_dvc_repository_no_dvclive_and_no_dvc_init(tmp_path, monkeypat
 
 
 def test_a_hand_run_elsewhere_keeps_its_headlines_beside_its_outputs():
-    from common.config.config import Params
+    from common.config.params import Params
     from common.config.stage import keep_headlines_with_the_run
 
     moved = Params()

@@ -104,7 +104,7 @@ def test_mlm_checks_the_backbone_before_reading_the_essays(tmp_path):
 def test_backbones_resolve_from_a_folder_or_the_hub_cache(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from common.config.config import load_params
+    from common.config.loader import load_params
     from common.core.errors import PipelineError
     from common.train.train_stage import check_backbones
     from tests.conftest import BACKBONE, REPO
@@ -337,8 +337,8 @@ def test_a_fold_with_unreadable_weights_trains_again(model_args, tmp_path):
 def test_seeds_are_averaged_and_the_full_fit_trains_on_every_row(tmp_path):
     """Two seeds per fold and a full fit: the OOF file is the seeds' mean; dropping the second seed and the full
     fit keeps the first seed's folds (nothing retrains) and removes the rest."""
-    from common.config.config import ModelParams, StageParams
     from common.config.layout import inference_units
+    from common.config.model_params import ModelParams, StageParams
     from common.train.train_stage import train_model
     from tests.conftest import BACKBONE, fold_table
 
@@ -392,7 +392,7 @@ def test_fold_workers_print_their_log_paths_and_progress(tmp_path, monkeypatch, 
     """The console shows where each worker logs, and each worker's latest progress line (here at its end)."""
     import logging
 
-    from common.config.config import load_params
+    from common.config.loader import load_params
     from common.train import train_stage
     from tests.conftest import REPO
 
@@ -417,7 +417,7 @@ def test_fold_worker_lines_start_a_console_line_of_their_own(tmp_path, monkeypat
     import logging
     import re
 
-    from common.config.config import load_params
+    from common.config.loader import load_params
     from common.core.logs import setup_logging
     from common.train import train_stage
     from tests.conftest import REPO
@@ -442,7 +442,7 @@ def test_fold_worker_lines_start_a_console_line_of_their_own(tmp_path, monkeypat
 
 
 def _tiny_spec(**changes):
-    from common.config.config import ModelParams, StageParams
+    from common.config.model_params import ModelParams, StageParams
 
     return ModelParams(name="t", max_length=64, stages=[StageParams(epochs=1.0)], batch_size=8, effective_batch_size=16,
                        lr=1e-3, head_lr=5e-3, warmup_ratio=0.0, **changes)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.config.config import ModelParams, ScorerParams, StageParams
+from common.config.model_params import ModelParams, ScorerParams, StageParams
 from common.train import training
 from common.train.training import Interrupted, TrainingError, tokenize_train, train_fold
 from tests.conftest import BACKBONE, REPO, fold_table

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from common.config.config import ModelParams
+    from common.config.model_params import ModelParams
 
 
 def model_dir(out: Path, name: str) -> Path:

@@ -12,7 +12,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from common.config.config import Params, ParamsError, parse_cli
+from common.config.fields import ParamsError
+from common.config.loader import parse_cli
+from common.config.params import Params
 from common.core.errors import InputError, PipelineError
 from common.core.io import WriteFailed, write_failed, write_failure
 from common.core.logs import setup_logging

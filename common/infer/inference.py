@@ -35,7 +35,7 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from common.config.config import Params
+from common.config.params import Params
 from common.core.artifact_checks import (
     COPY_HINT,
     TRUNCATED,

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
-from common.config.config import ScorerParams
+from common.config.model_params import ScorerParams
 from common.core.io import atomic_write, staged_dir, write_json
 from common.models.parts.heads import HEADS, Head
 from common.models.parts.losses import Loss, loss_for
@@ -57,7 +57,7 @@ _LAYER_PATHS = ("encoder.layer", "encoder.layers", "transformer.layer", "layers"
 @dataclass(kw_only=True)
 class ScorerConfig(ScorerParams):
     """Everything needed to rebuild an EssayScorer, saved as `scorer.json` beside its weights: the
-    architecture chosen in params (ScorerParams, common/config/config.py) plus what training fills in.
+    architecture chosen in params (ScorerParams, common/config/model_params.py) plus what training fills in.
     """
 
     backbone: str  # hub name or local directory (a relative path resolves against the working directory)

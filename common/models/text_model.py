@@ -44,7 +44,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.preprocessing import normalize
 
-from common.config.config import ModelParams, TextModelParams
+from common.config.model_params import ModelParams, TextModelParams
 from common.core.io import write_json
 from common.prepare.text_features import FEATURE_COLUMNS, TextFeaturizer
 from common.scoring.metrics import qwk

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from common.config.config import PrepareParams
+from common.config.params import PrepareParams
 from common.core.errors import PipelineError
 from common.prepare.clusters import name_clusters, recover_prompts
 from common.prepare.data import CompetitionData

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.config.config import ModelParams, Params
 from common.config.layout import fold_dir, fold_units, pseudo_dir, pseudo_plots_dir
+from common.config.model_params import ModelParams
+from common.config.params import Params
 from common.core.errors import PipelineError
 from common.core.io import staged_dir, write_csv, write_json, write_parquet
 from common.prepare.data import load_competition_data

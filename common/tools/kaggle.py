@@ -34,7 +34,8 @@ import nbformat
 import yaml
 
 from common.config import layout
-from common.config.config import Params, PathsParams, to_dict
+from common.config.loader import to_dict
+from common.config.params import Params, PathsParams
 from common.core.artifact_checks import ENSEMBLE_FILE, escapes
 from common.core.errors import PipelineError
 from common.core.io import staged_dir, write_json

@@ -20,7 +20,8 @@ import html
 import sys
 from pathlib import Path
 
-from common.config.config import ParamsError, load_params
+from common.config.fields import ParamsError
+from common.config.loader import load_params
 from common.core.io import atomic_write
 from common.tools.report_results import (
     section_confusion,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.config.config import ModelParams
 from common.config.layout import checkpoint_dir
+from common.config.model_params import ModelParams
 from common.core.io import write_csv, write_json
 from common.train.diagnostics import lr_range_test, plot_lr_range
 from common.train.engine import epoch_batches

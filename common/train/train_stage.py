@@ -33,7 +33,6 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from common.config.config import ModelParams, Params, plain
 from common.config.layout import (
     Unit,
     checkpoint_dir,
@@ -50,6 +49,9 @@ from common.config.layout import (
     pseudo_dir,
     timings_file,
 )
+from common.config.loader import plain
+from common.config.model_params import ModelParams
+from common.config.params import Params
 from common.config.stage import INSIDE_STAGE
 from common.core.errors import PipelineError
 from common.core.io import staged_dir, write_csv, write_json, write_parquet

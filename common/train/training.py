@@ -36,7 +36,7 @@ from accelerate import Accelerator
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from common.config.config import ModelParams, StageParams
+from common.config.model_params import ModelParams, StageParams
 from common.core.io import write_json
 from common.core.tracking import StepLogger
 from common.models import EssayScorer, ScorerConfig

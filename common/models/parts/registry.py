@@ -7,7 +7,7 @@ A part is added by defining its class with the kind's decorator, and nothing els
         ...
 
 Its name is then accepted in params (`train.models.<name>.scorer.pooling: median`), checked at load by
-`ScorerParams` (common/config/config.py) through `check`, and built by `EssayScorer`. The registries hold the
+`ScorerParams` (common/config/model_params.py) through `check`, and built by `EssayScorer`. The registries hold the
 classes in the order they were defined, which is the order error messages list them in.
 """
 
