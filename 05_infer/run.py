@@ -38,19 +38,16 @@ def main(params: Params) -> None:
     from common.core.devices import inference_devices
     from common.core.io import write_json
     from common.core.logs import format_hours
+    from common.infer.artifacts import ArtifactSet
     from common.infer.inference import (
-        ArtifactSet,
         correct_spread,
         ensemble_scores,
-        estimate_runtime,
-        make_submission,
         predict_models,
         prediction_frame,
-        read_test,
-        resolve_paths,
         spread,
-        write_outputs,
     )
+    from common.infer.runtime import estimate_runtime
+    from common.infer.submission import make_submission, read_test, resolve_paths, write_outputs
 
     p = params.infer
     paths = resolve_paths(params)

@@ -176,7 +176,8 @@ def text_lgbm_scores(texts: list[str], oofs, n_trials: int, seed: int) -> np.nda
 def spread_check(run_dir: Path, test: pd.DataFrame) -> None:
     """Held-out QWK of the ensemble on the fold-mean test predictions as they are and with the spread correction
     (`infer.spread_correction`), from 05_infer's saved per-fold test predictions and the ensemble artifacts."""
-    from common.infer.inference import ArtifactSet, TestPredictions, correct_spread, ensemble_scores, spread
+    from common.infer.artifacts import ArtifactSet
+    from common.infer.inference import TestPredictions, correct_spread, ensemble_scores, spread
 
     frame = pd.read_parquet(run_dir / "infer" / "test_predictions.parquet").merge(
         test[["essay_id", "full_text", "score", "prompt_id"]], on="essay_id")

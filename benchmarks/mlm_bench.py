@@ -25,7 +25,8 @@ from transformers.utils import logging as transformers_logging
 
 from common.core.logs import setup_logging
 from common.models.tokenization import load_tokenizer
-from common.train.mlm import adapt_backbone, essay_chunks
+from common.train.mlm import adapt_backbone
+from common.train.mlm_corpus import essay_chunks
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE = REPO / "input" / "tiny-deberta-v2"

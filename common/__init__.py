@@ -9,11 +9,14 @@ Packages by concern, lowest layer first; a module imports its own package and lo
     prepare       00_prepare: data, duplicates, clusters, folds, text_features, prepare (the stage's logic)
     scoring       metrics, thresholds, nested (+ combiner, the interface it fits), uncertainty, oof, reports
     models        the EssayScorer, tokenization, text_model (the TF-IDF members, no backbone)
-    train         02_train: engine, optim, training, diagnostics, lr_find, mlm, pseudo (what a student reads),
-                  train_stage (the stage's logic)
+    train         02_train: engine, optim, training, diagnostics, lr_find, mlm (MLM adaptation: adapt_backbone,
+                  its corpus in mlm_corpus, its loop in mlm_loop), pseudo (what a student reads), train_stage (the
+                  stage's logic)
     ensemble      04_ensemble: ensemble (blends, stacker), features (stacker inputs), selection (the stage's
                   nested search), ensemble_artifact (what 05 loads)
-    infer         05_infer: inference (fold models and the artifact on the test essays; no training code, no optuna)
+    infer         05_infer: artifacts (fold models and the ensemble, checked whole), inference (their predictions on
+                  the test essays), submission (paths, test essays in, submission out), runtime (the estimate); no
+                  training code, no optuna
     pseudo        01_pseudo_label: pseudo_stage (teachers' soft labels; it predicts with infer, so it sits above)
     tools         what surrounds the stages: demo data (demo, demo_prompts, demo_essays), tiny backbone, run
                   report (run_report, its sections in report_results, report_training, report_submission,

@@ -110,7 +110,7 @@ def _artifact_root(saved, tmp_path, spec: dict):
 
 
 def test_member_and_model_paths_must_stay_inside_their_folders(saved, tmp_path):
-    from common.infer.inference import ArtifactSet
+    from common.infer.artifacts import ArtifactSet
 
     _, _, _, root = saved
     spec = select(root, "mean")

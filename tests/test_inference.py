@@ -14,22 +14,15 @@ import torch
 import yaml
 
 from common.config.loader import load_params
+from common.core.artifact_checks import ArtifactError
 from common.core.errors import InputError, PipelineError
 from common.ensemble.ensemble import LGBMStacker
 from common.ensemble.features import fit_prompt_stats, stacker_features
-from common.infer.inference import (
-    ArtifactError,
-    ArtifactSet,
-    TokenCache,
-    ensemble_scores,
-    estimate_runtime,
-    make_submission,
-    predict_fold_model,
-    read_test,
-    resolve_paths,
-    validate_submission,
-)
+from common.infer.artifacts import ArtifactSet
 from common.infer.inference import TestPredictions as ModelPredictions
+from common.infer.inference import TokenCache, ensemble_scores, predict_fold_model
+from common.infer.runtime import estimate_runtime
+from common.infer.submission import make_submission, read_test, resolve_paths, validate_submission
 from common.prepare.clusters import PromptAssigner
 from common.prepare.text_features import TextFeaturizer
 from common.scoring.oof import load_oof_predictions
@@ -366,7 +359,8 @@ def test_kaggle_bundle_runs_as_a_notebook_on_a_fake_kaggle_with_the_network_bloc
     assert kernel["competition_sources"] == ["learning-agency-lab-automated-essay-scoring-2"]
     dataset = bundle / "dataset"
     assert json.loads((dataset / "dataset-metadata.json").read_text())["id"] == "someone/aes-pipeline-artifacts"
-    assert (dataset / "code" / "common" / "infer" / "inference.py").is_file()
+    for module in ("artifacts", "inference", "submission", "runtime"):
+        assert (dataset / "code" / "common" / "infer" / f"{module}.py").is_file(), module
     for left_out in ("tools", "train", "pseudo", "ensemble/selection.py"):  # inference runs without them
         assert not (dataset / "code" / "common" / left_out).exists(), left_out
     assert not list(dataset.rglob("oof.parquet")) and not list(dataset.rglob("__pycache__"))
@@ -505,7 +499,7 @@ def test_05s_outputs_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
     import errno
 
     from common.core.io import WriteFailed
-    from common.infer.inference import write_outputs
+    from common.infer.submission import write_outputs
 
     infer = tmp_path / "infer"
     infer.mkdir()

@@ -18,8 +18,9 @@ LAYERS = ("core", "models.parts", "config", "prepare", "scoring", "models", "tra
 is the longest entry its dotted path (below `common.`) starts with, so `models.parts` (the registries `config`
 checks names against) sits below `config` while the rest of `models` sits above it."""
 
-INFERENCE_ENTRY = "common.infer.inference"
-"""What 05_infer/run.py (and so the Kaggle notebook) imports its work from."""
+INFERENCE_SIDE = sorted(f"common.infer.{p.stem}" for p in (REPO / "common" / "infer").glob("*.py")
+                        if p.name != "__init__.py")
+"""What 05_infer/run.py (and so the Kaggle notebook) imports its work from: every module of common/infer."""
 
 NOT_FOR_INFERENCE = ("optuna", "common.train", "common.pseudo", "common.tools", "common.ensemble.selection")
 """Module prefixes the inference side must not load: optuna (tuning happens in 04 only), training, the 01 stage,
@@ -93,9 +94,10 @@ def layer_problems(graph: dict[str, set[str]]) -> list[str]:
     return problems
 
 
-def loaded_by(entry: str, root: Path) -> list[str]:
-    """Every module a fresh python has loaded after `import entry`, with `root` first on its path."""
-    code = f"import sys; sys.path.insert(0, {str(root)!r}); import {entry}; print('\\n'.join(sorted(sys.modules)))"
+def loaded_by(entries: list[str], root: Path) -> list[str]:
+    """Every module a fresh python has loaded after importing each of `entries`, with `root` first on its path."""
+    code = (f"import sys; sys.path.insert(0, {str(root)!r}); import {', '.join(entries)}; "
+            "print('\\n'.join(sorted(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     return done.stdout.split()
 
@@ -131,16 +133,16 @@ def test_a_lower_layer_importing_a_higher_one_is_named() -> None:
 
 
 def test_inference_loads_neither_optuna_nor_training_code() -> None:
-    loaded = loaded_by(INFERENCE_ENTRY, REPO)
-    assert INFERENCE_ENTRY in loaded
+    loaded = loaded_by(INFERENCE_SIDE, REPO)
+    assert INFERENCE_SIDE and set(INFERENCE_SIDE) <= set(loaded)
     unwanted = [m for m in loaded if m.startswith(NOT_FOR_INFERENCE)]
-    assert not unwanted, f"importing {INFERENCE_ENTRY} loads {unwanted}"
+    assert not unwanted, f"importing {INFERENCE_SIDE} loads {unwanted}"
 
 
 def test_the_kaggle_bundle_leaves_out_only_what_inference_never_loads() -> None:
     from common.tools.kaggle import LEFT_OUT
 
-    loaded = [m.removeprefix("common.").replace(".", "/") for m in loaded_by(INFERENCE_ENTRY, REPO)
+    loaded = [m.removeprefix("common.").replace(".", "/") for m in loaded_by(INFERENCE_SIDE, REPO)
               if m.startswith("common.")]
     needed = [m for m in loaded if f"{m}/".startswith(LEFT_OUT) or f"{m}.py".startswith(LEFT_OUT)]
-    assert not needed, f"the bundle leaves out {needed}, which {INFERENCE_ENTRY} imports"
+    assert not needed, f"the bundle leaves out {needed}, which {INFERENCE_SIDE} import"

@@ -1,4 +1,5 @@
-"""MLM domain adaptation: chunking, the held-out split, masking, fixed-mask evaluation, training, saving."""
+"""MLM domain adaptation (common/train/mlm.py, mlm_corpus.py, mlm_loop.py): chunking, the held-out split, masking,
+fixed-mask evaluation, training, saving."""
 
 import json
 import shutil
@@ -12,18 +13,16 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from common.models.tokenization import NEWLINE_TOKEN, load_tokenizer, newline_safe, tokenize_essays
-from common.train import mlm
-from common.train.mlm import (
+from common.train import mlm_loop
+from common.train.mlm import METRICS_FILE, adapt_backbone, load_masked_lm
+from common.train.mlm_corpus import (
     IGNORE_INDEX,
-    METRICS_FILE,
     MaskingCollator,
-    adapt_backbone,
     essay_chunks,
     fixed_mask_batches,
     held_out_essays,
-    load_masked_lm,
-    masked_lm_loss,
 )
+from common.train.mlm_loop import masked_lm_loss
 from tests.conftest import BACKBONE, REPO
 
 FAST = {"max_length": 64, "batch_size": 16, "device": "cpu"}
@@ -200,7 +199,7 @@ def test_a_killed_run_resumes_from_its_last_epoch_to_the_same_weights(essays, tm
     whole = adapt_backbone(BACKBONE, essays[:24], tmp_path / "whole", **settings)
     checkpoint = tmp_path / "ckpt" / "checkpoint.pt"
     checkpoint.parent.mkdir()
-    real_step, calls = mlm._mlm_step, {"n": 0}
+    real_step, calls = mlm_loop._mlm_step, {"n": 0}
 
     def dies_in_the_second_epoch(*args, **kwargs):
         calls["n"] += 1
@@ -208,12 +207,13 @@ def test_a_killed_run_resumes_from_its_last_epoch_to_the_same_weights(essays, tm
             raise KeyboardInterrupt("killed")
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(mlm, "_mlm_step", dies_in_the_second_epoch)
+    monkeypatch.setattr(mlm_loop, "_mlm_step", dies_in_the_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         adapt_backbone(BACKBONE, essays[:24], tmp_path / "resumed", checkpoint=checkpoint, fingerprint="f", **settings)
     assert checkpoint.is_file() and not (tmp_path / "resumed").exists()
     taken = []
-    monkeypatch.setattr(mlm, "_mlm_step", lambda *args, **kwargs: taken.append(1) or real_step(*args, **kwargs))
+    monkeypatch.setattr(mlm_loop, "_mlm_step",
+                        lambda *args, **kwargs: taken.append(1) or real_step(*args, **kwargs))
     resumed = adapt_backbone(BACKBONE, essays[:24], tmp_path / "resumed", checkpoint=checkpoint, fingerprint="f",
                              **settings)
     assert 0 < len(taken) <= whole["steps"] - whole["steps"] // 3  # the first epoch was not trained again

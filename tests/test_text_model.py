@@ -188,7 +188,8 @@ def test_a_tfidf_member_trains_in_02_and_05_predicts_what_02_predicted(prepared_
     import torch
 
     from common.core.artifact_checks import Problems
-    from common.infer.inference import ArtifactSet, predict_models
+    from common.infer.artifacts import ArtifactSet
+    from common.infer.inference import predict_models
 
     folder, _ = demo_input
     out = tmp_path / "out"

@@ -2,17 +2,15 @@
 
 Built to run on Kaggle the first time:
 - offline by construction: `common.core.offline.force_offline()` sets the hub-offline variables before
-  transformers is imported (05_infer/run.py calls it first), and every load is from a local folder;
-- every artifact is checked before any model runs (`ArtifactSet.check`): there, and readable (weights
-  headers, every JSON, and the selected ensemble method's files: `EnsembleArtifact.check`), so a missing
-  or truncated fold or threshold file fails in seconds with its path and the fix, never after an hour or
-  with a partial submission;
+  transformers is imported (05_infer/run.py calls it first), and every load is from a local folder that
+  `common.infer.artifacts.ArtifactSet` checked whole before any model runs;
 - fast: each distinct tokenizer tokenises the essays once; essays are sorted by length and batched by
   a token budget (dynamic padding); autocast fp16 on CUDA (T4 and P100 have no bf16) with fp32
   weights; `torch.inference_mode`; one model in memory at a time; every visible GPU gets a share of
   the batches (Kaggle's 2xT4), each on its own thread;
 - the same code path 02_train used for its OOF predictions (tokenize_essays, EssayScorer), so a model
   predicts here what it predicted there (a test checks it).
+The test essays come in and the submission goes out through `common.infer.submission`.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import gc
 import hashlib
 import json
 import logging
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -32,31 +29,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from common.config.params import Params
-from common.core.artifact_checks import (
-    COPY_HINT,
-    TRUNCATED,
-    ArtifactError,
-    Problems,
-    read_json,
-    safetensors_problem,
-)
 from common.core.devices import autocast_dtype
-from common.core.errors import InputError, PipelineError
-from common.core.io import atomic_write, staged_dir, write_csv, write_json, write_parquet
-from common.ensemble.ensemble_artifact import ENSEMBLE_DIR, EnsembleArtifact
+from common.core.errors import PipelineError
+from common.infer.artifacts import ArtifactSet
 from common.models import EssayScorer
-from common.models.scorer import (
-    ADAPTER_DIR,
-    BACKBONE_CONFIG_DIR,
-    CONFIG_FILE,
-    HEAD_FILE,
-    WEIGHTS_FILE,
-    read_config,
-)
 from common.models.text_model import TextModel, is_text_model
 from common.models.tokenization import (
     EssayCollator,
@@ -66,227 +44,12 @@ from common.models.tokenization import (
     model_token_ids,
     token_settings,
 )
-from common.prepare.data import read_csv_checked
 
 log = logging.getLogger(__name__)
 
-# Effective fp16 throughput of a T4 on transformer encoders (65 TFLOP/s peak tensor-core fp16; encoders
-# at batch sizes that fit reach roughly a fifth of it). Used only for the printed runtime estimate.
-T4_EFFECTIVE_FLOPS = 13e12
 # A CPU gains nothing from the large batches a GPU needs to fill its cores, and loses cache locality:
 # on CPU the token budget is capped here (measured on the demo: 16k-token batches ran ~25% slower).
 CPU_BATCH_TOKENS = 4096
-
-
-@dataclass
-class InferPaths:
-    test: Path
-    sample_submission: Path
-    artifacts: Path
-    submission: Path
-    on_kaggle: bool
-
-
-def resolve_paths(params: Params) -> InferPaths:
-    """Where inference reads and writes: Kaggle's folders when <kaggle_root>/input exists, else local ones.
-
-    `infer.artifacts` overrides the artifacts root in both cases.
-    """
-    p, prep = params.infer, params.prepare
-    kaggle_input = Path(p.kaggle_root) / "input"
-    if kaggle_input.is_dir():
-        competition = kaggle_input / p.competition_dataset
-        return InferPaths(
-            test=competition / prep.test_file,
-            sample_submission=competition / prep.sample_submission_file,
-            artifacts=Path(p.artifacts) if p.artifacts else kaggle_input / p.artifacts_dataset,
-            submission=Path(p.kaggle_root) / "working" / "submission.csv",
-            on_kaggle=True,
-        )
-    return InferPaths(
-        test=params.input_dir / prep.test_file,
-        sample_submission=params.input_dir / prep.sample_submission_file,
-        artifacts=Path(p.artifacts) if p.artifacts else params.output_dir,
-        submission=params.output_dir / "submission.csv",
-        on_kaggle=False,
-    )
-
-
-# ---------------------------------------------------------------------------------------------------
-# Test essays and the submission
-
-
-def read_test(test_path: Path, sample_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Test essays (essay_id, full_text) and the sample submission, checked but lenient where it can be.
-
-    Missing files or columns and duplicate ids are errors. Empty or odd essays are predicted anyway
-    (with a warning): a score for every id beats no submission. Ids must be the same in both files.
-    """
-    problems: list[str] = []
-    test = read_csv_checked(test_path, ("essay_id", "full_text"), problems)
-    sample = read_csv_checked(sample_path, ("essay_id", "score"), problems)
-    if problems:
-        raise InputError(problems)
-    assert test is not None and sample is not None
-    test = test.assign(essay_id=test["essay_id"].str.strip(), full_text=test["full_text"].fillna(""))
-    sample = sample.assign(essay_id=sample["essay_id"].str.strip())
-    for path, frame in ((test_path, test), (sample_path, sample)):
-        twice = frame["essay_id"][frame["essay_id"].duplicated()].unique().tolist()
-        if twice:
-            problems.append(f"{path}: duplicate essay_id {twice[:10]}. Fix: every essay needs its own id.")
-    only_test = sorted(set(test["essay_id"]) - set(sample["essay_id"]))
-    only_sample = sorted(set(sample["essay_id"]) - set(test["essay_id"]))
-    if only_sample:
-        problems.append(f"{sample_path}: essay ids {only_sample[:10]} have no essay in {test_path}. Fix: use the "
-                        "sample submission that belongs to this test file.")
-    if only_test:
-        problems.append(f"{test_path}: essay ids {only_test[:10]} are missing from {sample_path}. Fix: use the "
-                        "sample submission that belongs to this test file.")
-    if problems:
-        raise InputError(problems)
-    empty = test["full_text"].str.strip() == ""
-    if empty.any():
-        log.warning("%s: %d empty essay(s) (%s): predicted from special tokens alone", test_path, int(empty.sum()),
-                    test.loc[empty, "essay_id"].tolist()[:10])
-    return test[["essay_id", "full_text"]].reset_index(drop=True), sample[["essay_id"]].reset_index(drop=True)
-
-
-def make_submission(sample: pd.DataFrame, test_ids: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
-    """`essay_id, score` in sample-submission order, validated: every id once, integer scores in 1-6."""
-    by_id = pd.Series(np.asarray(scores), index=pd.Index(test_ids, name="essay_id"))
-    submission = pd.DataFrame({"essay_id": sample["essay_id"], "score": by_id.reindex(sample["essay_id"]).to_numpy()})
-    validate_submission(submission, sample)
-    submission["score"] = submission["score"].astype(int)
-    return submission
-
-
-def validate_submission(submission: pd.DataFrame, sample: pd.DataFrame) -> None:
-    """Raise unless the submission is exactly the sample's ids, in order, with integer scores 1..6."""
-    problems = []
-    if list(submission.columns) != ["essay_id", "score"]:
-        problems.append(f"columns are {list(submission.columns)}, not ['essay_id', 'score']")
-    elif submission["essay_id"].tolist() != sample["essay_id"].tolist():
-        problems.append("essay ids differ from the sample submission's (set or order)")
-    else:
-        score = pd.to_numeric(submission["score"], errors="coerce")
-        bad = score.isna() | ~score.isin([1, 2, 3, 4, 5, 6])
-        if bad.any():
-            problems.append(f"{int(bad.sum())} score(s) missing or outside the integers 1-6, e.g. for "
-                            f"{submission.loc[bad, 'essay_id'].tolist()[:5]}")
-    if problems:
-        raise PipelineError("submission not written: " + "; ".join(problems))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Artifacts
-
-
-# Tokenizer files AutoTokenizer reads as JSON when a fold folder has them.
-TOKENIZER_JSON = ("tokenizer.json", "special_tokens_map.json", "added_tokens.json", "vocab.json")
-# What TokenCache needs in a fold's train_config.json["model"] (the later TOKEN_SETTINGS have defaults).
-TOKENIZE_SETTINGS = ("max_length", "add_newline_tokens", "padding_side", "truncation_side", "add_special_tokens")
-
-
-@dataclass
-class ArtifactSet:
-    """The trained models and the ensemble under one root, as 02_train and 04_ensemble wrote them."""
-
-    root: Path
-    spec: dict
-    folds: list[int]
-    fold_dirs: dict[str, list[Path]] = field(default_factory=dict)
-    ensemble: EnsembleArtifact | None = None
-
-    @property
-    def models(self) -> list[str]:
-        return list(self.spec["models"])
-
-    @classmethod
-    def open(cls, root: Path) -> ArtifactSet:
-        """Read ensemble.json and check every file inference reads (before any work): all there and whole."""
-        spec = EnsembleArtifact.read_spec(root)
-        folds = [int(k) for k in spec.get("folds", [])]
-        if not folds:
-            raise ArtifactError(f"{root / ENSEMBLE_DIR / 'ensemble.json'} lists no folds: re-run 04_ensemble with "
-                                "this version")
-        artifacts = cls(root=root, spec=spec, folds=folds)
-        artifacts.check()
-        artifacts.ensemble = EnsembleArtifact.load(root / ENSEMBLE_DIR, spec)
-        return artifacts
-
-    def check(self) -> None:
-        """Every file inference reads, all there and readable, or one error naming each bad one.
-
-        Per fold model: its weights (the safetensors header: no weights are loaded), scorer.json,
-        train_config.json and the tokenizer's JSON files; then the ensemble (`EnsembleArtifact.check`: the
-        thresholds, the selected method's entry and files, the stacker's text vocabulary and prompt assigner).
-        A file that is there but truncated fails here, not after the fold models ran.
-        """
-        problems = Problems()
-        self.fold_dirs = EnsembleArtifact.member_dirs(self.root, self.spec, self.folds, problems)
-        for name in self.fold_dirs:
-            rerun_train = (f"re-run python 02_train/run.py train.model={name} (it trains again every fold whose "
-                           "files are missing or unreadable)")
-            for fold_dir in self.fold_dirs[name]:
-                self._check_fold(fold_dir, problems, rerun_train)
-        EnsembleArtifact.check(self.root / ENSEMBLE_DIR, self.spec, problems)
-        if problems:
-            heading = "artifacts missing or unreadable" if problems.unreadable else "artifacts missing"
-            raise ArtifactError(
-                f"{heading}, so no submission was written:\n  " + "\n  ".join(problems.lines)
-                + f"\nFix: copy the complete output of 02_train and 04_ensemble under {self.root} again (make kaggle "
-                f"builds such a folder; {COPY_HINT}), or re-make the files:\n  - "
-                + "\n  - ".join(problems.fixes)
-            )
-
-    @staticmethod
-    def _check_fold(fold_dir: Path, problems: Problems, fix: str) -> None:
-        """One fold model: what EssayScorer.load and TokenCache read from its folder (a text model: every file of
-        it, `TextModel.problem`)."""
-        if is_text_model(fold_dir):
-            problem = TextModel.problem(fold_dir)
-            if problem is not None:
-                problems.bad(fold_dir, problem, fix)
-            return
-        scorer_file = fold_dir / CONFIG_FILE
-        if not scorer_file.is_file():
-            problems.missing(scorer_file, fix)
-        else:
-            try:
-                read_config(scorer_file)
-            except json.JSONDecodeError as exc:
-                problems.bad(scorer_file, f"not valid JSON ({exc}): {TRUNCATED}", fix)
-            except (OSError, ValueError, TypeError) as exc:  # unknown keys, not an object, not UTF-8
-                problems.bad(scorer_file, f"not a scorer config ({exc}): {TRUNCATED}", fix)
-        train_config = read_json(fold_dir / "train_config.json", problems, fix)
-        if train_config is not None:
-            model = train_config.get("model")
-            absent = [k for k in TOKENIZE_SETTINGS if k not in model] if isinstance(model, dict) else ["model"]
-            if absent:
-                problems.bad(fold_dir / "train_config.json", f"lacks {absent}: {TRUNCATED}", fix)
-        read_json(fold_dir / "tokenizer_config.json", problems, fix)
-        for name in TOKENIZER_JSON:
-            if (fold_dir / name).is_file():
-                read_json(fold_dir / name, problems, fix)
-        adapter = fold_dir / ADAPTER_DIR
-        weights = fold_dir / WEIGHTS_FILE
-        if adapter.is_dir():  # LoRA: adapter/ (peft) and head.safetensors beside it
-            read_json(adapter / "adapter_config.json", problems, fix)
-            tensors = [p for p in (adapter / "adapter_model.safetensors", fold_dir / HEAD_FILE) if p.is_file()]
-            if not (adapter / "adapter_model.safetensors").is_file() and not (adapter / "adapter_model.bin").is_file():
-                problems.missing(adapter / "adapter_model.safetensors", fix)
-            if not (fold_dir / HEAD_FILE).is_file():
-                problems.missing(fold_dir / HEAD_FILE, fix)
-        elif weights.is_file():
-            tensors = [weights]
-            read_json(fold_dir / BACKBONE_CONFIG_DIR / "config.json", problems, fix)
-        else:
-            tensors = []
-            problems.missing(weights, fix, what=" (or adapter/ for a LoRA model)")
-        for path in tensors:
-            problem = safetensors_problem(path)
-            if problem is not None:
-                problems.bad(path, problem, fix)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -467,64 +230,7 @@ def prediction_frame(test_ids: np.ndarray, predictions: TestPredictions) -> pd.D
     return pd.DataFrame(columns)
 
 
-def write_outputs(submission_path: Path, submission: pd.DataFrame, infer_dir: Path | None = None,
-                  metrics: dict | None = None, predictions: pd.DataFrame | None = None) -> None:
-    """The submission and, locally (`infer_dir`), infer/metrics.json and infer/test_predictions.parquet, together:
-    every file is written in full (staged) before any replaces its predecessor, so a failure (a full disk) leaves
-    the previous outputs as they were, never a new submission beside old predictions. Kaggle writes the
-    submission alone."""
-    if infer_dir is None:
-        write_csv(submission_path, submission)
-        return
-    with atomic_write(submission_path) as staged_submission:
-        submission.to_csv(staged_submission, index=False)
-        with staged_dir(infer_dir) as tmp:
-            write_json(tmp / "metrics.json", metrics)
-            write_parquet(tmp / "test_predictions.parquet", predictions)
-        # infer/ is in place; leaving atomic_write renames the submission beside it
-
-
 def ensemble_scores(artifacts: ArtifactSet, predictions: TestPredictions, texts: list[str]) -> tuple[np.ndarray,
                                                                                                       np.ndarray]:
     """(continuous ensemble prediction, integer scores 1-6) with the selected method and its thresholds."""
     return artifacts.ensemble.predict(predictions.preds, predictions.probs, texts)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Runtime estimate
-
-
-def count_parameters(fold_dir: Path) -> int:
-    """Parameters of a saved fold model, read from its safetensors header (no weights loaded); 0 for a text model
-    (no encoder: its cost per essay is negligible beside one)."""
-    if is_text_model(fold_dir):
-        return 0
-    weights = fold_dir / "model.safetensors"
-    if not weights.is_file():
-        config = json.loads((fold_dir / "backbone" / "config.json").read_text()) if (
-            fold_dir / "backbone" / "config.json").is_file() else {}
-        hidden, layers = config.get("hidden_size", 768), config.get("num_hidden_layers", 12)
-        return 12 * layers * hidden * hidden
-    total = 0
-    with safe_open(str(weights), framework="pt") as handle:
-        names = handle.keys()  # a safe_open handle is not iterable itself
-        for key in names:
-            total += math.prod(handle.get_slice(key).get_shape())
-    return total
-
-
-def estimate_runtime(artifacts: ArtifactSet, mean_tokens: float, n_essays: int, measured_essays_per_s: float | None,
-                     limit_hours: float) -> dict:
-    """Hours for `n_essays` with every member model: from this run's measured speed, and on a T4 (FLOPs).
-
-    The T4 figure counts 2 x parameters FLOPs per token (the encoder's matmuls; attention adds a little
-    at 1024 tokens) at T4_EFFECTIVE_FLOPS. Both are estimates; Kaggle's limit is checked on the larger.
-    """
-    n_fold_models = sum(len(artifacts.fold_dirs[m]) for m in artifacts.models)
-    flops = sum(2 * count_parameters(artifacts.fold_dirs[m][0]) * mean_tokens * n_essays * len(artifacts.fold_dirs[m])
-                for m in artifacts.models)
-    t4_hours = flops / T4_EFFECTIVE_FLOPS / 3600
-    here_hours = n_essays * n_fold_models / measured_essays_per_s / 3600 if measured_essays_per_s else None
-    worst = max(t4_hours, here_hours or 0.0)
-    return {"n_essays": n_essays, "n_fold_models": n_fold_models, "t4_hours": t4_hours,
-            "this_device_hours": here_hours, "limit_hours": limit_hours, "within_limit": worst < limit_hours}

@@ -41,8 +41,8 @@ from common.core.errors import PipelineError
 from common.core.io import staged_dir, write_json
 from common.core.offline import OFFLINE_VARIABLES
 from common.ensemble.ensemble import LGBMStacker
-from common.ensemble.ensemble_artifact import VOCABULARY_FILE
-from common.infer.inference import ENSEMBLE_DIR, ArtifactSet
+from common.ensemble.ensemble_artifact import ENSEMBLE_DIR, VOCABULARY_FILE
+from common.infer.artifacts import ArtifactSet
 from common.prepare.clusters import PromptAssigner
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ REQUIREMENTS = {
     "scipy": "1.11", "pyyaml": "6.0", "tqdm": "4.66",
 }
 # What the bundle leaves out of common/ (paths under it): the tools (demo and backbone generators, report, this
-# packager), training, the 01 stage and 04's search; inference imports none of them, nor optuna.
+# packager), training, the 01 stage and 04's search; common/infer imports none of them, nor optuna.
 LEFT_OUT = ("tools/", "train/", "pseudo/", "ensemble/selection.py")
 # Wheels shipped by default: pure-Python or manylinux libraries that move fast and that old Kaggle
 # images lack in the versions above. torch is never shipped (the image's CUDA build must stay).

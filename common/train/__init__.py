@@ -1,1 +1,2 @@
-"""Train (02): engine, optimisers, the fold loop and fingerprints, MLM, the pseudo-labels a student reads, the planner."""
+"""Train (02): engine, optimisers, the fold loop and fingerprints, MLM (mlm, mlm_corpus, mlm_loop), the pseudo-labels a
+student reads, the planner."""
