@@ -10,8 +10,10 @@ Packages by concern, lowest layer first; a module imports its own package and lo
     models        the EssayScorer, tokenization, text_model (the TF-IDF members, no backbone)
     train         02_train: engine, optim, training, diagnostics, lr_find, mlm, pseudo (what a student reads),
                   train_stage (the stage's logic)
-    ensemble      04_ensemble: ensemble (blends, stacker), features (stacker inputs), selection (the stage's
-                  nested search), ensemble_artifact (what 05 loads)
+    ensemble      04_ensemble: combiners (the registry), blenders, stacker, surrogate (the QWK loss of both),
+                  lightgbm_files (the stacker's file checks), features (stacker inputs), ensemble_artifact (what 05
+                  loads); 04 only: search (the stage's nested search), target (row weights), selection (the rules),
+                  tuning (the stacker's optuna search)
     infer         05_infer: inference (fold models and the artifact on the test essays; no training code, no optuna)
     pseudo        01_pseudo_label: pseudo_stage (teachers' soft labels; it predicts with infer, so it sits above)
     tools         what surrounds the stages: demo data (demo, demo_prompts, demo_essays), tiny backbone, run
