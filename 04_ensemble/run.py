@@ -22,7 +22,8 @@ try:
     from common.core.io import staged_dir, write_csv, write_json, write_parquet
     from common.core.tracking import write_headline
     from common.ensemble.ensemble_artifact import EnsembleArtifact
-    from common.ensemble.selection import Target, build_ensemble
+    from common.ensemble.search import build_ensemble
+    from common.ensemble.target import Target
     from common.prepare.data import load_competition_data
     from common.scoring.metrics import qwk_by_group
     from common.scoring.oof import load_oof_predictions

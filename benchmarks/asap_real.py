@@ -43,8 +43,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from common.config.loader import load_params  # noqa: E402
-from common.ensemble.ensemble import LGBMStacker  # noqa: E402
-from common.ensemble.selection import Rows, Target, build_ensemble, evaluate_method  # noqa: E402
+from common.ensemble.search import build_ensemble, evaluate_method  # noqa: E402
+from common.ensemble.stacker import LGBMStacker  # noqa: E402
+from common.ensemble.target import Rows, Target  # noqa: E402
 from common.prepare.text_features import TextFeaturizer  # noqa: E402
 from common.scoring.metrics import qwk  # noqa: E402
 from common.scoring.nested import Chain  # noqa: E402

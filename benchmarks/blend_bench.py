@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.ensemble.ensemble import GreedyBlender, MeanBlender, ScipyBlender
+from common.ensemble.blenders import GreedyBlender, MeanBlender, ScipyBlender
 from common.scoring.metrics import qwk
 from common.scoring.nested import Chain, nested_qwk
 from common.scoring.thresholds import ThresholdSearcher

@@ -30,7 +30,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.config.params import EnsembleParams
-from common.ensemble.selection import Target, build_ensemble
+from common.ensemble.search import build_ensemble
+from common.ensemble.target import Target
 from common.scoring.oof import load_oof_predictions
 from common.tools.synthetic import origin_shift_oofs
 

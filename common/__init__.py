@@ -12,8 +12,10 @@ Packages by concern, lowest layer first; a module imports its own package and lo
     train         02_train: engine, optim, training, diagnostics, lr_find, mlm (MLM adaptation: adapt_backbone,
                   its corpus in mlm_corpus, its loop in mlm_loop), pseudo (what a student reads), train_stage (the
                   stage's logic)
-    ensemble      04_ensemble: ensemble (blends, stacker), features (stacker inputs), selection (the stage's
-                  nested search), ensemble_artifact (what 05 loads)
+    ensemble      04_ensemble: combiners (the registry), blenders, stacker, surrogate (the QWK loss of both),
+                  lightgbm_files (the stacker's file checks), features (stacker inputs), ensemble_artifact (what 05
+                  loads); 04 only: search (the stage's nested search), target (row weights), selection (the rules),
+                  tuning (the stacker's optuna search)
     infer         05_infer: artifacts (fold models and the ensemble, checked whole), inference (their predictions on
                   the test essays), submission (paths, test essays in, submission out), runtime (the estimate); no
                   training code, no optuna

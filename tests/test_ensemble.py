@@ -1,5 +1,6 @@
-"""Tests for common/ensemble/ensemble.py: the combiner interface and registry, blenders, the LightGBM stacker and its
-objective."""
+"""Tests for the combiners of common/ensemble/: the registry (combiners.py), the blenders (blenders.py), the QWK
+surrogate (surrogate.py), the LightGBM stacker (stacker.py) and its tuning (tuning.py), and the prompt-mix weights
+(target.py)."""
 
 from __future__ import annotations
 
@@ -14,17 +15,12 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from common.core.artifact_checks import ENSEMBLE_FILE, Problems
-from common.ensemble.ensemble import (
-    COMBINERS,
-    GreedyBlender,
-    LGBMStacker,
-    MeanBlender,
-    ScipyBlender,
-    prompt_mix_weights,
-    qwk_objective,
-    qwk_surrogate,
-    tune_stacker,
-)
+from common.ensemble.blenders import GreedyBlender, MeanBlender, ScipyBlender
+from common.ensemble.combiners import COMBINERS
+from common.ensemble.stacker import LGBMStacker
+from common.ensemble.surrogate import qwk_objective, qwk_surrogate
+from common.ensemble.target import prompt_mix_weights
+from common.ensemble.tuning import tune_stacker
 from common.scoring.metrics import qwk
 from common.scoring.thresholds import round_scores
 
@@ -229,11 +225,11 @@ def test_stacker_is_deterministic_and_needs_three_folds() -> None:
 
 def test_tune_stacker_returns_usable_params() -> None:
     X, y, folds = stacker_data(n=400)
-    settings = {"n_trials": 4, "seed": 0, "n_estimators": 60, "early_stopping_rounds": 10, "num_threads": 1}
-    best = tune_stacker(X, y, folds, **settings)
+    settings = {"n_estimators": 60, "early_stopping_rounds": 10, "num_threads": 1}
+    best = tune_stacker(LGBMStacker(n_trials=4, seed=0), X, y, folds, **settings)
     assert set(best) == {"learning_rate", "num_leaves", "min_data_in_leaf", "feature_fraction",
                          "bagging_fraction", "lambda_l2"}
-    assert best == tune_stacker(X, y, folds, **settings)
+    assert best == tune_stacker(LGBMStacker(n_trials=4, seed=0), X, y, folds, **settings)
     LGBMStacker(params=best, n_estimators=60, early_stopping_rounds=10, num_threads=1).fit(X, y, folds=folds)
     tuned = LGBMStacker(n_trials=4, n_estimators=60, early_stopping_rounds=10).tune(X, y, folds)
     assert set(tuned.tuned_params) == set(best) and not hasattr(tuned, "models_")  # tuned, not fitted
@@ -242,7 +238,8 @@ def test_tune_stacker_returns_usable_params() -> None:
 def test_tuning_logs_its_figures_at_4_significant_digits(capfd, caplog) -> None:
     X, y, folds = stacker_data(n=200)
     with caplog.at_level(logging.INFO):
-        tune_stacker(X, y, folds, n_trials=2, seed=0, n_estimators=20, early_stopping_rounds=5, num_threads=1)
+        tune_stacker(LGBMStacker(n_trials=2, seed=0), X, y, folds, n_estimators=20, early_stopping_rounds=5,
+                     num_threads=1)
     printed = capfd.readouterr().err + caplog.text
     assert "tune_stacker: best inner-CV QWK" in printed
     assert not re.search(r"\d\.\d{6,}", printed), printed  # optuna's trial lines print floats in full

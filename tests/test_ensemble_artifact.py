@@ -11,7 +11,8 @@ import pytest
 from common.core.artifact_checks import ArtifactError, Problems
 from common.ensemble.ensemble_artifact import ENSEMBLE_DIR, EnsembleArtifact
 from common.ensemble.features import stacker_features
-from common.ensemble.selection import Target, build_ensemble
+from common.ensemble.search import build_ensemble
+from common.ensemble.target import Target
 from tests.test_selection import synthetic_oofs, texts_for
 
 
@@ -144,7 +145,7 @@ def test_member_and_model_paths_must_stay_inside_their_folders(saved, tmp_path):
 
 
 def test_a_stacker_model_file_outside_its_folder_is_refused_before_it_is_read(saved, tmp_path, monkeypatch):
-    import common.ensemble.ensemble
+    import common.ensemble.stacker
 
     _, _, _, root = saved
     copy = _artifact_root(saved, tmp_path, select(root, "stacker"))
@@ -153,7 +154,7 @@ def test_a_stacker_model_file_outside_its_folder_is_refused_before_it_is_read(sa
     meta["model_files"]["0"], meta["model_files"]["1"] = "/etc/passwd", "../../../../x.txt"
     meta_file.write_text(json.dumps(meta))
     read = []
-    monkeypatch.setattr(common.ensemble.ensemble, "lightgbm_model_problem", lambda path: read.append(path))
+    monkeypatch.setattr(common.ensemble.stacker, "lightgbm_model_problem", lambda path: read.append(path))
     problems = Problems()
     EnsembleArtifact.check(copy / ENSEMBLE_DIR, select(copy, "stacker"), problems)
     assert f"{meta_file}: 'model_files' entry 0: '/etc/passwd' is an absolute path: refused" in "\n".join(

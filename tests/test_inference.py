@@ -16,8 +16,8 @@ import yaml
 from common.config.loader import load_params
 from common.core.artifact_checks import ArtifactError
 from common.core.errors import InputError, PipelineError
-from common.ensemble.ensemble import LGBMStacker
 from common.ensemble.features import fit_prompt_stats, stacker_features
+from common.ensemble.stacker import LGBMStacker
 from common.infer.artifacts import ArtifactSet
 from common.infer.inference import TestPredictions as ModelPredictions
 from common.infer.inference import TokenCache, ensemble_scores, predict_fold_model
@@ -252,7 +252,7 @@ def test_every_unreadable_file_is_named_in_one_message(artifacts_copy, demo_inpu
 def test_a_lightgbm_model_cut_anywhere_is_refused_before_lightgbm_reads_it(tmp_path):
     import lightgbm as lgb
 
-    from common.ensemble.ensemble import lightgbm_model_problem
+    from common.ensemble.lightgbm_files import lightgbm_model_problem
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 4))
@@ -361,7 +361,8 @@ def test_kaggle_bundle_runs_as_a_notebook_on_a_fake_kaggle_with_the_network_bloc
     assert json.loads((dataset / "dataset-metadata.json").read_text())["id"] == "someone/aes-pipeline-artifacts"
     for module in ("artifacts", "inference", "submission", "runtime"):
         assert (dataset / "code" / "common" / "infer" / f"{module}.py").is_file(), module
-    for left_out in ("tools", "train", "pseudo", "ensemble/selection.py"):  # inference runs without them
+    for left_out in ("tools", "train", "pseudo", "ensemble/search.py", "ensemble/selection.py", "ensemble/target.py",
+                     "ensemble/tuning.py"):  # inference runs without them
         assert not (dataset / "code" / "common" / left_out).exists(), left_out
     assert not list(dataset.rglob("oof.parquet")) and not list(dataset.rglob("__pycache__"))
     shipped = {name: sorted(p.name for p in (dataset / "train" / name / "folds").iterdir())

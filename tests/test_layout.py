@@ -22,9 +22,10 @@ INFERENCE_SIDE = sorted(f"common.infer.{p.stem}" for p in (REPO / "common" / "in
                         if p.name != "__init__.py")
 """What 05_infer/run.py (and so the Kaggle notebook) imports its work from: every module of common/infer."""
 
-NOT_FOR_INFERENCE = ("optuna", "common.train", "common.pseudo", "common.tools", "common.ensemble.selection")
+NOT_FOR_INFERENCE = ("optuna", "common.train", "common.pseudo", "common.tools", "common.ensemble.search",
+                     "common.ensemble.selection", "common.ensemble.target", "common.ensemble.tuning")
 """Module prefixes the inference side must not load: optuna (tuning happens in 04 only), training, the 01 stage,
-the tools, and 04's search."""
+the tools, and 04's search (with its target weights, selection rules and the stacker's tuning)."""
 
 
 def module_name(path: Path, root: Path) -> str:

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.ensemble.ensemble import GreedyBlender, LGBMStacker, MeanBlender
+from common.ensemble.blenders import GreedyBlender, MeanBlender
+from common.ensemble.stacker import LGBMStacker
 from common.scoring.nested import Chain, nested_qwk, thresholds_per_fold
 from common.scoring.thresholds import GroupThresholds, ThresholdSearcher
 from tests.test_ensemble import make_models, stacker_data

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.ensemble.ensemble import LGBMStacker
+from common.ensemble.stacker import LGBMStacker
 from common.prepare.text_features import TextFeaturizer
 from tests.conftest import built_once, run_cli
 

@@ -4,17 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.ensemble.ensemble import ScipyBlender
+from common.ensemble.blenders import ScipyBlender
 from common.ensemble.features import fit_prompt_stats, stacker_features
-from common.ensemble.selection import (
-    COMPLEXITY,
-    Rows,
-    Target,
-    build_ensemble,
-    evaluate_method,
-    frontier_table,
-    select_method,
-)
+from common.ensemble.search import build_ensemble, evaluate_method, frontier_table
+from common.ensemble.selection import COMPLEXITY, select_method
+from common.ensemble.target import Rows, Target
 from common.scoring.oof import OOFSet
 from common.scoring.uncertainty import bootstrap_qwk
 from common.tools.synthetic import origin_shift_oofs

@@ -38,7 +38,7 @@ from common.core.artifact_checks import (
     read_json,
 )
 from common.core.io import write_json
-from common.ensemble.ensemble import COMBINERS
+from common.ensemble.combiners import COMBINERS
 from common.ensemble.features import TEST_ORIGIN, stacker_features
 from common.prepare.clusters import PromptAssigner
 from common.prepare.text_features import TextFeaturizer
@@ -46,7 +46,7 @@ from common.scoring.combiner import Combiner
 from common.scoring.thresholds import apply_thresholds
 
 if TYPE_CHECKING:
-    from common.ensemble.selection import EnsembleResult
+    from common.ensemble.search import EnsembleResult
 
 log = logging.getLogger(__name__)
 

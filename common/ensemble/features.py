@@ -1,7 +1,7 @@
 """The stacker's input columns: what 04_ensemble fits the stacker on and 05_infer predicts it from.
 
 One function builds them from OOF predictions (04) and from test predictions (05, with the prompt statistics
-saved by 04), so the two cannot drift; it lives apart from 04's search (common.ensemble.selection), which 05 never loads.
+saved by 04), so the two cannot drift; it lives apart from 04's search (common.ensemble.search), which 05 never loads.
 """
 
 from __future__ import annotations

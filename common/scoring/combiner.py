@@ -1,4 +1,4 @@
-"""`Combiner`: the interface every way of combining the models' predictions implements (common.ensemble.ensemble).
+"""`Combiner`: the interface every way of combining the models' predictions implements (common.ensemble.combiners).
 
 It sits below `common.scoring.nested`, whose `Chain` fits and scores any combiner nested, and below the blends and the
 stacker that implement it, so neither of the two imports the other's module for it.

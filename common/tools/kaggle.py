@@ -40,8 +40,8 @@ from common.core.artifact_checks import ENSEMBLE_FILE, escapes
 from common.core.errors import PipelineError
 from common.core.io import staged_dir, write_json
 from common.core.offline import OFFLINE_VARIABLES
-from common.ensemble.ensemble import LGBMStacker
 from common.ensemble.ensemble_artifact import ENSEMBLE_DIR, VOCABULARY_FILE
+from common.ensemble.stacker import LGBMStacker
 from common.infer.artifacts import ArtifactSet
 from common.prepare.clusters import PromptAssigner
 
@@ -56,8 +56,10 @@ REQUIREMENTS = {
     "scipy": "1.11", "pyyaml": "6.0", "tqdm": "4.66",
 }
 # What the bundle leaves out of common/ (paths under it): the tools (demo and backbone generators, report, this
-# packager), training, the 01 stage and 04's search; common/infer imports none of them, nor optuna.
-LEFT_OUT = ("tools/", "train/", "pseudo/", "ensemble/selection.py")
+# packager), training, the 01 stage and 04's search (its target weights, selection rules and the stacker's optuna
+# tuning); common/infer imports none of them, nor optuna.
+LEFT_OUT = ("tools/", "train/", "pseudo/", "ensemble/search.py", "ensemble/selection.py", "ensemble/target.py",
+            "ensemble/tuning.py")
 # Wheels shipped by default: pure-Python or manylinux libraries that move fast and that old Kaggle
 # images lack in the versions above. torch is never shipped (the image's CUDA build must stay).
 SHIPPED_WHEELS = ("transformers", "tokenizers", "huggingface_hub", "safetensors", "peft")
