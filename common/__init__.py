@@ -8,8 +8,10 @@ Packages by concern, lowest layer first; a module imports its own package and lo
     prepare       00_prepare: data, duplicates, clusters, folds, text_features, prepare (the stage's logic)
     scoring       metrics, thresholds, nested (+ combiner, the interface it fits), uncertainty, oof, reports
     models        the EssayScorer, tokenization, text_model (the TF-IDF members, no backbone)
-    train         02_train: engine, optim, training, diagnostics, lr_find, mlm, pseudo (what a student reads),
-                  train_stage (the stage's logic)
+    train         02_train: engine, optim, training (the loop), fold_run (a fold's run set up), rows, fingerprints,
+                  diagnostics, lr_find, mlm, mlm_backbone (the adapted backbone's cache), pseudo (what a student
+                  reads), train_stage (the stage's logic) with trained_folds (the registry), locks, fold_workers,
+                  model_oof (the OOF file)
     ensemble      04_ensemble: ensemble (blends, stacker), features (stacker inputs), selection (the stage's
                   nested search), ensemble_artifact (what 05 loads)
     infer         05_infer: inference (fold models and the artifact on the test essays; no training code, no optuna)
