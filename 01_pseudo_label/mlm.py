@@ -26,8 +26,9 @@ def main(params: Params) -> None:
     import torch
 
     from common.prepare.data import load_competition_data
+    from common.train.mlm_backbone import adapted_backbone
     from common.train.pseudo import read_external
-    from common.train.train_stage import adapted_backbone, check_backbones
+    from common.train.train_stage import check_backbones
 
     out, prep, t = params.output_dir, params.prepare, params.train
     if t.num_threads:

@@ -9,9 +9,10 @@ Packages by concern, lowest layer first; a module imports its own package and lo
     prepare       00_prepare: data, duplicates, clusters, folds, text_features, prepare (the stage's logic)
     scoring       metrics, thresholds, nested (+ combiner, the interface it fits), uncertainty, oof, reports
     models        the EssayScorer, tokenization, text_model (the TF-IDF members, no backbone)
-    train         02_train: engine, optim, training, diagnostics, lr_find, mlm (MLM adaptation: adapt_backbone,
-                  its corpus in mlm_corpus, its loop in mlm_loop), pseudo (what a student reads), train_stage (the
-                  stage's logic)
+    train         02_train: engine, optim, training (the loop), fold_run (a fold's run set up), rows, fingerprints,
+                  diagnostics, lr_find, mlm (MLM adaptation: adapt_backbone, its corpus in mlm_corpus, its loop in
+                  mlm_loop), mlm_backbone (the adapted backbone's cache), pseudo (what a student reads), train_stage
+                  (the stage's logic) with trained_folds (the registry), locks, fold_workers, model_oof (the OOF file)
     ensemble      04_ensemble: combiners (the registry), blenders, stacker, surrogate (the QWK loss of both),
                   lightgbm_files (the stacker's file checks), features (stacker inputs), ensemble_artifact (what 05
                   loads); 04 only: search (the stage's nested search), target (row weights), selection (the rules),

@@ -15,7 +15,8 @@ import torch
 
 from common.config.model_params import ModelParams, ScorerParams, StageParams
 from common.tools.demo import make_demo_frames
-from common.train.training import tokenize_train, train_fold
+from common.train.rows import tokenize_train
+from common.train.training import train_fold
 
 REPO = Path(__file__).resolve().parents[1]
 

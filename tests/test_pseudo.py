@@ -24,7 +24,8 @@ from common.train.pseudo import (
     soft_labels,
     spread_regression,
 )
-from common.train.training import Interrupted, _batch_loss, tokenize_train, train_fold
+from common.train.rows import batch_loss, tokenize_train
+from common.train.training import Interrupted, train_fold
 from tests.conftest import BACKBONE, TINY_TRAIN, fold_table, run_cli
 
 # ------------------------------------------------------------------------------------------------
@@ -66,18 +67,18 @@ def test_student_loss_is_the_kl_divergence_to_the_soft_labels_by_hand():
     q = torch.softmax(logits, dim=-1).numpy()
     p = soft.numpy()
     by_hand = np.mean([sum(p[i, c] * np.log(p[i, c] / q[i, c]) for c in range(6) if p[i, c] > 0) for i in range(2)])
-    loss = _batch_loss(loss_fn, logits, soft, torch.tensor([True, True]), weight=0.5)
+    loss = batch_loss(loss_fn, logits, soft, torch.tensor([True, True]), weight=0.5)
     assert loss.item() == pytest.approx(by_hand, rel=1e-5)
     # Concat mode: a labelled row (one-hot) and a pseudo row, the pseudo one weighted 0.25.
     hard = torch.tensor([[0, 1.0, 0, 0, 0, 0], [0.0, 0.0, 0.5, 0.5, 0.0, 0.0]])
-    mixed = _batch_loss(loss_fn, logits, hard, torch.tensor([False, True]), weight=0.25)
+    mixed = batch_loss(loss_fn, logits, hard, torch.tensor([False, True]), weight=0.25)
     ce = -np.log(q[0, 1])
     kl = sum(p[1, c] * np.log(p[1, c] / q[1, c]) for c in (2, 3))
     assert mixed.item() == pytest.approx((ce + 0.25 * kl) / 1.25, rel=1e-5)
     # A regression student: MSE between its prediction and the labels' expected score.
     reg = partial(LOSSES.build("mse"), HEADS.build("regression", 4))
     value = torch.tensor([[2.0], [4.5]])
-    assert _batch_loss(reg, value, soft, torch.tensor([True, True]), 1.0).item() == pytest.approx(
+    assert batch_loss(reg, value, soft, torch.tensor([True, True]), 1.0).item() == pytest.approx(
         np.mean((np.array([2.0, 4.5]) - p @ np.arange(1, 7)) ** 2), rel=1e-5)
 
 

@@ -13,7 +13,7 @@ from common.config.loader import load_params
 from common.models import HEADS, LOSSES, POOLINGS, EssayScorer, Head, Loss, Pooling
 from common.models.parts.losses import expected_score
 from common.models.parts.registry import Registry
-from common.train.training import scorer_config
+from common.train.fold_run import scorer_config
 from tests.conftest import BACKBONE, REPO
 
 

@@ -211,7 +211,7 @@ def test_runtime_counts_the_fold_workers_inside_their_stage_not_again(tmp_path):
     """02_train's own record already holds the time of the fold workers it waited for: theirs are not added."""
     from common.config.loader import load_params
     from common.config.stage import record_runtime
-    from common.train.train_stage import train_in_workers
+    from common.train.fold_workers import train_in_workers
 
     script = tmp_path / "02_train" / "run.py"
     script.parent.mkdir()

@@ -393,22 +393,22 @@ def test_fold_workers_print_their_log_paths_and_progress(tmp_path, monkeypatch, 
     import logging
 
     from common.config.loader import load_params
-    from common.train import train_stage
+    from common.train import fold_workers
     from tests.conftest import REPO
 
     script = tmp_path / "worker.py"
     script.write_text(FAKE_WORKER)
     params = load_params(REPO / "params.yaml", [f"paths.output={tmp_path}", "train.device=cpu",
                                                  "train.fold_workers=2"])
-    monkeypatch.setattr(train_stage, "PROGRESS_EVERY", 0.0)
-    with caplog.at_level(logging.INFO, logger="common.train.train_stage"):
-        train_stage.train_in_workers(params, "tiny-regression", [0, 1], script)
+    monkeypatch.setattr(fold_workers, "PROGRESS_EVERY", 0.0)
+    with caplog.at_level(logging.INFO, logger="common.train.fold_workers"):
+        fold_workers.train_in_workers(params, "tiny-regression", [0, 1], script)
     logs = {k: tmp_path / "checkpoints" / "tiny-regression" / f"fold_{k}.log" for k in (0, 1)}
     assert f"their logs: {logs[0]}, {logs[1]}" in caplog.text
     for k, path in logs.items():
         assert f"fold {k}: started on CPU, log {path}" in caplog.text
         assert f"fold {k}: worker finished (exit 0); its last line: t fold stage 1:  90%" in caplog.text
-    assert train_stage.latest_progress(tmp_path / "absent.log") == ""
+    assert fold_workers.latest_progress(tmp_path / "absent.log") == ""
 
 
 def test_fold_worker_lines_start_a_console_line_of_their_own(tmp_path, monkeypatch, capsys):
@@ -419,23 +419,23 @@ def test_fold_worker_lines_start_a_console_line_of_their_own(tmp_path, monkeypat
 
     from common.config.loader import load_params
     from common.core.logs import setup_logging
-    from common.train import train_stage
+    from common.train import fold_workers
     from tests.conftest import REPO
 
     script = tmp_path / "worker.py"
     script.write_text(FAKE_WORKER)
     params = load_params(REPO / "params.yaml", [f"paths.output={tmp_path}", "train.device=cpu",
                                                  "train.fold_workers=1"])
-    monkeypatch.setattr(train_stage, "PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr(fold_workers, "PROGRESS_EVERY", 0.0)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     setup_logging()  # the stages' console handler, on this test's captured stderr
     try:
-        train_stage.train_in_workers(params, "tiny-regression", [0, 1], script)
+        fold_workers.train_in_workers(params, "tiny-regression", [0, 1], script)
     finally:
         root.handlers[:], root.level = handlers, level
     err = capsys.readouterr().err
-    shown = [line.split("\r")[-1] for line in err.split("\n") if "common.train.train_stage" in line]
+    shown = [line.split("\r")[-1] for line in err.split("\n") if "common.train.fold_workers" in line]
     assert len(shown) >= 5, err
     glued = [line for line in shown if not re.match(r"\d\d:\d\d:\d\d INFO", line)]
     assert not glued, f"log lines glued to the folds bar: {glued}"
@@ -476,6 +476,59 @@ def test_the_largest_seed_trains_and_the_oof_file_stays_until_a_fold_has_trained
     assert not oof.exists()  # fold 1 trained again: the old OOF file no longer describes the model
 
 
+def _count_essay_hashing(monkeypatch) -> list[int]:
+    """The number of texts of every `data_fingerprint` call from now on (each hashes every essay it is given)."""
+    from common.train import fingerprints
+
+    hashed: list[int] = []
+    original = fingerprints.add_texts
+
+    def spy(digest, texts):
+        hashed.append(len(texts))
+        original(digest, texts)
+
+    monkeypatch.setattr(fingerprints, "add_texts", spy)
+    return hashed
+
+
+def test_a_stage_run_hashes_the_essays_once(prepared_output, demo_input, tmp_path, monkeypatch):
+    """data_fingerprint reads every essay (seconds on the competition's data): a 02_train run hashes them once,
+    however often it plans (kept units, each unit again under its lock, the model's inputs)."""
+    folder, _ = demo_input
+    shutil.copytree(prepared_output / "prepare", tmp_path / "prepare")
+    hashed = _count_essay_hashing(monkeypatch)
+    args = [f"paths.input={folder}", f"paths.output={tmp_path}", "train.model=tiny-tfidf"]
+    for run in ("trains", "keeps"):
+        hashed.clear()
+        result = run_cli("02_train", *args)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert len(hashed) == 1, f"the run that {run} every fold hashed the essays {len(hashed)} times"
+    assert "tiny-tfidf fold 3: already trained" in result.stderr
+
+
+def test_a_model_hashes_its_essays_once_for_planning_and_tokenising(tmp_path, monkeypatch):
+    """train_model called alone (no fingerprint given) hashes once, and the tokenised rows carry that hash."""
+    import common.train.train_stage
+    from common.train.fingerprints import data_fingerprint
+    from common.train.train_stage import train_model
+    from common.train.training import TrainingError
+    from tests.conftest import BACKBONE, fold_table
+
+    _, table, texts = fold_table(seed=5, n_train=48, n_corpus_only=10, n_folds=2)
+    sources = []
+
+    def stop(spec, backbone, tokenizer, data, *args, **kwargs):
+        sources.append(data.source)
+        raise TrainingError("stopped once tokenised")
+
+    hashed = _count_essay_hashing(monkeypatch)
+    monkeypatch.setattr(common.train.train_stage, "train_fold", stop)
+    with pytest.raises(TrainingError, match="stopped once tokenised"):
+        train_model(_tiny_spec(), BACKBONE, table, texts, tmp_path, 3, [0], "cpu")
+    assert len(hashed) == 1
+    assert sources == [data_fingerprint(table, texts)]
+
+
 def test_the_run_seed_neither_renames_nor_retrains_a_model_with_its_own_seeds():
     from common.config.layout import inference_units
 
@@ -491,7 +544,7 @@ def test_the_run_seed_neither_renames_nor_retrains_a_model_with_its_own_seeds():
 DIE_WITH_PARENT = """
 import sys
 from pathlib import Path
-from common.train.train_stage import start_worker
+from common.train.fold_workers import start_worker
 proc, _ = start_worker([sys.executable, "-c", "import time; time.sleep(600)"], None, Path(sys.argv[1]))
 print(proc.pid, flush=True)
 sys.stdin.read()

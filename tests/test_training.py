@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from common.config.model_params import ModelParams, ScorerParams, StageParams
-from common.train import training
-from common.train.training import Interrupted, TrainingError, tokenize_train, train_fold
+from common.train import fingerprints, fold_run, rows, training
+from common.train.rows import tokenize_train
+from common.train.training import Interrupted, TrainingError, train_fold
 from tests.conftest import BACKBONE, REPO, fold_table
 
 pytestmark = pytest.mark.slow
@@ -95,14 +96,14 @@ def test_the_full_fit_trains_on_every_row_and_stops_where_cv_stopped(frame, tmp_
 def test_two_stages_train_on_the_chosen_rows(frame, tmp_path, monkeypatch):
     table, _ = frame
     calls = []
-    original = training._stage_rows
-    monkeypatch.setattr(training, "_stage_rows", lambda d, f, stage: calls.append(stage.rows) or original(d, f, stage))
+    original = rows.stage_rows
+    monkeypatch.setattr(fold_run, "stage_rows", lambda d, f, stage: calls.append(stage.rows) or original(d, f, stage))
     spec = replace(BASE, stages=[StageParams("persuade", 1.0), StageParams("other", 1.0)])
     result = fit(frame, spec, tmp=tmp_path)
     assert calls == ["persuade", "other"]
     assert sorted(result.log["stage"].unique()) == [1, 2]
     other_train = ((table["fold"] != 0) & (table["origin"] == "other")).to_numpy()
-    assert training._stage_rows(training.TrainData(
+    assert rows.stage_rows(rows.TrainData(
         table["essay_id"].to_numpy(), [], table["score"].to_numpy(), table["fold"].to_numpy(),
         table["origin"].to_numpy()), 0, StageParams("other")).tolist() == np.flatnonzero(other_train).tolist()
 
@@ -123,11 +124,11 @@ def test_a_killed_run_resumes_to_the_same_result(frame, tmp_path):
     whole = fit(frame, spec, tmp=tmp_path / "whole")
     with pytest.raises(Interrupted):
         fit(frame, spec, tmp=tmp_path / "killed", stop_after_steps=5)
-    assert (tmp_path / "killed" / "ckpt" / training.CHECKPOINT_FILE).exists()
+    assert (tmp_path / "killed" / "ckpt" / fold_run.CHECKPOINT_FILE).exists()
     resumed = fit(frame, spec, tmp=tmp_path / "killed")
     np.testing.assert_allclose(resumed.oof["pred"], whole.oof["pred"], rtol=0, atol=1e-6)
     assert resumed.log["step"].tolist() == whole.log["step"].tolist()
-    assert not (tmp_path / "killed" / "ckpt" / training.CHECKPOINT_FILE).exists()  # removed once done
+    assert not (tmp_path / "killed" / "ckpt" / fold_run.CHECKPOINT_FILE).exists()  # removed once done
 
 
 class _Payload:
@@ -148,7 +149,7 @@ def test_a_checkpoint_is_loaded_as_tensors_only(frame, tmp_path):
     spec = replace(BASE, stages=[StageParams(epochs=2.0)], checkpoint_every=2)
     with pytest.raises(Interrupted):
         fit(frame, spec, tmp=tmp_path, stop_after_steps=3)
-    ckpt = tmp_path / "ckpt" / training.CHECKPOINT_FILE
+    ckpt = tmp_path / "ckpt" / fold_run.CHECKPOINT_FILE
     fingerprint = json.loads(ckpt.with_suffix(".json").read_text())["fingerprint"]
     assert torch.load(ckpt, weights_only=True)["fingerprint"] == fingerprint  # plain tensors and values only
     marker = tmp_path / "code-ran"
@@ -176,7 +177,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(frame, tmp_path, 
     spec = replace(BASE, stages=[StageParams(epochs=2.0)], checkpoint_every=1)
     with pytest.raises(TrainingError, match=r"loss is nan at stage 1, step \d+.*fp16 overflow.*last good checkpoint"):
         fit(frame, spec, tmp=tmp_path)
-    assert (tmp_path / "ckpt" / training.CHECKPOINT_FILE).exists()
+    assert (tmp_path / "ckpt" / fold_run.CHECKPOINT_FILE).exists()
 
 
 @pytest.mark.parametrize("setting", [{"awp_lr": 0.5, "awp_start_epoch": 0.0}, {"ema_decay": 0.5},
@@ -285,17 +286,17 @@ def test_settings_added_since_keep_the_folds_trained_before_them():
     upgrading the pipeline does not retrain it; the same setting away from its default does count."""
     from common.models.tokenization import token_settings
 
-    assert not set(training.NEUTRAL_AT_DEFAULT) & set(training.unit_settings(BASE))
-    assert "seeds" not in training.unit_settings(replace(BASE, seeds=[1, 2]))
+    assert not set(fingerprints.NEUTRAL_AT_DEFAULT) & set(fingerprints.unit_settings(BASE))
+    assert "seeds" not in fingerprints.unit_settings(replace(BASE, seeds=[1, 2]))
     windowed = replace(BASE, windows=2)
-    assert training.unit_settings(windowed)["windows"] == 2
+    assert fingerprints.unit_settings(windowed)["windows"] == 2
     assert fingerprint(windowed) != fingerprint(BASE) == fingerprint(replace(BASE, seeds=[7], full_fit="beside"))
     # What inference reads back from train_config.json equals what training tokenised with.
-    assert token_settings(training.unit_settings(windowed)) == token_settings(asdict(windowed))
+    assert token_settings(fingerprints.unit_settings(windowed)) == token_settings(asdict(windowed))
 
 
 def fingerprint(spec):
-    return training.fold_fingerprint(spec, BACKBONE, "data", None, 0, 3)
+    return fingerprints.fold_fingerprint(spec, BACKBONE, "data", None, 0, 3)
 
 
 def _series(live, name: str) -> pd.DataFrame:
@@ -305,7 +306,7 @@ def _series(live, name: str) -> pd.DataFrame:
 def test_telemetry_logs_every_step_to_dvclive_and_leaves_training_unchanged(frame, tmp_path):
     spec = replace(BASE, stages=[StageParams(epochs=2.0)], eval_every=1)  # statistics at every step
     live = tmp_path / "live"
-    result = fit(frame, spec, tmp=tmp_path, telemetry=training.Telemetry(live_dir=live, layer_stats=True))
+    result = fit(frame, spec, tmp=tmp_path, telemetry=fold_run.Telemetry(live_dir=live, layer_stats=True))
     quiet = fit(frame, spec, tmp=tmp_path / "quiet")
     pd.testing.assert_frame_equal(result.oof, quiet.oof)  # the statistics' extra forward pass changes nothing
     np.testing.assert_array_equal(result.log["train_loss"], quiet.log["train_loss"])  # at every step after it
@@ -326,7 +327,7 @@ def test_telemetry_logs_every_step_to_dvclive_and_leaves_training_unchanged(fram
 
 def test_a_resumed_run_logs_the_same_series_as_an_uninterrupted_one(frame, tmp_path):
     spec = replace(BASE, stages=[StageParams(epochs=2.0)], checkpoint_every=2, eval_every=2)
-    tel = {name: training.Telemetry(live_dir=tmp_path / name / "live") for name in ("whole", "killed")}
+    tel = {name: fold_run.Telemetry(live_dir=tmp_path / name / "live") for name in ("whole", "killed")}
     fit(frame, spec, tmp=tmp_path / "whole", telemetry=tel["whole"])
     with pytest.raises(Interrupted):
         fit(frame, spec, tmp=tmp_path / "killed", stop_after_steps=5, telemetry=tel["killed"])
@@ -338,7 +339,7 @@ def test_a_resumed_run_logs_the_same_series_as_an_uninterrupted_one(frame, tmp_p
 
 def test_profile_steps_write_a_trace(frame, tmp_path):
     where = tmp_path / "profile"
-    fit(frame, tmp=tmp_path, telemetry=training.Telemetry(profile_steps=2, profile_dir=where))
+    fit(frame, tmp=tmp_path, telemetry=fold_run.Telemetry(profile_steps=2, profile_dir=where))
     trace = json.loads((where / "trace.json").read_text())
     assert trace["traceEvents"] and "aten::" in (where / "profile.txt").read_text()
 

@@ -247,7 +247,7 @@ class TextData:
     folds: np.ndarray
     counts: CorpusCounts
     folds_hash: str = ""
-    source: str = ""  # fingerprint of the folds table and essay texts (`training.data_fingerprint`)
+    source: str = ""  # fingerprint of the folds table and essay texts (`fingerprints.data_fingerprint`)
 
 
 def text_data(spec: ModelParams, folds_frame: pd.DataFrame, texts: list[str]) -> TextData:

@@ -32,7 +32,7 @@ from common.train.pseudo import (
     read_external,
     soft_labels,
 )
-from common.train.train_stage import trained_config, unit_fingerprints
+from common.train.trained_folds import trained_config, unit_fingerprints
 
 log = logging.getLogger(__name__)
 

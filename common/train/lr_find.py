@@ -39,17 +39,20 @@ def lr_find_dir(out: Path, name: str) -> Path:
 
 def find_lr(spec: ModelParams, backbone: str, folds: pd.DataFrame, texts: list[str], out: Path, seed: int,
             device: str, pseudo: StudentPseudo | None = None, lr_min: float = LR_MIN, lr_max: float = LR_MAX,
-            steps: int = STEPS) -> float | None:
+            steps: int = STEPS, source: str | None = None) -> float | None:
     """Run the range test for `spec`; write lr_find.csv, lr_find.png and suggestion.json under
-    output/lr_find/<model>/ and return the suggested learning rate (None: the loss never fell)."""
+    output/lr_find/<model>/ and return the suggested learning rate (None: the loss never fell). `source`: the
+    essays' `data_fingerprint` when the stage has it (hashed otherwise)."""
     from common.train import training
+    from common.train.fold_run import plan_run, setup_stage
+    from common.train.rows import tokenize_train
 
-    tokenizer, data = training.tokenize_train(spec, backbone, folds, texts, pseudo)
+    tokenizer, data = tokenize_train(spec, backbone, folds, texts, pseudo, source)
     scratch = checkpoint_dir(out, "lr_find", None) / spec.name
     fold = int(sorted(folds["fold"].unique())[0])
-    run = training._plan(spec, backbone, tokenizer, data, fold, scratch, seed, device)
+    run = plan_run(spec, backbone, tokenizer, data, fold, scratch, seed, device)
     run.model = run.model.to(run.engine.device)
-    st = training._stage_setup(run, 0, spec.stages[0], None)
+    st = setup_stage(run, 0, spec.stages[0], None)
     base = [group.get("initial_lr", group["lr"]) for group in st.optimizer.param_groups]  # warmup set lr to 0
     batches: list[list[int]] = []
     epoch = 0
