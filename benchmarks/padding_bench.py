@@ -23,7 +23,8 @@ from torch import nn
 from transformers import AutoModel
 from transformers.utils import logging as transformers_logging
 
-from common.models.tokenization import EssayCollator, LengthGroupedSampler, load_tokenizer, tokenize_essays
+from common.models.batching import LengthGroupedSampler
+from common.models.tokenization import EssayCollator, load_tokenizer, tokenize_essays
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE = REPO / "input" / "tiny-deberta-v2"

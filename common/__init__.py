@@ -8,7 +8,8 @@ Packages by concern, lowest layer first; a module imports its own package and lo
                   (writes a run's params.yaml), layout (paths under paths.output), stage (run_stage, exit_with)
     prepare       00_prepare: data, duplicates, clusters, folds, text_features, prepare (the stage's logic)
     scoring       metrics, thresholds, nested (+ combiner, the interface it fits), uncertainty, oof, reports
-    models        the EssayScorer, tokenization, text_model (the TF-IDF members, no backbone)
+    models        the EssayScorer, tokenization (and TokenSettings), batching (length-grouped batches), text_model (the
+                  TF-IDF members, no backbone)
     train         02_train: engine, optim, training (the loop), fold_run (a fold's run set up), rows, fingerprints,
                   diagnostics, lr_find, mlm (MLM adaptation: adapt_backbone, its corpus in mlm_corpus, its loop in
                   mlm_loop), mlm_backbone (the adapted backbone's cache), pseudo (what a student reads), train_stage

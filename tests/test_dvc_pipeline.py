@@ -34,19 +34,29 @@ with repo.lock:
 """
 
 
-@pytest.fixture
-def repo_copy(tmp_path):
-    """The repository's files in a fresh git repository, with a dvc.lock recording today's params."""
+@pytest.fixture(scope="module")
+def locked_repository(tmp_path_factory):
+    """The repository's files in a fresh git repository, with a dvc.lock recording today's params: built once per
+    module (dvc's own start takes seconds), copied for each test by `repo_copy`."""
+    folder = tmp_path_factory.mktemp("locked-repository")
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                             capture_output=True, text=True, check=True).stdout.split()
     for name in listed:
         if (REPO / name).is_file() and name != "dvc.lock":
-            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, tmp_path / name)
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    locked = subprocess.run([sys.executable, "-c", LOCK_EVERY_STAGE], cwd=tmp_path, capture_output=True, text=True,
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, folder / name)
+    subprocess.run(["git", "init", "-q"], cwd=folder, check=True)
+    locked = subprocess.run([sys.executable, "-c", LOCK_EVERY_STAGE], cwd=folder, capture_output=True, text=True,
                             timeout=300)
     assert locked.returncode == 0, locked.stderr[-2000:]
+    shutil.rmtree(folder / ".dvc" / "tmp", ignore_errors=True)  # dvc's locks and state of that folder, not a copy's
+    return folder
+
+
+@pytest.fixture
+def repo_copy(locked_repository, tmp_path):
+    """A test's own copy of `locked_repository` (tests edit params.yaml and inputs, and run stages in it)."""
+    shutil.copytree(locked_repository, tmp_path, symlinks=True, dirs_exist_ok=True)
     return tmp_path
 
 

@@ -6,6 +6,7 @@ anywhere in a module, at module level, inside a function or under `if TYPE_CHECK
 """
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -133,8 +134,14 @@ def test_a_lower_layer_importing_a_higher_one_is_named() -> None:
     assert layer_problems(graph) == ["common.core.io (core) imports common.train.engine (train), a higher layer"]
 
 
+@functools.cache
+def inference_side_modules() -> tuple[str, ...]:
+    """What a fresh python loads for INFERENCE_SIDE (one process for the tests below, several seconds of imports)."""
+    return tuple(loaded_by(INFERENCE_SIDE, REPO))
+
+
 def test_inference_loads_neither_optuna_nor_training_code() -> None:
-    loaded = loaded_by(INFERENCE_SIDE, REPO)
+    loaded = inference_side_modules()
     assert INFERENCE_SIDE and set(INFERENCE_SIDE) <= set(loaded)
     unwanted = [m for m in loaded if m.startswith(NOT_FOR_INFERENCE)]
     assert not unwanted, f"importing {INFERENCE_SIDE} loads {unwanted}"
@@ -143,7 +150,28 @@ def test_inference_loads_neither_optuna_nor_training_code() -> None:
 def test_the_kaggle_bundle_leaves_out_only_what_inference_never_loads() -> None:
     from common.tools.kaggle import LEFT_OUT
 
-    loaded = [m.removeprefix("common.").replace(".", "/") for m in loaded_by(INFERENCE_SIDE, REPO)
+    loaded = [m.removeprefix("common.").replace(".", "/") for m in inference_side_modules()
               if m.startswith("common.")]
     needed = [m for m in loaded if f"{m}/".startswith(LEFT_OUT) or f"{m}.py".startswith(LEFT_OUT)]
     assert not needed, f"the bundle leaves out {needed}, which {INFERENCE_SIDE} import"
+
+
+MAX_LINES = 450
+"""No module of common/ is longer: past that a file tends to hold several jobs (split it by job)."""
+
+
+def long_modules(root: Path, limit: int = MAX_LINES) -> dict[str, int]:
+    """The .py files under `root` with more than `limit` lines, by path relative to `root`."""
+    counts = {str(p.relative_to(root)): len(p.read_text(encoding="utf-8").splitlines()) for p in root.rglob("*.py")}
+    return {path: n for path, n in sorted(counts.items()) if n > limit}
+
+
+def test_no_module_in_common_is_over_the_line_limit() -> None:
+    assert long_modules(REPO / "common") == {}
+
+
+def test_the_line_limit_check_names_a_long_module(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "short.py").write_text("x = 1\n" * 3)
+    (tmp_path / "pkg" / "long.py").write_text("x = 1\n" * 5)
+    assert long_modules(tmp_path, limit=4) == {"pkg/long.py": 5}

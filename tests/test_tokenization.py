@@ -8,11 +8,11 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from common.models.batching import LengthGroupedSampler, batches_by_token_budget
 from common.models.tokenization import (
     NEWLINE_TOKEN,
     EssayCollator,
-    LengthGroupedSampler,
-    batches_by_token_budget,
+    TokenSettings,
     load_tokenizer,
     model_collator,
     newline_safe,
@@ -169,17 +169,17 @@ def test_the_window_collator_says_how_many_rows_each_essay_has(tiny):
     settings = {"max_length": 32, "add_special_tokens": True, "truncation_side": "right", "windows": 4,
                 "window_overlap": 8}
     ids = tokenize_essays(tiny, [text, "short one", text[:120]], 32, windows=4, window_overlap=8)
-    batch = model_collator(tiny, settings)([{"input_ids": row, "target": 3.0} for row in ids])
+    batch = model_collator(tiny, TokenSettings.of(settings))([{"input_ids": row, "target": 3.0} for row in ids])
     counts = [len(split_windows(row, 32, 8, 1, 1)) for row in ids]
     assert counts[0] == 4 and counts[1] == 1 and batch["windows"].tolist() == counts
     assert batch["input_ids"].shape == (sum(counts), 32) and batch["targets"].shape == (3,)
-    assert "windows" not in model_collator(tiny, {**settings, "windows": 1})([{"input_ids": ids[1]}])
+    assert "windows" not in model_collator(tiny, TokenSettings.of({**settings, "windows": 1}))([{"input_ids": ids[1]}])
 
 
 def test_random_crop_and_progressive_length_cut_training_essays_between_their_special_tokens(tiny):
     text = "first words " + "middle words here " * 30 + "last words"
     ids = tokenize_essays(tiny, [text], 128)[0]
-    settings = {"max_length": 128, "add_special_tokens": True, "truncation_side": "head_tail"}
+    settings = TokenSettings.of({"max_length": 128, "add_special_tokens": True, "truncation_side": "head_tail"})
     torch.manual_seed(0)
     cropped = model_collator(tiny, settings, crop=1.0)([{"input_ids": ids}] * 8)
     body = ids[1:-1]
@@ -312,3 +312,19 @@ def test_token_cutout_masks_real_tokens_only_and_off_draws_nothing(tiny):
     assert 0.2 < share < 0.4
     with pytest.raises(ValueError, match="cutout must be in"):
         EssayCollator(tiny, cutout=1.0)
+
+
+def test_token_settings_take_the_models_defaults_for_what_a_saved_config_leaves_out():
+    """A fold's train_config.json leaves settings at their default out (or predates them): ModelParams' defaults
+    fill them, the same values a ModelParams gives, so training and inference cut the same tokens."""
+    from dataclasses import asdict
+
+    from common.config.model_params import ModelParams
+
+    spec = ModelParams(max_length=256, windows=2, window_overlap=32, truncation_side="head_tail")
+    assert TokenSettings.of(spec) == TokenSettings.of(asdict(spec))
+    assert (TokenSettings.of(spec).windows, TokenSettings.of(spec).window_overlap) == (2, 32)
+    saved = {k: v for k, v in asdict(spec).items() if k not in ("windows", "window_overlap")}
+    old = TokenSettings.of(saved)
+    assert (old.windows, old.window_overlap) == (ModelParams().windows, ModelParams().window_overlap) == (1, 64)
+    assert (old.max_length, old.truncation_side) == (256, "head_tail")

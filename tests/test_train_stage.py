@@ -213,8 +213,10 @@ def test_two_data_parallel_processes_keep_every_fold(model_args, tmp_path):
         assert json.loads((folds_dir / f"fold_{k}" / "metrics.json").read_text())["processes"] == 2
 
 
-def test_fold_workers_train_folds_concurrently(model_args, tmp_path):
-    """train.fold_workers=2 on CPU: two folds at a time in their own processes, then the OOF file."""
+def test_fold_workers_train_folds_concurrently_to_the_serial_runs_last_bit(model_args, tmp_path):
+    """train.fold_workers=2 on CPU: two folds at a time in their own processes, then the OOF file. Workers use the
+    serial run's thread count, so a fold trains to the same bits as alone (a CPU reduction split over other threads
+    would round otherwise)."""
     args = model_args
     result = run_cli("02_train", *args, "train.fold_workers=2")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -233,6 +235,15 @@ def test_fold_workers_train_folds_concurrently(model_args, tmp_path):
     # The workers were real runs of the stage: the same folds by hand are found trained.
     again = run_cli("02_train", *args)
     assert again.returncode == 0 and again.stderr.count("already trained") == 4
+    # A worker's fold is bit-identical to the same fold trained alone in this process.
+    serial = tmp_path / "serial"
+    shutil.copytree(tmp_path / "prepare", serial / "prepare")
+    alone = run_cli("02_train", *[a for a in args if not a.startswith("paths.output=")], f"paths.output={serial}",
+                    "train.folds=[0]")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    fold = ("train", "tiny-regression", "folds", "fold_0", "oof.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path.joinpath(*fold)), pd.read_parquet(serial.joinpath(*fold)),
+                                  check_exact=True)
 
 
 def test_a_failing_worker_fails_the_stage_and_keeps_the_other_folds(model_args, tmp_path):
@@ -602,17 +613,3 @@ def test_a_fold_a_live_process_trains_is_not_started_and_its_log_kept(model_args
     assert f"is being trained by process {holder}" in result.stderr and "started on CPU" not in result.stderr
     for k in (0, 1):
         assert (work / f"fold_{k}.log").read_text() == "an orphan's progress bars\n"
-
-
-def test_fold_workers_train_what_a_serial_run_trains_to_the_last_bit(model_args, tmp_path):
-    """Workers use the serial run's thread count: a CPU reduction split over other threads would round otherwise."""
-    serial = tmp_path / "serial"
-    shutil.copytree(tmp_path / "prepare", serial / "prepare")
-    args = [a for a in model_args if not a.startswith("paths.output=")]
-    workers = run_cli("02_train", *model_args, "train.folds=[0, 1]", "train.fold_workers=2")
-    assert workers.returncode == 0, workers.stderr[-3000:]
-    alone = run_cli("02_train", *args, f"paths.output={serial}", "train.folds=[0]")
-    assert alone.returncode == 0, alone.stderr[-3000:]
-    fold = ("train", "tiny-regression", "folds", "fold_0", "oof.parquet")
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path.joinpath(*fold)), pd.read_parquet(serial.joinpath(*fold)),
-                                  check_exact=True)

@@ -284,7 +284,7 @@ def test_sliding_windows_score_whole_essays_alike_in_training_and_inference(fram
 def test_settings_added_since_keep_the_folds_trained_before_them():
     """A fold records (and fingerprints) no setting that is still at a default that trains as before it existed, so
     upgrading the pipeline does not retrain it; the same setting away from its default does count."""
-    from common.models.tokenization import token_settings
+    from common.models.tokenization import TokenSettings
 
     assert not set(fingerprints.NEUTRAL_AT_DEFAULT) & set(fingerprints.unit_settings(BASE))
     assert "seeds" not in fingerprints.unit_settings(replace(BASE, seeds=[1, 2]))
@@ -292,7 +292,8 @@ def test_settings_added_since_keep_the_folds_trained_before_them():
     assert fingerprints.unit_settings(windowed)["windows"] == 2
     assert fingerprint(windowed) != fingerprint(BASE) == fingerprint(replace(BASE, seeds=[7], full_fit="beside"))
     # What inference reads back from train_config.json equals what training tokenised with.
-    assert token_settings(fingerprints.unit_settings(windowed)) == token_settings(asdict(windowed))
+    assert TokenSettings.of(fingerprints.unit_settings(windowed)) == TokenSettings.of(windowed)
+    assert TokenSettings.of(fingerprints.unit_settings(BASE)) == TokenSettings.of(BASE)  # windows left out: default
 
 
 def fingerprint(spec):

@@ -4,9 +4,9 @@ Methods: every combiner of `common.ensemble.combiners.COMBINERS` -- `mean` and `
 models' OOF predictions, and a LightGBM `stacker` on the predictions (+ class probabilities, + text features). Each
 is scored *nested* (`common.scoring.nested.Chain`): for every fold the combiner (with its tuning: the stacker's
 optuna search) and the thresholds are fitted on the other folds only, and the held-out fold is scored with them,
-at the target weight of other-origin rows chosen inside the other folds (`common.ensemble.target`). The simplest
-method that the best one by nested QWK (on all rows or on other-origin rows, as `select_on` says) does not clearly
-beat is selected (`common.ensemble.selection`); every method is also fitted on every row, for inference
+at the target weight of other-origin rows chosen inside the other folds (`common.ensemble.target`). The rule of
+`ensemble.selection` picks one (`common.ensemble.selection`; by default `noise_aware`: the best nested QWK on the
+target's rows, unless methods within its paired interval there are ahead on all rows); every method is also fitted on every row, for inference
 (`common.ensemble.ensemble_artifact` saves them for 05_infer).
 """
 

@@ -33,7 +33,7 @@ from common.models.text_model import TextModel, is_text_model
 
 # Tokenizer files AutoTokenizer reads as JSON when a fold folder has them.
 TOKENIZER_JSON = ("tokenizer.json", "special_tokens_map.json", "added_tokens.json", "vocab.json")
-# What TokenCache needs in a fold's train_config.json["model"] (the later TOKEN_SETTINGS have defaults).
+# What TokenCache needs in a fold's train_config.json["model"] (TokenSettings.of gives the later ones their defaults).
 TOKENIZE_SETTINGS = ("max_length", "add_newline_tokens", "padding_side", "truncation_side", "add_special_tokens")
 
 

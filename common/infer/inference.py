@@ -23,7 +23,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +35,14 @@ from common.core.devices import autocast_dtype
 from common.core.errors import PipelineError
 from common.infer.artifacts import ArtifactSet
 from common.models import EssayScorer
+from common.models.batching import batches_by_token_budget
 from common.models.text_model import TextModel, is_text_model
 from common.models.tokenization import (
     EssayCollator,
-    batches_by_token_budget,
+    TokenSettings,
     load_tokenizer,
     model_collator,
     model_token_ids,
-    token_settings,
 )
 
 log = logging.getLogger(__name__)
@@ -56,14 +56,14 @@ CPU_BATCH_TOKENS = 4096
 # Predicting with one model
 
 
-def _tokenizer_key(fold_dir: Path, settings: dict) -> str:
+def _tokenizer_key(fold_dir: Path, settings: TokenSettings) -> str:
     """Two fold models share token ids when their tokenizer files and tokenisation settings agree."""
     digest = hashlib.sha256()
     for name in sorted(p.name for p in fold_dir.iterdir() if p.name.startswith(("tokenizer", "special_tokens",
                                                                                "spm", "vocab", "added_tokens"))):
         digest.update(name.encode())
         digest.update((fold_dir / name).read_bytes())
-    digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update(json.dumps(asdict(settings), sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -76,11 +76,11 @@ class TokenCache:
 
     def get(self, fold_dir: Path) -> tuple[list[list[int]], EssayCollator]:
         spec = json.loads((fold_dir / "train_config.json").read_text(encoding="utf-8"))["model"]
-        settings = token_settings(spec)
+        settings = TokenSettings.of(spec)
         key = _tokenizer_key(fold_dir, settings)
         if key not in self._ids:
-            tokenizer = load_tokenizer(str(fold_dir), add_newline_tokens=settings["add_newline_tokens"],
-                                       padding_side=settings["padding_side"])
+            tokenizer = load_tokenizer(str(fold_dir), add_newline_tokens=settings.add_newline_tokens,
+                                       padding_side=settings.padding_side)
             self._ids[key] = (model_token_ids(tokenizer, self.texts, settings), model_collator(tokenizer, settings))
         return self._ids[key]
 

@@ -1,4 +1,4 @@
-"""Models, above scoring: the EssayScorer (a backbone, a pooling, a head), tokenization, the TF-IDF text model; the
+"""Models, above scoring: the EssayScorer (a backbone, a pooling, a head), tokenization and batching, the TF-IDF text model; the
 parts (poolings, heads, losses, one registry each) are models.parts, below config, which checks names against them.
 
 The names below load on first use (PEP 562): checking a params file's pooling, head and loss names needs the

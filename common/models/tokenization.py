@@ -8,21 +8,25 @@
 - `newline_safe` writes every line ending as "\\n"; `tokenize_essays` applies it to every text, so
   training and inference see the same tokens. It returns unpadded ids.
 - `EssayCollator` pads each batch to its own longest essay (dynamic padding).
-- `LengthGroupedSampler` (training) and `batches_by_token_budget` (inference) put essays of similar
-  length in the same batch, which is what makes dynamic padding pay off.
+- `TokenSettings`: the model settings that decide its token ids and batches, said once for training and inference.
+Which essays share a batch (length-grouped, so that dynamic padding pays off) is `common.models.batching`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
 from tokenizers import AddedToken
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from common.config.model_params import ModelParams
 
 log = logging.getLogger(__name__)
 
@@ -337,112 +341,44 @@ class EssayCollator:
         return batch
 
 
-TOKEN_SETTINGS = ("max_length", "add_newline_tokens", "padding_side", "truncation_side", "add_special_tokens",
-                  "windows", "window_overlap")
-"""The model settings (ModelParams fields, saved in each fold's train_config.json) that decide its token ids and
-batches: training and inference read the same ones."""
-TOKEN_DEFAULTS = {"windows": 1, "window_overlap": 64}
-"""ModelParams' defaults of the settings a fold's train_config.json leaves out at their defaults (or lacks, when
-trained before they existed)."""
+@dataclass(frozen=True)
+class TokenSettings:
+    """The model settings (ModelParams fields, saved in each fold's train_config.json) that decide its token ids and
+    batches: training and inference both build them with `TokenSettings.of`, so both read the same ones."""
+
+    max_length: int
+    add_newline_tokens: bool
+    padding_side: str
+    truncation_side: str
+    add_special_tokens: bool
+    windows: int
+    window_overlap: int
+
+    @classmethod
+    def of(cls, model: ModelParams | Mapping[str, Any]) -> TokenSettings:
+        """A model's settings: its ModelParams, or a fold's train_config.json["model"], where a setting left out at
+        its default (or saved before the setting existed) takes ModelParams' default, the one place it is said."""
+        if isinstance(model, ModelParams):
+            return cls(**{f.name: getattr(model, f.name) for f in fields(cls)})
+        defaults = {f.name: f.default for f in fields(ModelParams)}
+        return cls(**{f.name: model.get(f.name, defaults[f.name]) for f in fields(cls)})
 
 
-def token_settings(model: dict) -> dict:
-    """TOKEN_SETTINGS of a model's settings (a dict of ModelParams fields), the missing ones at TOKEN_DEFAULTS."""
-    return {key: model.get(key, TOKEN_DEFAULTS.get(key)) for key in TOKEN_SETTINGS}
-
-
-def model_collator(tokenizer: PreTrainedTokenizerBase, settings: dict, cutout: float = 0.0, crop: float = 0.0
-                   ) -> EssayCollator:
-    """The collator of a model's batches from its tokenisation settings (ModelParams fields, or a fold's
-    train_config.json["model"]): whole essays, or its sliding windows when settings["windows"] > 1. `cutout` and
-    `crop` are training augmentations (evaluation and inference leave them 0)."""
-    frame = special_frame(tokenizer, settings.get("add_special_tokens", True))
-    side = settings.get("truncation_side", "right")
-    if settings.get("windows", 1) <= 1:
+def model_collator(tokenizer: PreTrainedTokenizerBase, settings: TokenSettings, cutout: float = 0.0,
+                   crop: float = 0.0) -> EssayCollator:
+    """The collator of a model's batches: whole essays, or its sliding windows when settings.windows > 1. `cutout`
+    and `crop` are training augmentations (evaluation and inference leave them 0)."""
+    frame = special_frame(tokenizer, settings.add_special_tokens)
+    side = settings.truncation_side
+    if settings.windows <= 1:
         return EssayCollator(tokenizer, cutout=cutout, frame=frame, crop=crop, side=side)
-    return EssayCollator(tokenizer, cutout=cutout, window=settings["max_length"],
-                         overlap=settings.get("window_overlap", 0), frame=frame, crop=crop, side=side)
+    return EssayCollator(tokenizer, cutout=cutout, window=settings.max_length, overlap=settings.window_overlap,
+                         frame=frame, crop=crop, side=side)
 
 
-def model_token_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], settings: dict) -> list[list[int]]:
+def model_token_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], settings: TokenSettings
+                    ) -> list[list[int]]:
     """`tokenize_essays` with a model's tokenisation settings (as `model_collator` takes them)."""
-    return tokenize_essays(tokenizer, texts, settings["max_length"], add_special_tokens=settings["add_special_tokens"],
-                           truncation_side=settings["truncation_side"], windows=settings.get("windows", 1),
-                           window_overlap=settings.get("window_overlap", 0))
-
-
-class LengthGroupedSampler(torch.utils.data.Sampler[int]):
-    """Every index once per epoch, in an order where consecutive `batch_size` runs have similar lengths.
-
-    With shuffle: the indices are shuffled, cut into mega-batches of `batch_size * mega_batch_mult`,
-    each sorted by length (longest first) and cut into batches; the batches are shuffled, except that
-    the batch holding the longest essay comes first (an out-of-memory error shows at the first step)
-    and the one short batch, if any, comes last (so that cutting the order into `batch_size` runs gives
-    exactly these batches). The order is a function of (seed, epoch): call `set_epoch` each epoch.
-    Without shuffle: every index by length, longest first (evaluation, inference).
-    """
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, shuffle: bool = True,
-                 mega_batch_mult: int = 50):
-        if batch_size < 1 or mega_batch_mult < 1:
-            raise ValueError(f"batch_size and mega_batch_mult must be >= 1, got {batch_size}, {mega_batch_mult}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.shuffle = shuffle
-        self.mega_batch_mult = mega_batch_mult
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.order().tolist())
-
-    def order(self) -> np.ndarray:
-        """This epoch's order of the indices (what iterating gives)."""
-        by_length = np.argsort(-self.lengths, kind="stable")
-        if not self.shuffle or len(self.lengths) == 0:
-            return by_length
-        rng = np.random.default_rng([self.seed, self.epoch])
-        shuffled = rng.permutation(len(self.lengths))
-        mega = self.batch_size * self.mega_batch_mult
-        batches = []
-        for start in range(0, len(shuffled), mega):
-            chunk = shuffled[start : start + mega]
-            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
-            batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
-        short = [batches.pop()] if len(batches[-1]) < self.batch_size else []
-        batches = [batches[i] for i in rng.permutation(len(batches))] + short
-        first = next(i for i, b in enumerate(batches) if by_length[0] in b)
-        if not short or first < len(batches) - 1:
-            batches[0], batches[first] = batches[first], batches[0]
-        return np.concatenate(batches)
-
-
-def batches_by_token_budget(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Inference batches, longest essays first, each with batch size x longest length <= max_tokens.
-
-    An essay longer than `max_tokens` gets a batch of its own. Every index appears exactly once.
-    """
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    lengths = np.asarray(lengths, dtype=np.int64)
-    batches: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for i in np.argsort(-lengths, kind="stable").tolist():
-        if current and (len(current) + 1) * longest > max_tokens:
-            batches.append(current)
-            current = []
-        if not current:
-            longest = int(lengths[i])
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
+    return tokenize_essays(tokenizer, texts, settings.max_length, add_special_tokens=settings.add_special_tokens,
+                           truncation_side=settings.truncation_side, windows=settings.windows,
+                           window_overlap=settings.window_overlap)

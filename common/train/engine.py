@@ -31,7 +31,7 @@ from torch import nn
 from common.core.devices import resolve_device, resolve_mixed_precision
 from common.core.errors import PipelineError
 from common.core.io import atomic_write, write_json
-from common.models.tokenization import LengthGroupedSampler, batches_by_token_budget
+from common.models.batching import LengthGroupedSampler, batches_by_token_budget
 
 log = logging.getLogger(__name__)
 

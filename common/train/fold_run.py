@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 from common.config.model_params import ModelParams, StageParams
 from common.core.tracking import StepLogger
 from common.models import EssayScorer, ScorerConfig
-from common.models.tokenization import EssayCollator, model_collator, token_settings
+from common.models.tokenization import EssayCollator, TokenSettings, model_collator
 from common.train.diagnostics import TrainingWatch
 from common.train.engine import (
     Engine,
@@ -163,8 +163,8 @@ def plan_run(spec: ModelParams, backbone: str, tokenizer, data: TrainData, fold:
     held_out = np.flatnonzero(data.folds == fold) if fold is not None else np.array([], dtype=np.int64)
     return FoldRun(spec=spec, backbone=backbone, data=data, fold=fold, seed=run_seed, base_seed=seed, engine=engine,
                    model=model,
-                   collator=model_collator(tokenizer, token_settings(asdict(spec))),
-                   train_collator=model_collator(tokenizer, token_settings(asdict(spec)), cutout=spec.token_cutout,
+                   collator=model_collator(tokenizer, TokenSettings.of(spec)),
+                   train_collator=model_collator(tokenizer, TokenSettings.of(spec), cutout=spec.token_cutout,
                                                  crop=spec.random_crop),
                    ids=ids, targets=targets,
                    lengths=np.array([len(row) for row in ids]), held_out=held_out,

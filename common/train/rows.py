@@ -7,14 +7,14 @@ as rows n .. n + m - 1 and are never held out.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
 from common.config.model_params import ModelParams, StageParams
-from common.models.tokenization import load_tokenizer, model_token_ids, token_settings
+from common.models.tokenization import TokenSettings, load_tokenizer, model_token_ids
 from common.prepare.folds import folds_fingerprint
 from common.train.fingerprints import data_fingerprint
 from common.train.pseudo import StudentPseudo
@@ -43,7 +43,7 @@ def tokenize_train(spec: ModelParams, backbone: str, folds_frame: pd.DataFrame, 
     `source`: the rows' `data_fingerprint` when the caller has it already (hashed here otherwise)."""
     tokenizer = load_tokenizer(backbone, add_newline_tokens=spec.add_newline_tokens, padding_side=spec.padding_side)
 
-    settings = token_settings(asdict(spec))
+    settings = TokenSettings.of(spec)
 
     def tokenize(batch: list[str]) -> list[list[int]]:
         return model_token_ids(tokenizer, batch, settings)
