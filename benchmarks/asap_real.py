@@ -197,6 +197,31 @@ def spread_check(run_dir: Path, test: pd.DataFrame) -> None:
         for m, s in ((m, spread(f)) for m, f in folds.items())))
 
 
+def cpu_times(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
+    """(all CPU time, stolen CPU time) since boot in clock ticks, from the first line of /proc/stat; None off Linux."""
+    try:
+        fields = [int(v) for v in stat.read_text().splitlines()[0].split()[1:]]
+    except (OSError, IndexError, ValueError):
+        return None
+    return sum(fields[:8]), (fields[7] if len(fields) > 7 else 0)
+
+
+def host_line(start: tuple[int, int] | None, end: tuple[int, int] | None,
+              cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """What timings depend on besides the code: the CPU model, the cores, the load average, and the share of CPU
+    time the hypervisor took (steal) between `start` and `end` (`cpu_times`). Runs on other hosts differ by these."""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                      if line.startswith("model name")), "unknown CPU")
+    except OSError:
+        model = "unknown CPU"
+    load = "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    steal = "n/a"
+    if start and end and end[0] > start[0]:
+        steal = f"{100 * (end[1] - start[1]) / (end[0] - start[0]):.1f}%"
+    return f"host: {model}, {os.cpu_count()} cores; load average (1/5/15 min) {load}; steal {steal} of CPU time"
+
+
 def per_prompt_qwk(y: np.ndarray, scores: np.ndarray, prompts: np.ndarray) -> dict[str, float]:
     """QWK on each prompt's rows and on all rows ("all")."""
     out = {str(p): qwk(y[prompts == p], scores[prompts == p]) for p in np.unique(prompts)}
@@ -252,6 +277,7 @@ def main() -> int:
                  f"paths.metrics={run_dir}/exp_metrics", *args.settings]
     if args.settings:
         print("settings: " + " ".join(args.settings))
+    ticks = cpu_times()
     stage_seconds = {stage: run_stage(stage, overrides) for stage in
                      ("00_prepare", "02_train", "03_oof_thresholds", "04_ensemble", "05_infer")}
 
@@ -334,6 +360,7 @@ def main() -> int:
     spread_check(run_dir, test)
     print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in stage_seconds.items())
           + f"; total {time.perf_counter() - start:.0f} s")
+    print(host_line(ticks, cpu_times()))
     return 0
 
 

@@ -73,3 +73,16 @@ def test_skips_without_the_backbone_package(asap_real, tmp_path, monkeypatch, ca
     assert asap_real.main() == 0
     assert "make asap" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
+
+
+def test_the_host_line_names_the_cpu_and_the_stolen_share(asap_real, tmp_path):
+    """Timings of make asap on other hosts differ by CPU and by what the hypervisor takes: the line says both."""
+    stat, cpuinfo = tmp_path / "stat", tmp_path / "cpuinfo"
+    stat.write_text("cpu  100 0 50 800 0 0 0 50 0 0\ncpu0 50 0 25 400 0 0 0 25 0 0\n")
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU 9000\n")
+    start = asap_real.cpu_times(stat)
+    assert start == (1000, 50)
+    line = asap_real.host_line(start, (2000, 150), cpuinfo)
+    assert "Some CPU 9000" in line and "steal 10.0% of CPU time" in line and "load average" in line
+    assert "steal n/a" in asap_real.host_line(None, None, tmp_path / "missing")
+    assert asap_real.cpu_times(tmp_path / "missing") is None
