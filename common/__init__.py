@@ -2,7 +2,7 @@
 
 Packages by concern, lowest layer first; a module imports its own package and lower ones only, and no circle
 (tests/test_layout.py checks both):
-    core          errors, io, logs, offline, devices, tracking, artifact_checks: what every layer uses
+    core          errors, io, logs, offline, devices, tracking, artifact_checks, lightgbm_files: what every layer uses
     models.parts  the registries of poolings, heads and losses (config checks names against them)
     config        the typed params (fields, params, model_params), loader (load_params, --help), params_file
                   (writes a run's params.yaml), layout (paths under paths.output), stage (run_stage, exit_with)
@@ -15,9 +15,8 @@ Packages by concern, lowest layer first; a module imports its own package and lo
                   mlm_loop), mlm_backbone (the adapted backbone's cache), pseudo (what a student reads), train_stage
                   (the stage's logic) with trained_folds (the registry), locks, fold_workers, model_oof (the OOF file)
     ensemble      04_ensemble: combiners (the registry), blenders, stacker, surrogate (the QWK loss of both),
-                  lightgbm_files (the stacker's file checks), features (stacker inputs), ensemble_artifact (what 05
-                  loads); 04 only: search (the stage's nested search), target (row weights), selection (the rules),
-                  tuning (the stacker's optuna search)
+                  features (stacker inputs), ensemble_artifact (what 05 loads); 04 only: search (the stage's nested
+                  search), target (row weights), selection (the rules), tuning (the stacker's optuna search)
     infer         05_infer: artifacts (fold models and the ensemble, checked whole), inference (their predictions on
                   the test essays), submission (paths, test essays in, submission out), runtime (the estimate); no
                   training code, no optuna

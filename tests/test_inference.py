@@ -252,7 +252,7 @@ def test_every_unreadable_file_is_named_in_one_message(artifacts_copy, demo_inpu
 def test_a_lightgbm_model_cut_anywhere_is_refused_before_lightgbm_reads_it(tmp_path):
     import lightgbm as lgb
 
-    from common.ensemble.lightgbm_files import lightgbm_model_problem
+    from common.core.lightgbm_files import lightgbm_model_problem
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 4))

@@ -122,7 +122,8 @@ def test_fits_are_seeded_and_repeatable() -> None:
     np.testing.assert_array_equal(first, again)
 
 
-@pytest.mark.parametrize("damage", ["truncate_npz", "truncate_booster", "drop_json", "short_idf"])
+@pytest.mark.parametrize("damage", ["truncate_npz", "truncate_booster", "cut_booster_last_line", "drop_json",
+                                    "short_idf"])
 def test_a_damaged_saved_model_is_named(damage: str, tmp_path) -> None:
     texts, scores = scored_essays(120)
     params = TextModelParams(learner="lightgbm", rounds=20, max_features=200)
@@ -134,6 +135,9 @@ def test_a_damaged_saved_model_is_named(damage: str, tmp_path) -> None:
     elif damage == "truncate_booster":
         text = (tmp_path / BOOSTER_FILE).read_text()
         (tmp_path / BOOSTER_FILE).write_text(text[: len(text) // 3])
+    elif damage == "cut_booster_last_line":  # LightGBM itself loads this one without a word
+        text = (tmp_path / BOOSTER_FILE).read_text()
+        (tmp_path / BOOSTER_FILE).write_text(text.rstrip("\n").rsplit("\n", 1)[0] + "\n")
     elif damage == "drop_json":
         (tmp_path / MODEL_FILE).unlink()
     else:
@@ -144,7 +148,7 @@ def test_a_damaged_saved_model_is_named(damage: str, tmp_path) -> None:
     assert problem is not None
     if damage == "drop_json":
         assert MODEL_FILE in problem
-    if damage == "truncate_booster":
+    if damage in ("truncate_booster", "cut_booster_last_line"):
         assert BOOSTER_FILE in problem
 
 

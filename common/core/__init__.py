@@ -1,1 +1,2 @@
-"""Core, the lowest layer: files, logging, offline mode, devices, tracking, artifact checks, the stage errors."""
+"""Core, the lowest layer: files, logging, offline mode, devices, tracking, artifact checks (safetensors
+and LightGBM files), the stage errors."""

@@ -3,7 +3,7 @@ prompt features of `common.ensemble.features`), behind the `Combiner` interface 
 
 `LGBMStacker` trains one booster per fold on exactly the given folds (early stopping on another training fold,
 never the held-out one), keeps their OOF predictions, and saves / loads as plain LightGBM text models plus a JSON
-file; `check` verifies those files (`common.ensemble.lightgbm_files`) before 05_infer runs any model. Its `tune`
+file; `check` verifies those files (`common.core.lightgbm_files`) before 05_infer runs any model. Its `tune`
 searches the LightGBM parameters with optuna (`common.ensemble.tuning`, imported there only: 05_infer and the
 Kaggle bundle load this module to predict and never tune).
 """
@@ -25,7 +25,7 @@ from sklearn.exceptions import NotFittedError
 
 from common.core.artifact_checks import TRUNCATED, Problems, escapes, read_json
 from common.core.io import atomic_write
-from common.ensemble.lightgbm_files import lightgbm_model_problem
+from common.core.lightgbm_files import lightgbm_model_problem
 from common.ensemble.surrogate import qwk_objective, qwk_surrogate_eval
 from common.scoring.combiner import Combiner, Objective
 from common.scoring.metrics import check_labels, check_same_length, check_sample_weight

@@ -211,6 +211,12 @@ class TextModel:
                                           or model.columns.max() >= model.n_features):
             return f"{ARRAYS_FILE}: LightGBM's columns lie outside the {model.n_features} features"
         if model.booster_text is not None:
+            from common.core.lightgbm_files import lightgbm_model_problem
+
+            # Checked before LightGBM parses it: its parser crashes the process on some cut files, and takes a
+            # file cut in its last line without a word.
+            if (cut := lightgbm_model_problem(folder / BOOSTER_FILE)) is not None:
+                return f"{BOOSTER_FILE}: {cut}"
             try:
                 _booster(model.booster_text)
             except Exception as exc:  # lightgbm raises its own LightGBMError on a damaged model file

@@ -1,6 +1,6 @@
 """Whether a LightGBM text model file is whole, checked in Python before LightGBM reads it: its parser trusts the
 file and crashes the process on one cut short. The stacker's `check` (what 05_infer verifies before any model runs)
-calls it on every booster file.
+calls it on every booster file, and `TextModel.problem` on a LightGBM text member's (both above core, so it is here).
 """
 
 from __future__ import annotations
