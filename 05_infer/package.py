@@ -11,7 +11,6 @@ import sys
 try:
     from common.config.params import Params
     from common.config.stage import run_stage
-    from common.tools.kaggle import build_bundle
 except ModuleNotFoundError as missing:  # a python without the project's libraries, e.g. dvc outside the venv
     print(f"error: {sys.executable} has no module {missing.name!r}; the project is installed in .venv. Fix: "
           "source .venv/bin/activate (make install creates it), then run the command again", file=sys.stderr)
@@ -21,6 +20,8 @@ WHEELS = "--no-wheels" not in sys.argv
 
 
 def main(params: Params) -> None:
+    from common.tools.kaggle import build_bundle
+
     build_bundle(params, params.output_dir / "kaggle", wheels=WHEELS)
 
 

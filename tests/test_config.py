@@ -156,6 +156,18 @@ def test_every_model_mistake_is_reported_at_once_with_its_key_path(tmp_path):
     assert message.endswith(f"(in {path} or the command-line overrides)")
 
 
+def test_every_ensemble_mistake_is_reported_at_once_with_its_key_path(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("ensemble:\n  target: -1.0\n  target_weights: [1, 0]\n  prompt_mix: {x: -1.0}\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    message = str(err.value)
+    for problem in ("'ensemble.target': -1.0: a weight of other-origin rows must be a positive number",
+                    "'ensemble.target_weights': [1.0, 0.0]: give positive finite weights",
+                    "'ensemble.prompt_mix': {'x': -1.0}: shares must be >= 0 with a positive sum"):
+        assert problem in message, message
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("scorer.pooling=median", r"'train\.models\.tiny-ordinal\.scorer\.pooling': unknown pooling 'median'; choose one of "
                               r"cls, mean, max, mean_max, attention, weighted_layer, gem"),

@@ -359,10 +359,10 @@ def test_kaggle_bundle_runs_as_a_notebook_on_a_fake_kaggle_with_the_network_bloc
     assert kernel["competition_sources"] == ["learning-agency-lab-automated-essay-scoring-2"]
     dataset = bundle / "dataset"
     assert json.loads((dataset / "dataset-metadata.json").read_text())["id"] == "someone/aes-pipeline-artifacts"
-    for module in ("artifacts", "inference", "submission", "runtime"):
+    for module in ("artifacts", "inference", "submission", "runtime", "infer_stage"):
         assert (dataset / "code" / "common" / "infer" / f"{module}.py").is_file(), module
     for left_out in ("tools", "train", "pseudo", "ensemble/search.py", "ensemble/selection.py", "ensemble/target.py",
-                     "ensemble/tuning.py"):  # inference runs without them
+                     "ensemble/tuning.py", "ensemble/ensemble_stage.py"):  # inference runs without them
         assert not (dataset / "code" / "common" / left_out).exists(), left_out
     assert not list(dataset.rglob("oof.parquet")) and not list(dataset.rglob("__pycache__"))
     shipped = {name: sorted(p.name for p in (dataset / "train" / name / "folds").iterdir())

@@ -24,7 +24,8 @@ INFERENCE_SIDE = sorted(f"common.infer.{p.stem}" for p in (REPO / "common" / "in
 """What 05_infer/run.py (and so the Kaggle notebook) imports its work from: every module of common/infer."""
 
 NOT_FOR_INFERENCE = ("optuna", "common.train", "common.pseudo", "common.tools", "common.ensemble.search",
-                     "common.ensemble.selection", "common.ensemble.target", "common.ensemble.tuning")
+                     "common.ensemble.selection", "common.ensemble.target", "common.ensemble.tuning",
+                     "common.ensemble.ensemble_stage")
 """Module prefixes the inference side must not load: optuna (tuning happens in 04 only), training, the 01 stage,
 the tools, and 04's search (with its target weights, selection rules and the stacker's tuning)."""
 
@@ -175,3 +176,56 @@ def test_the_line_limit_check_names_a_long_module(tmp_path: Path) -> None:
     (tmp_path / "pkg" / "short.py").write_text("x = 1\n" * 3)
     (tmp_path / "pkg" / "long.py").write_text("x = 1\n" * 5)
     assert long_modules(tmp_path, limit=4) == {"pkg/long.py": 5}
+
+
+STAGE_SCRIPTS = sorted(REPO.glob("0*_*/*.py"))
+"""Every stage script: 00_prepare/run.py ... 05_infer/run.py, 01_pseudo_label/mlm.py and 05_infer/package.py."""
+
+SCRIPT_IMPORTS = {"sys", "pathlib", "common.config.params", "common.config.stage", "common.core.offline"}
+"""What a stage script may import at module level: the params, the stage runner and (05_infer) the offline switch."""
+
+
+def stage_script_problems(path: Path) -> list[str]:
+    """How the script at `path` departs from the one stage pattern: a docstring (its --help), the guarded imports of
+    SCRIPT_IMPORTS, and `main(params)` importing one function from common/ and calling it; the logic lives in common/."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    problems = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom) and node.col_offset <= 4 and not _inside_main(tree, node):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            problems += [f"imports {n} at module level" for n in names if n not in SCRIPT_IMPORTS]
+    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)]
+    if [f.name for f in functions] != ["main"]:
+        problems.append(f"defines {[f.name for f in functions]}, not main alone")
+    main = next((f for f in functions if f.name == "main"), None)
+    if main is not None:
+        body = [s for s in main.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+        imported = body[0].names[0].asname or body[0].names[0].name if body and isinstance(body[0], ast.ImportFrom) \
+            else None
+        if (len(body) != 2 or imported is None or not (body[0].module or "").startswith("common.")
+                or not isinstance(body[1], ast.Expr) or not isinstance(body[1].value, ast.Call)
+                or getattr(body[1].value.func, "id", None) != imported):
+            problems.append("main does more than import one function from common/ and call it")
+    return problems
+
+
+def _inside_main(tree: ast.Module, node: ast.AST) -> bool:
+    return any(node in ast.walk(f) for f in tree.body if isinstance(f, ast.FunctionDef))
+
+
+def test_every_stage_script_only_hands_its_params_to_common() -> None:
+    assert len(STAGE_SCRIPTS) >= 8
+    problems = {str(p.relative_to(REPO)): stage_script_problems(p) for p in STAGE_SCRIPTS}
+    assert not any(problems.values()), {k: v for k, v in problems.items() if v}
+
+
+def test_a_stage_script_with_logic_of_its_own_is_named(tmp_path: Path) -> None:
+    script = tmp_path / "run.py"
+    script.write_text('"""Stage."""\nimport sys\nimport pandas as pd\n\n\ndef main(params):\n'
+                      '    from common.prepare.prepare_stage import prepare_inputs\n\n    prepare_inputs(params)\n'
+                      '    pd.DataFrame().to_csv("x")\n')
+    assert stage_script_problems(script) == ["imports pandas at module level",
+                                             "main does more than import one function from common/ and call it"]
+    script.write_text('"""Stage."""\nimport sys\n\n\ndef main(params):\n'
+                      '    from common.prepare.prepare_stage import prepare_inputs\n\n    prepare_inputs(params)\n')
+    assert stage_script_problems(script) == []

@@ -125,7 +125,9 @@ def test_crash_mid_stage_leaves_previous_output(prepared, demo, tmp_path, monkey
     def explode(*args, **kwargs):
         raise RuntimeError("disk full while plotting")
 
-    monkeypatch.setattr(prepare_run, "plot_score_distribution", explode)
+    from common.prepare import prepare_stage
+
+    monkeypatch.setattr(prepare_stage, "plot_score_distribution", explode)
     with pytest.raises(RuntimeError, match="disk full"):
         run_stage(prepare_run.main, "", [f"paths.input={folder}", f"paths.output={tmp_path}", "seed=5"])
     after = pd.read_parquet(tmp_path / "prepare" / "folds.parquet")

@@ -122,7 +122,7 @@ def test_a_student_without_pseudo_labels_is_said_in_red(reported_output, tmp_pat
 def test_the_prompt_table_counts_each_prompt_as_the_score_share_legend_does(tmp_path, monkeypatch):
     """An essay found in the corpus takes the corpus's prompt whatever its cluster: a prompt's essays and the
     cluster named after it differ. The table counts by prompt_name, as the legend, with the cluster's size beside."""
-    from common.scoring import reports
+    from common.prepare import plots
 
     names = ["Prompt 6"] * 5 + ["Car-free cities"] + ["Prompt 6"] * 3 + ["Prompt 6#2"] + ["Prompt 6"] * 2
     folds = pd.DataFrame({"essay_id": [f"e{i}" for i in range(12)], "score": [1, 2, 3, 4, 5, 6] * 2, "fold": [0, 1] * 6,
@@ -134,9 +134,9 @@ def test_the_prompt_table_counts_each_prompt_as_the_score_share_legend_does(tmp_
     (tmp_path / "prepare" / "metrics.json").write_text(json.dumps(
         {"n_train": 12, "clusters": {"n_clusters": 3, "train_sizes": sizes}}))
     legend = []
-    monkeypatch.setattr(reports, "_save", lambda fig, path: (legend.extend(
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: (legend.extend(
         t.get_text() for t in fig.axes[0].get_legend().get_texts()), plt.close(fig)))
-    reports.plot_score_distribution(folds, "prompt_name", tmp_path / "score_by_prompt.png", "Score share per prompt")
+    plots.plot_score_distribution(folds, "prompt_name", tmp_path / "score_by_prompt.png", "Score share per prompt")
     counts = dict(re.fullmatch(r"(.+) \(n=(\d+)\)", label).groups() for label in legend)
     assert counts.pop("all rows") == "12" and len(counts) == 3
     data = section_data(tmp_path)

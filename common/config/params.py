@@ -258,16 +258,18 @@ class EnsembleParams:
     )
 
     def __post_init__(self) -> None:
+        problems = {}
         if not isinstance(self.target, str) and not (math.isfinite(self.target) and self.target > 0):
-            raise ParamsError(f"ensemble.target={self.target!r}: a weight of other-origin rows must be a positive "
-                              "number (or auto, all, other)")
+            problems["target"] = (f"{self.target!r}: a weight of other-origin rows must be a positive number (or "
+                                  "auto, all, other)")
         if not self.target_weights or any(not math.isfinite(w) or w <= 0 for w in self.target_weights):
-            raise ParamsError(f"ensemble.target_weights={self.target_weights}: give positive finite weights, e.g. "
-                              "[1, 2, 4, 8, 16]")
+            problems["target_weights"] = f"{self.target_weights}: give positive finite weights, e.g. [1, 2, 4, 8, 16]"
         shares = self.prompt_mix
         if shares and (any(not math.isfinite(v) or v < 0 for v in shares.values()) or sum(shares.values()) <= 0):
-            raise ParamsError(f"ensemble.prompt_mix={shares}: shares must be >= 0 with a positive sum, e.g. "
-                              "{Driverless cars: 0.3, Exploring Venus: 0.7}")
+            problems["prompt_mix"] = (f"{shares}: shares must be >= 0 with a positive sum, e.g. "
+                                      "{Driverless cars: 0.3, Exploring Venus: 0.7}")
+        if problems:  # every mistake at once, each under its key path (load_params)
+            raise FieldErrors(type(self).__name__, problems)
 
 
 @dataclass

@@ -12,34 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from common.core.io import atomic_write
+from common.core.plots import save_figure
 from common.scoring.metrics import confusion
-
-
-def _save(fig: plt.Figure, path: Path) -> None:
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-
-def plot_score_distribution(frame: pd.DataFrame, by: str, path: str | Path, title: str) -> None:
-    """Grouped bars: share of each score (1-6) within every value of column `by`, plus the overall share."""
-    shares = pd.crosstab(frame[by], frame["score"], normalize="index")
-    overall = frame["score"].value_counts(normalize=True).rename("all rows")
-    shares = pd.concat([shares, overall.to_frame().T]).fillna(0.0)
-    counts = frame[by].value_counts()
-    labels = [f"{idx} (n={counts.get(idx, len(frame))})" for idx in shares.index]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(shares) + 3), 4))
-    width = 0.8 / len(shares)
-    for i, (label, row) in enumerate(zip(labels, shares.itertuples(index=False), strict=True)):
-        xs = [s + (i - len(shares) / 2 + 0.5) * width for s in shares.columns]
-        ax.bar(xs, list(row), width=width, label=label)
-    ax.set_xticks(list(shares.columns))
-    ax.set_xlabel("score")
-    ax.set_ylabel("share of essays")
-    ax.set_title(title)
-    ax.legend(fontsize=9, title_fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=by)
-    _save(fig, Path(path))
 
 
 def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, path: str | Path, title: str) -> None:
@@ -58,7 +32,7 @@ def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, path: str | Path, tit
     ax.set_ylabel("true score")
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, label="share of the true score's essays")
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
 
 
 def plot_pred_vs_true(
@@ -76,7 +50,7 @@ def plot_pred_vs_true(
     ax.set_xlabel("true score")
     ax.set_ylabel("OOF prediction (dashed: thresholds)")
     ax.set_title(title, fontsize=10)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
 
 
 def plot_bars(values: dict[str, float], path: str | Path, title: str, xlabel: str) -> None:
@@ -89,7 +63,7 @@ def plot_bars(values: dict[str, float], path: str | Path, title: str, xlabel: st
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
     ax.invert_yaxis()
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
 
 
 def plot_frontier(frontier: pd.DataFrame, path: str | Path) -> None:
@@ -114,7 +88,7 @@ def plot_frontier(frontier: pd.DataFrame, path: str | Path) -> None:
                  fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
 
 
 def plot_intervals(table: pd.DataFrame, path: str | Path, selected: str, title: str) -> None:
@@ -135,4 +109,4 @@ def plot_intervals(table: pd.DataFrame, path: str | Path, selected: str, title: 
         ax.set_xlabel(f"nested QWK, {'all rows' if key == 'all' else 'other-origin rows'}")
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(f"{title}; red: selected", fontsize=9)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))

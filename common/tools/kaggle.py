@@ -57,9 +57,9 @@ REQUIREMENTS = {
 }
 # What the bundle leaves out of common/ (paths under it): the tools (demo and backbone generators, report, this
 # packager), training, the 01 stage and 04's search (its target weights, selection rules and the stacker's optuna
-# tuning); common/infer imports none of them, nor optuna.
+# tuning) with 04's stage module; common/infer imports none of them, nor optuna.
 LEFT_OUT = ("tools/", "train/", "pseudo/", "ensemble/search.py", "ensemble/selection.py", "ensemble/target.py",
-            "ensemble/tuning.py")
+            "ensemble/tuning.py", "ensemble/ensemble_stage.py")
 # Wheels shipped by default: pure-Python or manylinux libraries that move fast and that old Kaggle
 # images lack in the versions above. torch is never shipped (the image's CUDA build must stay).
 SHIPPED_WHEELS = ("transformers", "tokenizers", "huggingface_hub", "safetensors", "peft")
