@@ -86,16 +86,8 @@ def test_an_uncached_backbone_fails_once_at_start_naming_model_and_key(prepared_
 
 
 def test_mlm_checks_the_backbone_before_reading_the_essays(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    result = subprocess.run([sys.executable, "01_pseudo_label/mlm.py", f"paths.input={tmp_path / 'no-data'}",
-                             f"paths.output={tmp_path}", f"paths.metrics={tmp_path}", "train.model=tiny-student",
-                             "backbone=aes-test/not-in-any-cache"], cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    result = run_cli("01_pseudo_label/mlm.py", f"paths.input={tmp_path / 'no-data'}", f"paths.output={tmp_path}",
+                     f"paths.metrics={tmp_path}", "train.model=tiny-student", "backbone=aes-test/not-in-any-cache")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "model tiny-student: backbone='aes-test/not-in-any-cache'" in result.stderr
     assert "`hf download aes-test/not-in-any-cache`" in result.stderr
