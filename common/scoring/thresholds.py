@@ -96,26 +96,32 @@ class _SortedProblem:
         self.s = cum.sum(axis=1)  # (n_values + 1,): weight of the first c values
         self.e = (w @ row_totals) / total  # (K,): expected disagreement per unit predicted as class j
         self.total = total
+        self.cols = np.arange(n_classes)
+        self._bounds_buffer = np.zeros(n_classes + 1, dtype=np.int64)  # [0, cuts..., n_values], filled per call
+        self._bounds_buffer[-1] = n_values
 
     def cuts_of(self, thresholds: np.ndarray) -> np.ndarray:
         """Cut index per threshold: the number of distinct values strictly below it."""
         return np.searchsorted(self.values, thresholds, side="left")
 
     def _bounds(self, cuts: np.ndarray) -> np.ndarray:
-        return np.concatenate(([0], cuts, [self.values.size]))
+        """[0, cuts..., n_values] in a buffer reused by every call (the search calls this ~10^5 times a fit)."""
+        b = self._bounds_buffer
+        b[1:-1] = cuts
+        return b
 
     def score(self, cuts: np.ndarray) -> float:
         b = self._bounds(cuts)
-        cols = np.arange(self.n_classes)
-        num = float(np.sum(self.cw[b[1:], cols] - self.cw[b[:-1], cols]))
-        den = float(np.sum((self.s[b[1:]] - self.s[b[:-1]]) * self.e))
+        upper, lower = b[1:], b[:-1]
+        num = float((self.cw[upper, self.cols] - self.cw[lower, self.cols]).sum())
+        den = float(((self.s[upper] - self.s[lower]) * self.e).sum())
         return 0.0 if den <= _IMPROVEMENT * self.total else 1.0 - num / den
 
     def best_move(self, cuts: np.ndarray, k: int) -> tuple[int, float]:
         """Best position of cut k between its neighbours, evaluated for every candidate at once."""
         b = self._bounds(cuts)
         lo, hi = b[k], b[k + 2]  # class k spans [lo, c), class k + 1 spans [c, hi)
-        cols = np.arange(self.n_classes)
+        cols = self.cols
         seg_num = self.cw[b[1:], cols] - self.cw[b[:-1], cols]
         seg_den = (self.s[b[1:]] - self.s[b[:-1]]) * self.e
         other_num = seg_num.sum() - seg_num[k] - seg_num[k + 1]
