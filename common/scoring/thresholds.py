@@ -97,6 +97,7 @@ class _SortedProblem:
         self.e = (w @ row_totals) / total  # (K,): expected disagreement per unit predicted as class j
         self.total = total
         self.cols = np.arange(n_classes)
+        self.cw_by_class = np.ascontiguousarray(self.cw.T)  # (K, n_values + 1): a class's column as one row
         self._bounds_buffer = np.zeros(n_classes + 1, dtype=np.int64)  # [0, cuts..., n_values], filled per call
         self._bounds_buffer[-1] = n_values
 
@@ -118,7 +119,8 @@ class _SortedProblem:
         return 0.0 if den <= _IMPROVEMENT * self.total else 1.0 - num / den
 
     def best_move(self, cuts: np.ndarray, k: int) -> tuple[int, float]:
-        """Best position of cut k between its neighbours, evaluated for every candidate at once."""
+        """Best position of cut k between its neighbours, evaluated for every candidate at once (call it inside
+        np.errstate(divide="ignore", invalid="ignore"): a candidate with no expected disagreement scores 0)."""
         b = self._bounds(cuts)
         lo, hi = b[k], b[k + 2]  # class k spans [lo, c), class k + 1 spans [c, hi)
         cols = self.cols
@@ -127,10 +129,10 @@ class _SortedProblem:
         other_num = seg_num.sum() - seg_num[k] - seg_num[k + 1]
         other_den = seg_den.sum() - seg_den[k] - seg_den[k + 1]
         c = np.arange(lo, hi + 1)
-        num = other_num + (self.cw[c, k] - self.cw[lo, k]) + (self.cw[hi, k + 1] - self.cw[c, k + 1])
+        this, after = self.cw_by_class[k], self.cw_by_class[k + 1]
+        num = other_num + (this[c] - this[lo]) + (after[hi] - after[c])
         den = other_den + (self.s[c] - self.s[lo]) * self.e[k] + (self.s[hi] - self.s[c]) * self.e[k + 1]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            kappa = np.where(den > _IMPROVEMENT * self.total, 1.0 - num / den, 0.0)
+        kappa = np.where(den > _IMPROVEMENT * self.total, 1.0 - num / den, 0.0)
         best = int(np.argmax(kappa))
         return int(c[best]), float(kappa[best])
 
@@ -225,14 +227,15 @@ class ThresholdSearcher(BaseEstimator):
         self, problem: _SortedProblem, cuts: np.ndarray, best: float
     ) -> tuple[np.ndarray, float, int]:
         cuts = cuts.copy()
-        for n_pass in range(1, self.max_passes + 1):
-            improved = False
-            for k in range(self.n_classes - 1):
-                cut, score = problem.best_move(cuts, k)
-                if score > best + _IMPROVEMENT:
-                    cuts[k], best, improved = cut, score, True
-            if not improved:
-                return cuts, best, n_pass
+        with np.errstate(divide="ignore", invalid="ignore"):  # best_move's candidates without expected disagreement
+            for n_pass in range(1, self.max_passes + 1):
+                improved = False
+                for k in range(self.n_classes - 1):
+                    cut, score = problem.best_move(cuts, k)
+                    if score > best + _IMPROVEMENT:
+                        cuts[k], best, improved = cut, score, True
+                if not improved:
+                    return cuts, best, n_pass
         return cuts, best, self.max_passes
 
     @staticmethod
