@@ -119,8 +119,7 @@ class _SortedProblem:
         return 0.0 if den <= _IMPROVEMENT * self.total else 1.0 - num / den
 
     def best_move(self, cuts: np.ndarray, k: int) -> tuple[int, float]:
-        """Best position of cut k between its neighbours, evaluated for every candidate at once (call it inside
-        np.errstate(divide="ignore", invalid="ignore"): a candidate with no expected disagreement scores 0)."""
+        """Best position of cut k between its neighbours, evaluated for every candidate at once."""
         b = self._bounds(cuts)
         lo, hi = b[k], b[k + 2]  # class k spans [lo, c), class k + 1 spans [c, hi)
         cols = self.cols
@@ -132,7 +131,8 @@ class _SortedProblem:
         this, after = self.cw_by_class[k], self.cw_by_class[k + 1]
         num = other_num + (this[c] - this[lo]) + (after[hi] - after[c])
         den = other_den + (self.s[c] - self.s[lo]) * self.e[k] + (self.s[hi] - self.s[c]) * self.e[k + 1]
-        kappa = np.where(den > _IMPROVEMENT * self.total, 1.0 - num / den, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kappa = np.where(den > _IMPROVEMENT * self.total, 1.0 - num / den, 0.0)
         best = int(np.argmax(kappa))
         return int(c[best]), float(kappa[best])
 
@@ -227,15 +227,14 @@ class ThresholdSearcher(BaseEstimator):
         self, problem: _SortedProblem, cuts: np.ndarray, best: float
     ) -> tuple[np.ndarray, float, int]:
         cuts = cuts.copy()
-        with np.errstate(divide="ignore", invalid="ignore"):  # best_move's candidates without expected disagreement
-            for n_pass in range(1, self.max_passes + 1):
-                improved = False
-                for k in range(self.n_classes - 1):
-                    cut, score = problem.best_move(cuts, k)
-                    if score > best + _IMPROVEMENT:
-                        cuts[k], best, improved = cut, score, True
-                if not improved:
-                    return cuts, best, n_pass
+        for n_pass in range(1, self.max_passes + 1):
+            improved = False
+            for k in range(self.n_classes - 1):
+                cut, score = problem.best_move(cuts, k)
+                if score > best + _IMPROVEMENT:
+                    cuts[k], best, improved = cut, score, True
+            if not improved:
+                return cuts, best, n_pass
         return cuts, best, self.max_passes
 
     @staticmethod
