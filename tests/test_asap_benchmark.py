@@ -86,3 +86,26 @@ def test_the_host_line_names_the_cpu_and_the_stolen_share(asap_real, tmp_path):
     assert "Some CPU 9000" in line and "steal 10.0% of CPU time" in line and "load average" in line
     assert "steal n/a" in asap_real.host_line(None, None, tmp_path / "missing")
     assert asap_real.cpu_times(tmp_path / "missing") is None
+
+
+def test_the_whole_held_out_slice_is_scored_by_default(asap_real):
+    """600 of the 1,603 held-out essays scored 0.8187 where the other 1,003 scored 0.8369 with the same models:
+    the submission is scored on the whole slice unless asked otherwise."""
+    assert asap_real.parse_args([]).test_essays == 0
+    assert asap_real.parse_args(["--test-essays", "600"]).test_essays == 600
+
+
+def test_the_held_out_line_carries_a_bootstrap_interval(asap_real):
+    rng = np.random.default_rng(0)
+    y = rng.integers(1, 7, 4000)
+    noisy = np.clip(y + rng.integers(-1, 2, y.size), 1, 6)
+    prompts = np.repeat(np.arange(1, 5), 1000)
+    small = asap_real.held_out_summary(y[:300], noisy[:300], prompts[:300], seed=0)
+    large = asap_real.held_out_summary(y, noisy, prompts, seed=0)
+    for figures in (small, large):
+        assert figures["low"] < figures["all"] < figures["high"]
+    assert large["all"] == pytest.approx(asap_real.qwk(y, noisy))
+    assert set(large) >= {"1", "2", "3", "4", "all", "low", "high"}
+    assert (large["high"] - large["low"]) < 0.6 * (small["high"] - small["low"])  # ~1/sqrt(13) as wide
+    perfect = asap_real.held_out_summary(y, y, prompts, seed=0)
+    assert perfect["low"] == perfect["high"] == 1.0
