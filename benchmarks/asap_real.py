@@ -240,6 +240,21 @@ def held_out_summary(y: np.ndarray, scores: np.ndarray, prompts: np.ndarray, see
     return figures | {"low": low, "high": high}
 
 
+def per_prompt_gaps(y: np.ndarray, ensemble: np.ndarray, others: dict[str, np.ndarray], prompts: np.ndarray,
+                    folds: np.ndarray, seed: int, level: float = 0.9) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """QWK of `ensemble` minus each of `others` per prompt and on all rows, with its paired bootstrap interval
+    (`level`; essays resampled within their folds, the same draws for both): {other: {prompt: (diff, low, high)}}.
+    About 500 essays a prompt put +-0.02 on such a gap, which is what a per-prompt comparison can resolve."""
+    gaps: dict[str, dict[str, tuple[float, float, float]]] = {name: {} for name in others}
+    for key in [*(str(p) for p in np.unique(prompts)), "all"]:
+        rows = np.ones(len(y), dtype=bool) if key == "all" else prompts.astype(str) == key
+        boot = bootstrap_qwk(y, {"ensemble": ensemble, **others}, folds, rows=rows, level=level, seed=seed)
+        for name in others:
+            d = boot.difference("ensemble", name)
+            gaps[name][key] = (float(d["diff"]), float(d["low"]), float(d["high"]))
+    return gaps
+
+
 def print_table(columns: dict[str, dict[str, float]], counts: dict[str, int]) -> None:
     names = list(columns)
     header = ["prompt", "n", *names, "ensemble - baseline"]
@@ -341,13 +356,18 @@ def main() -> int:
     transformers = [n for n in models if n not in text_members]
     ablations = {"without the text members": transformers, "the text members alone": text_members,
                  **{f"{', '.join(transformers)} + {n}": [*transformers, n] for n in text_members}}
+    compared = {name: member_scores[name] for name in models}
     for label, names in ablations.items():
         if not names or len(names) == len(models):
             continue
         part = ensemble_of(names)
-        figures = per_prompt_qwk(y, part.methods[part.selected].nested_scores, prompts)
+        compared[label] = part.methods[part.selected].nested_scores
+        figures = per_prompt_qwk(y, compared[label], prompts)
         print(f"ablation, {label}: selected {part.selected}, nested QWK " + ", ".join(
             f"{k} {v:.4f}" for k, v in figures.items()))
+    print("ensemble minus each, per prompt, with its 90% paired bootstrap interval (essays resampled within folds):")
+    for name, by_prompt in per_prompt_gaps(y, ensemble, compared, prompts, folds, args.seed).items():
+        print(f"  {name}: " + ", ".join(f"{k} {d:+.4f} [{lo:+.4f}, {hi:+.4f}]" for k, (d, lo, hi) in by_prompt.items()))
 
     # Two diagnostics for the prompts where the ensemble trails the baseline: how much the baseline itself
     # moves with another fold split, and what adding the fine-tuned model's OOF prediction does to it.

@@ -109,3 +109,23 @@ def test_the_held_out_line_carries_a_bootstrap_interval(asap_real):
     assert (large["high"] - large["low"]) < 0.6 * (small["high"] - small["low"])  # ~1/sqrt(13) as wide
     perfect = asap_real.held_out_summary(y, y, prompts, seed=0)
     assert perfect["low"] == perfect["high"] == 1.0
+
+
+def test_per_prompt_gaps_are_paired_and_say_when_noise_covers_them(asap_real):
+    rng = np.random.default_rng(1)
+    n = 1200
+    y = rng.integers(1, 7, n)
+    prompts = np.repeat(np.arange(1, 4), n // 3)
+    folds = np.tile(np.arange(4), n // 4)
+    ensemble = np.clip(y + rng.integers(-1, 2, n), 1, 6)
+    worse_on_1 = ensemble.copy()
+    on_1 = prompts == 1
+    worse_on_1[on_1] = rng.integers(1, 7, on_1.sum())  # random scores on prompt 1 only
+    gaps = asap_real.per_prompt_gaps(y, ensemble, {"same": ensemble, "worse on 1": worse_on_1}, prompts, folds,
+                                     seed=0)
+    assert gaps["same"]["all"] == (0.0, 0.0, 0.0)
+    diff, low, high = gaps["worse on 1"]["1"]
+    expected = asap_real.qwk(y[on_1], ensemble[on_1]) - asap_real.qwk(y[on_1], worse_on_1[on_1])
+    assert diff == pytest.approx(expected) and 0 < low < diff < high
+    assert gaps["worse on 1"]["2"] == (0.0, 0.0, 0.0)  # same scores on prompt 2: no gap, no spread
+    assert set(gaps["worse on 1"]) == {"1", "2", "3", "all"}
