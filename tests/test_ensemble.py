@@ -15,14 +15,15 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from common.core.artifact_checks import ENSEMBLE_FILE, Problems
-from common.ensemble.blenders import GreedyBlender, MeanBlender, ScipyBlender
+from common.ensemble.blenders import GreedyBlender, MeanBlender, PromptBlender, ScipyBlender
 from common.ensemble.combiners import COMBINERS
 from common.ensemble.stacker import LGBMStacker
 from common.ensemble.surrogate import qwk_objective, qwk_surrogate
 from common.ensemble.target import prompt_mix_weights
 from common.ensemble.tuning import tune_stacker
 from common.scoring.metrics import qwk
-from common.scoring.thresholds import round_scores
+from common.scoring.nested import Chain
+from common.scoring.thresholds import ThresholdSearcher, round_scores
 
 SCORE_MIX = [0.07, 0.27, 0.36, 0.23, 0.06, 0.01]
 
@@ -272,8 +273,8 @@ def configured(name: str):
 
 
 def test_the_registry_lists_the_methods_simplest_first():
-    assert list(COMBINERS) == ["mean", "greedy", "scipy", "stacker"]
-    assert [COMBINERS[name].uses_features for name in COMBINERS] == [False, False, False, True]
+    assert list(COMBINERS) == ["mean", "greedy", "scipy", "per_prompt", "stacker"]
+    assert [COMBINERS[name].uses_features for name in COMBINERS] == [False, False, False, True, True]
     assert COMBINERS["stacker"].out_of_fold and COMBINERS["stacker"].min_folds == 4
     assert configured("greedy").max_iter == 50
 
@@ -324,3 +325,46 @@ def test_the_stacker_check_names_a_missing_and_a_truncated_booster(tmp_path):
     LGBMStacker.check(tmp_path, entry, [], problems, "re-run")
     assert problems.lines[0] == f"{tmp_path / 'stacker' / 'fold_0.txt'}: not found"
     assert problems.lines[1].startswith(f"{cut}: ") and "truncated or corrupt" in problems.lines[1]
+
+
+def prompt_flip_inputs(n: int = 1200, seed: int = 5):
+    """Stacker features of two models whose quality flips between two prompt clusters (model a sharp on cluster 0
+    and vague on 1, model b the reverse), with the one-hot cluster columns 04 builds; (X, y, folds)."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(np.arange(1, 7), size=n, p=[0.07, 0.27, 0.36, 0.23, 0.06, 0.01])
+    cluster = rng.integers(0, 2, n)
+    sharp, vague = y + rng.normal(0, 0.35, n), y + rng.normal(0, 1.5, n)
+    other_sharp, other_vague = y + rng.normal(0, 0.35, n), y + rng.normal(0, 1.5, n)
+    X = pd.DataFrame({"pred__a": np.where(cluster == 0, sharp, vague),
+                      "pred__b": np.where(cluster == 0, other_vague, other_sharp),
+                      "text__words": rng.normal(0, 1, n),  # stacker features it must leave alone
+                      "prompt__0": (cluster == 0).astype(float), "prompt__1": (cluster == 1).astype(float)})
+    return X, y, rng.permutation(np.arange(n) % 4)
+
+
+def test_the_per_prompt_blend_weighs_each_model_where_it_is_good():
+    X, y, folds = prompt_flip_inputs()
+    blend = PromptBlender().fit(X, y)
+    assert blend.columns_ == ["pred__a", "pred__b"]
+    assert blend.weights_by_prompt_["0"][0] > 0.85 and blend.weights_by_prompt_["1"][1] > 0.85
+    assert 0.3 < blend.weights_[0] < 0.7  # one set of weights for every row can only split the difference
+    nested = Chain(X, y, folds, ThresholdSearcher, combiner=lambda train: PromptBlender()).nested()
+    plain = Chain(X[["pred__a", "pred__b"]], y, folds, ThresholdSearcher, combiner=lambda train: ScipyBlender()).nested()
+    assert qwk(y, nested.scores) > qwk(y, plain.scores) + 0.03
+    # A cluster with fewer training rows than min_rows (each has about 600 here), and a row of no cluster, get the
+    # all-rows weights.
+    few = PromptBlender(min_rows=700).fit(X, y)
+    assert few.weights_by_prompt_ == {}
+    np.testing.assert_allclose(few.predict(X), X[["pred__a", "pred__b"]].to_numpy() @ few.weights_)
+    unknown = X.assign(prompt__0=0.0, prompt__1=0.0)
+    np.testing.assert_allclose(blend.predict(unknown), unknown[["pred__a", "pred__b"]].to_numpy() @ blend.weights_)
+
+
+def test_the_per_prompt_blend_check_names_a_cut_entry(tmp_path):
+    X, y, _ = prompt_flip_inputs()
+    entry = PromptBlender().fit(X, y).save(tmp_path)
+    assert set(entry["weights_by_prompt"]) == {"0", "1"}
+    problems = Problems()
+    del entry["weights_by_prompt"]["1"]["pred__b"]
+    PromptBlender.check(tmp_path, entry, ["a", "b"], problems, "re-run")
+    assert len(problems.lines) == 1 and "weights_by_prompt" in problems.lines[0] and problems.unreadable

@@ -47,7 +47,7 @@ def test_the_saved_files_and_fields(saved):
     assert "params_per_fold" not in spec["methods"]["mean"]
 
 
-@pytest.mark.parametrize("name", ["mean", "greedy", "scipy", "stacker"])
+@pytest.mark.parametrize("name", ["mean", "greedy", "scipy", "per_prompt", "stacker"])
 def test_every_method_predicts_in_05_what_its_fit_in_04_predicts(saved, name):
     oofs, texts, result, root = saved
     folder = root / ENSEMBLE_DIR
@@ -58,7 +58,7 @@ def test_every_method_predicts_in_05_what_its_fit_in_04_predicts(saved, name):
     artifact = EnsembleArtifact.load(folder, spec)
     continuous, scores = artifact.predict(oofs.preds, oofs.probs, texts)
     fitted = result.methods[name].combiner
-    if name == "stacker":  # the test essays' features: the saved vocabulary, assigner and statistics, origin other
+    if fitted.uses_features:  # the test essays' features: the saved vocabulary, assigner and statistics, origin other
         prompts = result.prompt_assigner.predict(texts)
         inputs = stacker_features(oofs.preds, oofs.probs, result.featurizer.transform(texts), prompts,
                                   result.prompt_stats, np.ones(len(texts)))

@@ -72,7 +72,7 @@ def test_thresholds_report_every_model(run_dir):
 
 def test_ensemble_metrics_and_selection(run_dir):
     metrics = json.loads((run_dir / "ensemble" / "metrics.json").read_text())
-    assert set(metrics["methods"]) == {"mean", "greedy", "scipy", "stacker"}
+    assert set(metrics["methods"]) == {"mean", "greedy", "scipy", "per_prompt", "stacker"}  # prompt features on
     for figures in metrics["methods"].values():
         assert 0.0 < figures["qwk_nested"] <= 1.0 and 0.0 < figures["qwk_nested_other"] <= 1.0
     assert metrics["target"] == "auto" and metrics["select_on"] == "other" and metrics["by_origin"] is True
@@ -82,8 +82,8 @@ def test_ensemble_metrics_and_selection(run_dir):
     assert metrics["selected"] == best or intervals[best]["diff_low"] <= 0  # a simpler one kept within the interval
     assert metrics["models"] == ["model_a", "model_b", "noise"]
     frontier = pd.read_csv(run_dir / "ensemble" / "frontier.csv", dtype={"target_weight": str})
-    assert len(frontier) == 4 * 6 and set(frontier["target_weight"]) == {"1", "2", "4", "8", "16", "chosen"}
-    assert len(pd.read_csv(run_dir / "ensemble" / "intervals.csv")) == 7
+    assert len(frontier) == 5 * 6 and set(frontier["target_weight"]) == {"1", "2", "4", "8", "16", "chosen"}
+    assert len(pd.read_csv(run_dir / "ensemble" / "intervals.csv")) == 8
     for plot in ("frontier.png", "intervals.png", "confusion.png"):
         assert (run_dir / "ensemble" / "plots" / plot).read_bytes()[:4] == b"\x89PNG"
 

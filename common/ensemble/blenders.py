@@ -244,3 +244,101 @@ class ScipyBlender(_WeightedBlend):
         weights = beta / beta.sum()
         self.loss_ = float(objective(weights)[0])
         return self._fitted(matrix, P, weights)
+
+
+class PromptBlender(Combiner):
+    """The scipy blend fitted within each recovered prompt cluster: models that differ in quality from one prompt to
+    another (a TF-IDF member strong where length and wording carry the score, a transformer where content does) get
+    their weights prompt by prompt; a cluster with fewer than `min_rows` training rows, and an essay of no known
+    cluster, get the weights fitted on every row.
+
+    X: the stacker features (`common.ensemble.features.stacker_features`) of which it reads the model predictions
+    (`pred__<model>`) and the prompt cluster columns (`prompt__<k>`, one 0/1 column per cluster; 04 evaluates this
+    method only with `ensemble.prompt_features` on). Saved as weights in ensemble.json, no files.
+
+    Attributes after `fit`: `columns_` (the prediction columns), `weights_` (all rows), `weights_by_prompt_`
+    ({cluster: weights}).
+    """
+
+    uses_features = True
+    needs_prompt_features = True  # 04 evaluates it only with ensemble.prompt_features (else it is the scipy blend)
+    PRED, PROMPT = "pred__", "prompt__"
+
+    def __init__(self, min_rows: int = 200, loss: Literal["mse", "qwk"] = "mse", max_iter: int = 200):
+        self.min_rows = min_rows
+        self.loss = loss
+        self.max_iter = max_iter
+
+    @classmethod
+    def _split(cls, X: pd.DataFrame, columns: Sequence[str] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+        """(the prediction columns, each row's prompt cluster as text; "" for a row of none)."""
+        if not isinstance(X, pd.DataFrame):
+            raise TypeError(f"{cls.__name__} takes the stacker features as a DataFrame, got {type(X).__name__}")
+        columns = list(columns) if columns is not None else [c for c in X.columns if c.startswith(cls.PRED)]
+        missing = [c for c in columns if c not in X.columns]
+        if missing or not columns:
+            raise ValueError(f"X lacks the model prediction columns {missing or [cls.PRED + '<model>']}")
+        clusters = np.full(len(X), "", dtype=object)
+        for column in [c for c in X.columns if c.startswith(cls.PROMPT)]:
+            clusters[X[column].to_numpy() > 0.5] = column.removeprefix(cls.PROMPT)
+        return X[columns], clusters
+
+    def fit(self, X: pd.DataFrame, y: ArrayLike, sample_weight: ArrayLike | None = None,
+            folds: ArrayLike | None = None) -> PromptBlender:
+        """The all-rows blend, then one per cluster with at least `min_rows` rows; `folds` is ignored."""
+        P, clusters = self._split(X)
+        labels = check_labels(y, "y")
+        w = check_sample_weight(sample_weight, len(labels))
+        blend = lambda rows: ScipyBlender(self.loss, self.max_iter).fit(  # noqa: E731
+            P[rows], labels[rows], None if w is None else w[rows]).weights_
+        self.columns_ = [str(c) for c in P.columns]
+        self.weights_ = blend(np.ones(len(labels), dtype=bool))
+        counted = np.ones(len(labels), dtype=bool) if w is None else w > 0  # rows the fit weighs at all
+        self.weights_by_prompt_ = {str(c): blend(clusters == c) for c in np.unique(clusters)
+                                   if c != "" and (counted & (clusters == c)).sum() >= self.min_rows}
+        self.fit_pred_ = self.predict(X)
+        return self
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """Each row's blend with its cluster's weights (the all-rows weights for a cluster fitted without its own)."""
+        if not hasattr(self, "weights_"):
+            raise NotFittedError("PromptBlender is not fitted yet; call fit(X, y) first")
+        P, clusters = self._split(X, self.columns_)
+        matrix = check_prediction_matrix(P)
+        out = matrix @ self.weights_
+        for cluster, weights in self.weights_by_prompt_.items():
+            rows = clusters == cluster
+            out[rows] = matrix[rows] @ weights
+        return out
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        """No files: the entry holds the weights by prediction column, on all rows and per cluster."""
+        named = lambda weights: {c: float(v) for c, v in zip(self.columns_, weights, strict=True)}  # noqa: E731
+        return {"weights": named(self.weights_),
+                "weights_by_prompt": {c: named(w) for c, w in self.weights_by_prompt_.items()}}
+
+    @classmethod
+    def load(cls, directory: Path, entry: Mapping[str, Any]) -> PromptBlender:
+        blend = cls()
+        blend.columns_ = list(entry["weights"])
+        as_array = lambda named: np.asarray([float(named[c]) for c in blend.columns_], dtype=np.float64)  # noqa: E731
+        blend.weights_ = as_array(entry["weights"])
+        blend.weights_by_prompt_ = {str(c): as_array(w) for c, w in entry["weights_by_prompt"].items()}
+        return blend
+
+    @classmethod
+    def input_columns(cls, directory: Path, entry: Mapping[str, Any]) -> list[str] | None:
+        weights = entry.get("weights")
+        return [str(c) for c in weights] if isinstance(weights, dict) else None
+
+    @classmethod
+    def check(cls, directory: Path, entry: Mapping[str, Any], models: Sequence[str], problems: Problems,
+              fix: str) -> None:
+        weights, by_prompt = entry.get("weights"), entry.get("weights_by_prompt")
+        numbers = lambda named: isinstance(named, dict) and all(  # noqa: E731
+            isinstance(v, int | float) for v in named.values())
+        if not (numbers(weights) and isinstance(by_prompt, dict)
+                and all(numbers(w) and set(w) == set(weights) for w in by_prompt.values())):
+            problems.bad(directory / ENSEMBLE_FILE, "the selected PromptBlender needs 'weights' ({column: weight}) "
+                         f"and 'weights_by_prompt' ({{cluster: the same columns}}), found {weights!r} and "
+                         f"{by_prompt!r}: {TRUNCATED}", fix)

@@ -14,7 +14,7 @@ from `common.scoring.nested.Chain`.
 
 from __future__ import annotations
 
-from common.ensemble.blenders import GreedyBlender, MeanBlender, ScipyBlender
+from common.ensemble.blenders import GreedyBlender, MeanBlender, PromptBlender, ScipyBlender
 from common.ensemble.stacker import LGBMStacker
 from common.scoring.combiner import Combiner
 
@@ -22,6 +22,7 @@ COMBINERS: dict[str, type[Combiner]] = {
     "mean": MeanBlender,
     "greedy": GreedyBlender,
     "scipy": ScipyBlender,
+    "per_prompt": PromptBlender,
     "stacker": LGBMStacker,
 }
 """Every method 04_ensemble evaluates, by the name ensemble.json records, simplest first: selection keeps the
