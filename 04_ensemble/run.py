@@ -1,4 +1,4 @@
-"""Stage 04_ensemble: mean / greedy / scipy blends and a LightGBM stacker, scored nested; the best is kept.
+"""Stage 04_ensemble: mean / greedy / scipy / per-prompt blends and a LightGBM stacker, scored nested; one is kept.
 
 Run from the repository root: python 04_ensemble/run.py [dotted.key=value ...]
 Reads output/prepare/folds.parquet, output/train/<model>/oof.parquet and the train essays; writes

@@ -1,7 +1,8 @@
 """Stage 04_ensemble's logic: score every way of combining the models honestly, pick one, fit it for inference.
 
 Methods: every combiner of `common.ensemble.combiners.COMBINERS` -- `mean` and `greedy` / `scipy` blends of the
-models' OOF predictions, and a LightGBM `stacker` on the predictions (+ class probabilities, + text features). Each
+models' OOF predictions, `per_prompt` (the scipy blend per prompt cluster, with prompt features on), and a LightGBM
+`stacker` on the predictions (+ class probabilities, + text features). Each
 is scored *nested* (`common.scoring.nested.Chain`): for every fold the combiner (with its tuning: the stacker's
 optuna search) and the thresholds are fitted on the other folds only, and the held-out fold is scored with them,
 at the target weight of other-origin rows chosen inside the other folds (`common.ensemble.target`). The rule of
