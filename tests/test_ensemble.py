@@ -276,6 +276,7 @@ def test_the_registry_lists_the_methods_simplest_first():
     assert list(COMBINERS) == ["mean", "greedy", "scipy", "per_prompt", "stacker"]
     assert [COMBINERS[name].uses_features for name in COMBINERS] == [False, False, False, True, True]
     assert COMBINERS["stacker"].out_of_fold and COMBINERS["stacker"].min_folds == 4
+    assert [name for name in COMBINERS if COMBINERS[name].needs_prompt_features] == ["per_prompt"]
     assert configured("greedy").max_iter == 50
 
 

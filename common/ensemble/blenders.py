@@ -261,7 +261,7 @@ class PromptBlender(Combiner):
     """
 
     uses_features = True
-    needs_prompt_features = True  # 04 evaluates it only with ensemble.prompt_features (else it is the scipy blend)
+    needs_prompt_features = True  # without the cluster columns it would be the scipy blend again
     PRED, PROMPT = "pred__", "prompt__"
 
     def __init__(self, min_rows: int = 200, loss: Literal["mse", "qwk"] = "mse", max_iter: int = 200):

@@ -248,7 +248,7 @@ def build_ensemble(
             log.warning("%s skipped: its nested evaluation needs at least %d folds, there are %d", name,
                         kind.min_folds, n_folds)
             continue
-        if getattr(kind, "needs_prompt_features", False) and not prompt_features:
+        if kind.needs_prompt_features and not prompt_features:
             log.info("%s skipped: it blends within the prompt clusters of ensemble.prompt_features, which is off", name)
             continue
         proto = kind.configured(objective=stacker_objective, n_trials=n_trials, seed=seed)

@@ -26,12 +26,14 @@ class Combiner(BaseEstimator):
     per model in 04 and 05; True -- X is the stacker features of `common.ensemble.features.stacker_features`.
     `out_of_fold`: `fit_pred_` are out-of-fold predictions of the training rows (the stacker's inner CV), so a
     nested weight search inside the training rows refits only the thresholds on them. `min_folds`: the fewest folds
-    a nested evaluation of the method needs.
+    a nested evaluation of the method needs. `needs_prompt_features`: X must hold the prompt cluster columns
+    (`ensemble.prompt_features`); 04 skips the method without them.
     """
 
     uses_features: ClassVar[bool] = False
     out_of_fold: ClassVar[bool] = False
     min_folds: ClassVar[int] = 2
+    needs_prompt_features: ClassVar[bool] = False
 
     @classmethod
     def configured(cls, objective: Objective = "regression", n_trials: int = 0, seed: int = 0) -> Combiner:
